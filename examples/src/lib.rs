@@ -1,0 +1,1 @@
+//! Runnable examples of embedding Godel live beside this file; see `queue_tour.rs`.

@@ -1,0 +1,44 @@
+//! Godel's core library: the domain (tasks, agents, sessions, events), the
+//! durable task store with its backends, and, as they land, the engine and the
+//! agent adapters.
+//!
+//! Everything here is usable without a server: a program can open a store with
+//! [`store::open`], enqueue tasks and claim them. The crate knows nothing of
+//! HTTP, command-line parsing or JSON wire shapes; those live in the server,
+//! the CLI and the SDK.
+
+pub mod agent;
+pub mod event;
+pub mod ids;
+pub mod retry;
+pub mod session;
+pub mod store;
+pub mod task;
+pub mod time;
+
+pub use crate::agent::{Agent, AgentKind, AgentStatus};
+pub use crate::event::{Event, EventKind, EventPattern};
+pub use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
+pub use crate::retry::Backoff;
+pub use crate::session::{Session, SessionState};
+pub use crate::store::{Store, StoreError};
+pub use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskPayload, TaskStatus};
+pub use crate::time::Timestamp;
+
+/// A value from outside (an API body, a CLI flag, a config key) that failed
+/// validation: names the field and says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidInput {
+    /// The field or argument that was wrong, e.g. `max_attempts`.
+    pub field: &'static str,
+    /// What was expected, in words.
+    pub reason: String,
+}
+
+impl InvalidInput {
+    /// Builds an error for `field` with the given explanation.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}

@@ -1,0 +1,73 @@
+//! Store errors: semantic variants that callers match on. Backend detail rides
+//! in `source`, never in a string to parse.
+
+use crate::ids::TaskId;
+use crate::task::TaskStatus;
+use crate::InvalidInput;
+
+/// A boxed error from a backend driver.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong in a store call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No such task for this tenant.
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// The caller's lease is stale (reclaimed, finished, or never valid); nothing was changed.
+    #[error("lease on task {0} was lost")]
+    LeaseLost(TaskId),
+    /// The task's status does not allow the operation.
+    #[error("cannot {action} task {task}: it is {from}")]
+    InvalidTransition {
+        /// The task.
+        task: TaskId,
+        /// Its status.
+        from: TaskStatus,
+        /// What was attempted (`cancel`, `purge`, `replay`, …).
+        action: &'static str,
+    },
+    /// The operation conflicts with the stored state in another way.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The request itself was invalid.
+    #[error(transparent)]
+    InvalidInput(#[from] InvalidInput),
+    /// The store could not be opened (missing, unreadable or corrupt file, bad schema).
+    #[error("cannot open {backend} store at {location}: {source}")]
+    Open {
+        /// The backend.
+        backend: &'static str,
+        /// The file or address, as given.
+        location: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend is unreachable or overloaded; the call may succeed if retried.
+    #[error("{backend} store unavailable: {source}")]
+    Unavailable {
+        /// The backend.
+        backend: &'static str,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+    /// Any other backend failure.
+    #[error("{backend} store error: {source}")]
+    Backend {
+        /// The backend.
+        backend: &'static str,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    /// True if retrying the same call later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}

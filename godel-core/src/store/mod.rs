@@ -1,0 +1,474 @@
+//! The durable task store: one dyn-compatible trait ([`Store`]) and its
+//! backends, picked from a URL by [`open`], the only place that matches on the
+//! backend kind.
+//!
+//! Every backend keeps the ten rules written on [`Store`]; the conformance
+//! suite in `godel-core/tests/it/conformance` proves them for each one.
+
+mod cursor;
+mod error;
+pub mod memory;
+pub mod sqlite;
+
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use crate::event::OutputStream;
+pub use crate::store::cursor::{Cursor, SortOrder};
+pub use crate::store::error::{BoxError, StoreError};
+pub use crate::store::memory::MemoryStore;
+pub use crate::store::sqlite::SqliteStore;
+
+use crate::ids::{AgentId, LeaseToken, TaskId, TenantId};
+use crate::task::{NewTask, Priority, Task, TaskError, TaskStatus};
+use crate::time::Timestamp;
+use crate::InvalidInput;
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The task store. Object-safe: the engine and server hold an `Arc<dyn Store>`.
+///
+/// # The contract
+///
+/// Every backend keeps these rules; the conformance suite proves each one.
+///
+/// 1. **Claim is atomic.** Two claimers never get the same task. SQLite: one
+///    `UPDATE … WHERE seq IN (SELECT … LIMIT n) RETURNING`; Postgres:
+///    `FOR UPDATE SKIP LOCKED`; Redis: a Lua script; memory: one lock.
+/// 2. **Order is (priority, run_at, sequence).** All ready `critical` tasks
+///    are claimed before any `high`, FIFO within a priority. A task whose
+///    `run_at` is in the future is not ready.
+/// 3. **Leases are attempt-scoped and fenced.** A claim returns a [`Lease`]
+///    bound to (task, attempt). Every later write for that attempt (start,
+///    heartbeat, output, complete, fail, release) must present it; a stale
+///    lease gets [`StoreError::LeaseLost`] and changes nothing.
+/// 4. **Expired leases are reclaimed.** [`Store::reclaim_expired`] makes a
+///    task whose lease lapsed ready again (the attempt stays counted) or
+///    dead-letters it when its attempts are spent.
+/// 5. **Cancel works across processes.** Cancelling a pending task is
+///    immediate; cancelling a leased one sets a flag that the holder sees on
+///    its next heartbeat, and it then aborts and calls [`Store::confirm_cancel`].
+/// 6. **Time is an argument.** Methods that depend on time take `now`; the
+///    store never reads the clock.
+/// 7. **Idempotency keys are unique per tenant.** Enqueueing twice with one
+///    key returns the first task.
+/// 8. **Counts are exact.** [`Store::depth`] per priority equals the number
+///    of ready tasks of that priority.
+/// 9. **Tenants are walls.** Every read and write is scoped to a tenant (the
+///    [`Lease`] carries its tenant); no call can see or touch another
+///    tenant's rows. The one exception is [`Store::reclaim_expired`], a
+///    maintenance sweep that only moves lapsed leases and reports what it moved.
+/// 10. **Batches where it pays.** [`Store::enqueue_batch`], [`Store::claim`]
+///     and [`Store::complete_batch`] take many tasks in one round trip.
+///
+/// A write presenting an expired lease that nobody has reclaimed yet is still
+/// accepted: the token is the fence, and until a reclaim rotates it nobody
+/// else can hold the task.
+#[async_trait]
+pub trait Store: Send + Sync + Debug {
+    /// The backend's name: `memory`, `sqlite`, …
+    fn backend(&self) -> &'static str;
+
+    /// A cheap round trip that proves the backend answers (for health probes).
+    async fn ping(&self) -> Result<()>;
+
+    /// Adds a task. With an idempotency key already used by this tenant, returns
+    /// the first task and `created: false` instead.
+    async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued>;
+
+    /// Adds many tasks atomically (all or none), in order; results line up with the input.
+    async fn enqueue_batch(&self, tenant: &TenantId, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>>;
+
+    /// Claims up to `request.limit` ready tasks the claimer is capable of, in
+    /// contract order, moving them to `assigned` under fresh leases.
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>>;
+
+    /// Marks an assigned task as running. Reports a pending cancel like a heartbeat.
+    async fn start(&self, lease: &Lease, now: Timestamp) -> Result<LeaseStatus>;
+
+    /// Extends the lease to `now + extend_by` and reports whether a cancel was requested.
+    async fn heartbeat(&self, lease: &Lease, extend_by: Duration, now: Timestamp) -> Result<LeaseStatus>;
+
+    /// Appends output chunks to the current attempt's record.
+    async fn append_output(&self, lease: &Lease, chunks: &[OutputChunk], now: Timestamp) -> Result<()>;
+
+    /// Completes a task with its result.
+    async fn complete(&self, lease: &Lease, result: Value, now: Timestamp) -> Result<()>;
+
+    /// Completes many tasks in one round trip. A stale lease in the batch does
+    /// not stop the others; it is reported in [`BatchCompletion::lease_lost`].
+    async fn complete_batch(&self, completions: &[Completion], now: Timestamp) -> Result<BatchCompletion>;
+
+    /// Fails the current attempt: back to pending after the backoff, dead-letter
+    /// when attempts are spent, `failed` when not retryable, `cancelled` when a
+    /// cancel was requested.
+    async fn fail(&self, lease: &Lease, failure: &Failure, now: Timestamp) -> Result<FailOutcome>;
+
+    /// Gives a task back without counting the attempt (e.g. at shutdown): it
+    /// becomes ready again at once, or cancelled if a cancel was requested.
+    async fn release(&self, lease: &Lease, now: Timestamp) -> Result<TaskStatus>;
+
+    /// The holder aborted after seeing a cancel request: the task becomes cancelled.
+    async fn confirm_cancel(&self, lease: &Lease, now: Timestamp) -> Result<()>;
+
+    /// Cancels a task: at once if pending, by flag if leased. A terminal task
+    /// gives [`StoreError::InvalidTransition`].
+    async fn cancel(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<CancelOutcome>;
+
+    /// Makes tasks whose lease lapsed at or before `now` ready again, or
+    /// dead-letters (or, if cancel was requested, cancels) them. At most `limit` per call.
+    async fn reclaim_expired(&self, now: Timestamp, limit: usize) -> Result<Vec<Reclaimed>>;
+
+    /// Puts a dead-lettered, failed or cancelled task back in the queue with a
+    /// fresh set of attempts.
+    async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task>;
+
+    /// Replays every dead-lettered task matching `filter` (its `statuses` must be
+    /// empty or exactly `[dead_letter]`). Returns how many were replayed.
+    async fn replay_dead_letters(&self, tenant: &TenantId, filter: &TaskFilter, now: Timestamp) -> Result<u64>;
+
+    /// Deletes a terminal task and its output. Non-terminal tasks give
+    /// [`StoreError::InvalidTransition`].
+    async fn purge(&self, tenant: &TenantId, id: TaskId) -> Result<()>;
+
+    /// Deletes terminal tasks matching `filter` (its `statuses` must all be
+    /// terminal; empty means every terminal status) that finished before
+    /// `finished_before`. Returns how many were deleted.
+    async fn purge_finished(&self, tenant: &TenantId, filter: &TaskFilter, finished_before: Timestamp) -> Result<u64>;
+
+    /// One task.
+    async fn get(&self, tenant: &TenantId, id: TaskId) -> Result<Task>;
+
+    /// A page of tasks in submission order (or its reverse).
+    async fn list(&self, tenant: &TenantId, query: &TaskQuery) -> Result<Page<Task>>;
+
+    /// A task's recorded output, oldest first, across attempts.
+    async fn output(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<OutputRecord>>;
+
+    /// Ready tasks per priority.
+    async fn depth(&self, tenant: &TenantId, now: Timestamp) -> Result<QueueDepth>;
+
+    /// Counts for health reports.
+    async fn counts(&self, tenant: &TenantId, now: Timestamp) -> Result<QueueCounts>;
+}
+
+/// Opens the store a URL names: `memory://`, `sqlite://path/to/file.db`
+/// (relative) or `sqlite:///abs/path.db`. The only place that matches on
+/// the backend kind.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        InvalidInput::new("store url", format!("expected scheme://…, e.g. sqlite://.godel/godel.db; got {url:?}"))
+    })?;
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryStore::new())),
+        "sqlite" => {
+            let path = rest.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(InvalidInput::new("store url", "sqlite:// needs a file path, e.g. sqlite://.godel/godel.db").into());
+            }
+            Ok(Arc::new(SqliteStore::open(Path::new(path)).await?))
+        }
+        other => Err(InvalidInput::new(
+            "store url",
+            format!("unsupported backend {other:?} (this build supports memory:// and sqlite://)"),
+        )
+        .into()),
+    }
+}
+
+/// What [`Store::enqueue`] returns.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Enqueued {
+    /// The task, as stored.
+    pub task: Task,
+    /// False when an idempotency key matched an existing task, which is returned instead.
+    pub created: bool,
+}
+
+/// Who is claiming, what it can do, and how much it wants.
+#[derive(Clone, PartialEq, Debug)]
+pub struct ClaimRequest {
+    /// Only this tenant's tasks are considered.
+    pub tenant: TenantId,
+    /// Recorded on the claimed tasks.
+    pub agent: AgentId,
+    /// Only tasks whose required capabilities are a subset of these are claimed.
+    pub capabilities: Vec<String>,
+    /// At most this many tasks.
+    pub limit: usize,
+    /// The lease lasts this long unless renewed.
+    pub lease_for: Duration,
+}
+
+/// Proof that the holder owns one attempt of one task.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Lease {
+    /// The task's owner.
+    pub tenant: TenantId,
+    /// The task.
+    pub task: TaskId,
+    /// The attempt this lease is for.
+    pub attempt: u32,
+    /// The secret.
+    pub token: LeaseToken,
+}
+
+/// A claimed task and the lease that goes with it.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Claim {
+    /// Present this on every write for the attempt.
+    pub lease: Lease,
+    /// The task as claimed (status `assigned`).
+    pub task: Task,
+}
+
+/// What a heartbeat or start reports to the lease holder.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LeaseStatus {
+    /// When the lease now lapses.
+    pub expires_at: Timestamp,
+    /// A user asked to cancel: abort and call [`Store::confirm_cancel`].
+    pub cancel_requested: bool,
+}
+
+/// One piece of output.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OutputChunk {
+    /// Where it came from.
+    pub stream: OutputStream,
+    /// The text.
+    pub data: String,
+}
+
+/// Recorded output, as read back.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OutputRecord {
+    /// The attempt that produced it.
+    pub attempt: u32,
+    /// Where it came from.
+    pub stream: OutputStream,
+    /// The text.
+    pub data: String,
+    /// When it was recorded.
+    pub at: Timestamp,
+}
+
+/// One entry of [`Store::complete_batch`].
+#[derive(Clone, PartialEq, Debug)]
+pub struct Completion {
+    /// The lease for the attempt.
+    pub lease: Lease,
+    /// The result to record.
+    pub result: Value,
+}
+
+/// What [`Store::complete_batch`] did.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct BatchCompletion {
+    /// Tasks now completed.
+    pub completed: Vec<TaskId>,
+    /// Tasks whose lease was stale; they were not changed.
+    pub lease_lost: Vec<TaskId>,
+}
+
+/// Whether a failed attempt may be retried.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Retry {
+    /// Retry after this delay if attempts remain (dead-letter otherwise).
+    After(Duration),
+    /// Do not retry: the task becomes `failed`.
+    Never,
+}
+
+/// A failed attempt.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: TaskError,
+    /// Whether and when to retry.
+    pub retry: Retry,
+}
+
+/// Where [`Store::fail`] left the task.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FailOutcome {
+    /// Pending again, claimable from `run_at`.
+    Retrying {
+        /// When it becomes ready.
+        run_at: Timestamp,
+    },
+    /// Out of attempts.
+    DeadLettered,
+    /// Not retryable.
+    Failed,
+    /// A cancel was requested while it ran.
+    Cancelled,
+}
+
+/// What [`Store::cancel`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CancelOutcome {
+    /// It was pending and is now cancelled.
+    Cancelled,
+    /// It is leased; the holder will see the request on its next heartbeat.
+    Requested,
+}
+
+/// A task moved by [`Store::reclaim_expired`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Reclaimed {
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// The task.
+    pub task: TaskId,
+    /// The attempt whose lease lapsed.
+    pub attempt: u32,
+    /// Where it went: `pending`, `dead_letter` or `cancelled`.
+    pub status: TaskStatus,
+}
+
+/// Filters shared by listing, bulk replay and purge. Empty vectors and `None`s match everything.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct TaskFilter {
+    /// Any of these statuses.
+    pub statuses: Vec<TaskStatus>,
+    /// Any of these priorities.
+    pub priorities: Vec<Priority>,
+    /// Held or last held by this agent.
+    pub agent: Option<AgentId>,
+    /// Children of this task.
+    pub parent: Option<TaskId>,
+    /// Created at or after.
+    pub created_after: Option<Timestamp>,
+    /// Created strictly before.
+    pub created_before: Option<Timestamp>,
+}
+
+impl TaskFilter {
+    /// True if `task` matches.
+    pub fn matches(&self, task: &Task) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&task.status))
+            && (self.priorities.is_empty() || self.priorities.contains(&task.priority))
+            && self.agent.as_ref().is_none_or(|a| task.agent.as_ref() == Some(a))
+            && self.parent.is_none_or(|p| task.parent == Some(p))
+            && self.created_after.is_none_or(|t| task.created_at >= t)
+            && self.created_before.is_none_or(|t| task.created_at < t)
+    }
+
+    /// The filter with its statuses forced to `[dead_letter]`, or an error if it asked for others.
+    pub(crate) fn for_dead_letters(&self) -> Result<TaskFilter, InvalidInput> {
+        if self.statuses.iter().any(|s| *s != TaskStatus::DeadLetter) {
+            return Err(InvalidInput::new("status", "bulk replay only takes dead-lettered tasks"));
+        }
+        Ok(TaskFilter { statuses: vec![TaskStatus::DeadLetter], ..self.clone() })
+    }
+
+    /// The filter with its statuses limited to terminal ones, or an error if it asked for others.
+    pub(crate) fn for_purge(&self) -> Result<TaskFilter, InvalidInput> {
+        if let Some(s) = self.statuses.iter().find(|s| !s.is_terminal()) {
+            return Err(InvalidInput::new("status", format!("only terminal tasks can be purged, not {s}")));
+        }
+        let statuses = if self.statuses.is_empty() { TaskStatus::TERMINAL.to_vec() } else { self.statuses.clone() };
+        Ok(TaskFilter { statuses, ..self.clone() })
+    }
+}
+
+/// Most tasks one page may hold.
+pub const MAX_PAGE_SIZE: usize = 1_000;
+
+/// A listing request.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TaskQuery {
+    /// Which tasks.
+    pub filter: TaskFilter,
+    /// Oldest or newest first.
+    pub order: SortOrder,
+    /// Page size, 1 to [`MAX_PAGE_SIZE`].
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub cursor: Option<Cursor>,
+}
+
+impl Default for TaskQuery {
+    fn default() -> Self {
+        Self { filter: TaskFilter::default(), order: SortOrder::Ascending, limit: 20, cursor: None }
+    }
+}
+
+impl TaskQuery {
+    /// Checks the limit and the cursor, and returns the sequence number the page starts after.
+    pub(crate) fn validate(&self) -> Result<Option<i64>, InvalidInput> {
+        if !(1..=MAX_PAGE_SIZE).contains(&self.limit) {
+            return Err(InvalidInput::new("limit", format!("expected 1 to {MAX_PAGE_SIZE}, got {}", self.limit)));
+        }
+        self.cursor.as_ref().map(|c| c.position(self.order)).transpose()
+    }
+}
+
+/// One page of a listing.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass this to get the next page; `None` on the last one.
+    pub next_cursor: Option<Cursor>,
+}
+
+/// Ready tasks per priority.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct QueueDepth([u64; 4]);
+
+impl QueueDepth {
+    /// Ready tasks of priority `p`.
+    pub fn get(&self, p: Priority) -> u64 {
+        self.0[usize::from(p.rank())]
+    }
+
+    /// Ready tasks in all.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub(crate) fn add(&mut self, p: Priority, n: u64) {
+        self.0[usize::from(p.rank())] += n;
+    }
+}
+
+impl std::fmt::Display for QueueDepth {
+    /// `critical=1 high=2 medium=0 low=5`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = Priority::ALL.iter().map(|p| format!("{p}={}", self.get(*p))).collect();
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// Counts for health reports.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct QueueCounts {
+    by_status: [u64; 7],
+    /// Pending and ready now.
+    pub ready: u64,
+    /// Pending with a `run_at` still in the future (scheduled or backing off).
+    pub scheduled: u64,
+    /// Leased tasks whose lease has lapsed but that nobody has reclaimed yet.
+    pub expired_leases: u64,
+    /// The earliest `run_at` among ready tasks: how long the queue's head has waited.
+    pub oldest_ready: Option<Timestamp>,
+}
+
+impl QueueCounts {
+    /// Tasks in status `s`.
+    pub fn status(&self, s: TaskStatus) -> u64 {
+        self.by_status[s.index()]
+    }
+
+    pub(crate) fn add_status(&mut self, s: TaskStatus, n: u64) {
+        self.by_status[s.index()] += n;
+    }
+}

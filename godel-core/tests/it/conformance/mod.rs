@@ -1,0 +1,70 @@
+//! The store conformance suite: one async function per rule of the store
+//! contract (in `rules`), stamped out by [`conformance!`] once per backend so a
+//! failure reads `sqlite::claim_is_exclusive`. Every test gets a fresh
+//! namespace: a new memory store, a new SQLite file in a temporary directory.
+
+mod rules;
+
+use std::sync::Arc;
+
+use godel_core::store::{MemoryStore, SqliteStore, Store};
+use tempfile::TempDir;
+
+/// A store for one test, and whatever must live as long as it does.
+pub(crate) struct Fixture {
+    pub(crate) store: Arc<dyn Store>,
+    _dir: Option<TempDir>,
+}
+
+pub(crate) async fn memory() -> Option<Fixture> {
+    Some(Fixture { store: Arc::new(MemoryStore::new()), _dir: None })
+}
+
+pub(crate) async fn sqlite() -> Option<Fixture> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("godel.db")).await.expect("open sqlite store");
+    Some(Fixture { store: Arc::new(store), _dir: Some(dir) })
+}
+
+/// Stamps out one `#[tokio::test]` per rule for a backend. A fixture that
+/// returns `None` (its service is missing) skips the test after printing why.
+macro_rules! conformance {
+    ($backend:ident => $fixture:path) => {
+        mod $backend {
+            conformance!(@rules $fixture;
+                claim_is_exclusive,
+                strict_priority_order,
+                claim_respects_capabilities,
+                scheduled_tasks_wait_for_run_at,
+                stale_leases_are_fenced,
+                expired_leases_are_reclaimed,
+                failures_back_off_then_dead_letter,
+                cancel_pending_and_running,
+                purge_refuses_live_tasks,
+                idempotency_keys_return_the_first_task,
+                depth_is_exact_after_every_transition,
+                tenants_are_walls,
+                pagination_neither_skips_nor_repeats,
+                bad_listing_input_is_rejected,
+                dead_letters_replay_one_and_in_bulk,
+                output_is_recorded_per_attempt,
+                release_keeps_the_attempt_and_the_place,
+                batches_are_atomic_and_fenced_per_task,
+                counts_for_health_are_exact,
+                task_fields_round_trip,
+            );
+        }
+    };
+    (@rules $fixture:path; $($rule:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $rule() {
+                let Some(fixture) = $fixture().await else { return };
+                crate::conformance::rules::$rule(fixture.store.clone()).await;
+            }
+        )*
+    };
+}
+
+conformance!(memory => crate::conformance::memory);
+conformance!(sqlite => crate::conformance::sqlite);
