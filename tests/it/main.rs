@@ -1,0 +1,5 @@
+//! Godel's end-to-end tests, in one binary to keep link times down. Each
+//! module drives real processes (the helper binaries in `src/bin/`, and the
+//! Godel binaries as they land) and checks what survives them.
+
+mod durability;
