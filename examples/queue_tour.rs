@@ -56,14 +56,20 @@ async fn main() -> anyhow::Result<()> {
         let task = &claim.task;
         let argv = task.payload.command.clone().unwrap_or_default();
         println!("[{}] task {} attempt {}: {argv:?}", task.priority, task.id, claim.lease.attempt);
-        store.start(&claim.lease, now).await?;
+        store.start(&claim.lease, &request.agent, now).await?;
         let out = tokio::process::Command::new(&argv[0]).args(&argv[1..]).output().await;
         let now = Timestamp::now();
         match out {
             Ok(out) => {
                 let chunks = [
-                    OutputChunk { stream: OutputStream::Stdout, data: String::from_utf8_lossy(&out.stdout).into_owned() },
-                    OutputChunk { stream: OutputStream::Stderr, data: String::from_utf8_lossy(&out.stderr).into_owned() },
+                    OutputChunk {
+                        stream: OutputStream::Stdout,
+                        data: String::from_utf8_lossy(&out.stdout).into_owned(),
+                    },
+                    OutputChunk {
+                        stream: OutputStream::Stderr,
+                        data: String::from_utf8_lossy(&out.stderr).into_owned(),
+                    },
                 ];
                 let chunks: Vec<_> = chunks.into_iter().filter(|c| !c.data.is_empty()).collect();
                 store.append_output(&claim.lease, &chunks, now).await?;

@@ -38,7 +38,7 @@ pub enum AgentStatus {
 
 impl fmt::Display for AgentStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             AgentStatus::Idle => "idle",
             AgentStatus::Busy => "busy",
             AgentStatus::Offline => "offline",
@@ -85,7 +85,9 @@ impl Agent {
 
     /// True if the scheduler may give it a task needing `required`.
     pub fn can_take(&self, required: &[String]) -> bool {
-        matches!(self.status, AgentStatus::Idle | AgentStatus::Busy) && self.free_capacity() > 0 && self.has_capabilities(required)
+        matches!(self.status, AgentStatus::Idle | AgentStatus::Busy)
+            && self.free_capacity() > 0
+            && self.has_capabilities(required)
     }
 }
 

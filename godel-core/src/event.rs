@@ -4,12 +4,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::InvalidInput;
 use crate::agent::AgentStatus;
 use crate::ids::{AgentId, SessionId, TaskId, TenantId};
 use crate::session::SessionState;
 use crate::task::{Priority, TaskError};
 use crate::time::Timestamp;
-use crate::InvalidInput;
 
 /// Which stream a piece of task output came from.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]

@@ -1,13 +1,18 @@
 //! Godel's core library: the domain (tasks, agents, sessions, events), the
-//! durable task store with its backends, and, as they land, the engine and the
-//! agent adapters.
+//! durable task store with its backends, the engine that dispatches tasks to
+//! agents, and the agent adapters.
 //!
-//! Everything here is usable without a server: a program can open a store with
-//! [`store::open`], enqueue tasks and claim them. The crate knows nothing of
+//! Everything here is usable without a server: a program opens a store with
+//! [`store::open`], builds an [`Orchestrator`] over it with some agents, and
+//! runs it. The crate knows nothing of
 //! HTTP, command-line parsing or JSON wire shapes; those live in the server,
 //! the CLI and the SDK.
 
+pub mod adapter;
 pub mod agent;
+pub mod bus;
+pub mod clock;
+pub mod engine;
 pub mod event;
 pub mod ids;
 pub mod retry;
@@ -16,7 +21,11 @@ pub mod store;
 pub mod task;
 pub mod time;
 
+pub use crate::adapter::{Adapter, AgentSession, NoopAdapter, Outcome, ProcessAdapter, ProcessConfig};
 pub use crate::agent::{Agent, AgentKind, AgentStatus};
+pub use crate::bus::{EventBus, Published, Subscription};
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::engine::{AgentConfig, CancellationToken, EngineConfig, Orchestrator, SchedulingPolicy};
 pub use crate::event::{Event, EventKind, EventPattern};
 pub use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
 pub use crate::retry::Backoff;

@@ -105,9 +105,22 @@ impl SessionState {
     }
 }
 
+impl std::str::FromStr for SessionState {
+    type Err = crate::InvalidInput;
+
+    fn from_str(s: &str) -> Result<Self, crate::InvalidInput> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
+            crate::InvalidInput::new(
+                "session state",
+                format!("expected one of created, initializing, ready, running, completing, completed, failed, cancelled, timeout, error; got {s:?}"),
+            )
+        })
+    }
+}
+
 impl fmt::Display for SessionState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -145,7 +158,16 @@ pub struct Session {
 impl Session {
     /// A new session in `created`.
     pub fn new(tenant: TenantId, agent: AgentId, now: Timestamp) -> Self {
-        Self { id: SessionId::new(), tenant, agent, task: None, state: Created, created_at: now, updated_at: now, error: None }
+        Self {
+            id: SessionId::new(),
+            tenant,
+            agent,
+            task: None,
+            state: Created,
+            created_at: now,
+            updated_at: now,
+            error: None,
+        }
     }
 
     /// Moves to `to` if the table allows it; otherwise leaves the session as it was.
@@ -176,7 +198,10 @@ mod tests {
     #[test]
     fn illegal_transitions_leave_state_alone() {
         let mut s = Session::new(TenantId::default_tenant(), AgentId::new("a").unwrap(), Timestamp::EPOCH);
-        assert_eq!(s.transition(Running, Timestamp::from_millis(5)), Err(InvalidSessionTransition { from: Created, to: Running }));
+        assert_eq!(
+            s.transition(Running, Timestamp::from_millis(5)),
+            Err(InvalidSessionTransition { from: Created, to: Running })
+        );
         assert_eq!(s.state, Created);
         assert_eq!(s.updated_at, Timestamp::EPOCH);
     }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::InvalidInput;
 use crate::ids::{AgentId, TaskId, TenantId};
 use crate::time::Timestamp;
-use crate::InvalidInput;
 
 /// How urgent a task is. All ready `Critical` tasks are claimed before any
 /// `High`, and so on (rule 2 of the store contract).
@@ -54,7 +54,7 @@ impl Priority {
 
 impl fmt::Display for Priority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -135,7 +135,7 @@ impl TaskStatus {
 
 impl fmt::Display for TaskStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

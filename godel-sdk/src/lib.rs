@@ -24,6 +24,7 @@
 pub mod embed {
     pub use godel_core::store::{self, Store, StoreError};
     pub use godel_core::{
-        Backoff, NewTask, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskPayload, TaskStatus, TenantId, Timestamp,
+        Backoff, NewTask, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskPayload, TaskStatus, TenantId,
+        Timestamp,
     };
 }

@@ -9,8 +9,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::InvalidInput;
 
@@ -40,7 +40,8 @@ impl Cursor {
     /// The sequence number the page starts after, checking the cursor was
     /// made for the same sort order.
     pub(crate) fn position(&self, order: SortOrder) -> Result<i64, InvalidInput> {
-        let (tag, seq) = decode(&self.0).ok_or_else(|| InvalidInput::new("cursor", "not a cursor returned by a listing"))?;
+        let (tag, seq) =
+            decode(&self.0).ok_or_else(|| InvalidInput::new("cursor", "not a cursor returned by a listing"))?;
         let expected = match order {
             SortOrder::Ascending => 'a',
             SortOrder::Descending => 'd',
@@ -75,7 +76,9 @@ impl FromStr for Cursor {
 
     /// Accepts only well-formed cursors.
     fn from_str(s: &str) -> Result<Self, InvalidInput> {
-        decode(s).map(|_| Cursor(s.to_owned())).ok_or_else(|| InvalidInput::new("cursor", "not a cursor returned by a listing"))
+        decode(s)
+            .map(|_| Cursor(s.to_owned()))
+            .ok_or_else(|| InvalidInput::new("cursor", "not a cursor returned by a listing"))
     }
 }
 

@@ -1,9 +1,9 @@
 //! Store errors: semantic variants that callers match on. Backend detail rides
 //! in `source`, never in a string to parse.
 
-use crate::ids::TaskId;
-use crate::task::TaskStatus;
 use crate::InvalidInput;
+use crate::ids::{SessionId, TaskId};
+use crate::task::TaskStatus;
 
 /// A boxed error from a backend driver.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -15,6 +15,9 @@ pub enum StoreError {
     /// No such task for this tenant.
     #[error("task {0} not found")]
     NotFound(TaskId),
+    /// No such session for this tenant.
+    #[error("session {0} not found")]
+    SessionNotFound(SessionId),
     /// The caller's lease is stale (reclaimed, finished, or never valid); nothing was changed.
     #[error("lease on task {0} was lost")]
     LeaseLost(TaskId),

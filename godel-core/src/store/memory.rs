@@ -11,11 +11,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::ids::{LeaseToken, TaskId, TenantId};
+use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::session::Session;
 use crate::store::{
     BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure, Lease,
-    LeaseStatus, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, Retry, SortOrder, Store,
-    StoreError, TaskFilter, TaskQuery,
+    LeaseStatus, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery,
+    SortOrder, Store, StoreError, TaskFilter, TaskQuery,
 };
 use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -50,6 +51,7 @@ struct State {
 #[derive(Debug, Default)]
 struct TenantQueue {
     tasks: BTreeMap<i64, Entry>,
+    sessions: HashMap<SessionId, Session>,
     by_id: HashMap<TaskId, i64>,
     /// Pending tasks in claim order: (priority rank, run_at, seq).
     pending: BTreeSet<(u8, Timestamp, i64)>,
@@ -96,7 +98,8 @@ impl State {
         let queue = self.tenants.get_mut(&lease.tenant).ok_or_else(lost)?;
         let seq = *queue.by_id.get(&lease.task).ok_or_else(lost)?;
         let entry = &queue.tasks[&seq];
-        let holds = entry.token == Some(lease.token) && entry.task.attempt == lease.attempt && entry.task.status.is_leased();
+        let holds =
+            entry.token == Some(lease.token) && entry.task.attempt == lease.attempt && entry.task.status.is_leased();
         if holds { Ok((seq, queue)) } else { Err(lost()) }
     }
 
@@ -238,10 +241,11 @@ impl Store for MemoryStore {
         Ok(claims)
     }
 
-    async fn start(&self, lease: &Lease, now: Timestamp) -> Result<LeaseStatus> {
+    async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus> {
         let mut state = self.lock();
         let (seq, queue) = state.leased(lease)?;
         let task = &mut queue.tasks.get_mut(&seq).expect("leased").task;
+        task.agent = Some(agent.clone());
         if task.status == TaskStatus::Assigned {
             task.status = TaskStatus::Running;
             task.started_at = Some(now);
@@ -268,7 +272,12 @@ impl Store for MemoryStore {
         let mut state = self.lock();
         let (seq, queue) = state.leased(lease)?;
         let records = queue.output.entry(seq).or_default();
-        records.extend(chunks.iter().map(|c| OutputRecord { attempt: lease.attempt, stream: c.stream, data: c.data.clone(), at: now }));
+        records.extend(chunks.iter().map(|c| OutputRecord {
+            attempt: lease.attempt,
+            stream: c.stream,
+            data: c.data.clone(),
+            at: now,
+        }));
         Ok(())
     }
 
@@ -377,7 +386,8 @@ impl Store for MemoryStore {
             } else {
                 TaskStatus::Pending
             };
-            task.error = Some(TaskError::new(TaskErrorKind::LeaseExpired, format!("lease of attempt {} expired", task.attempt)));
+            task.error =
+                Some(TaskError::new(TaskErrorKind::LeaseExpired, format!("lease of attempt {} expired", task.attempt)));
             if status == TaskStatus::Pending {
                 task.status = TaskStatus::Pending;
                 task.updated_at = now;
@@ -512,6 +522,51 @@ impl Store for MemoryStore {
             }
         }
         Ok(counts)
+    }
+
+    async fn save_sessions(&self, sessions: &[Session]) -> Result<()> {
+        let mut state = self.lock();
+        for session in sessions {
+            let queue = state.tenants.entry(session.tenant.clone()).or_default();
+            queue.sessions.insert(session.id, session.clone());
+        }
+        Ok(())
+    }
+
+    async fn get_session(&self, tenant: &TenantId, id: SessionId) -> Result<Session> {
+        let state = self.lock();
+        state.tenants.get(tenant).and_then(|q| q.sessions.get(&id)).cloned().ok_or(StoreError::SessionNotFound(id))
+    }
+
+    async fn list_sessions(&self, tenant: &TenantId, query: &SessionQuery) -> Result<Vec<Session>> {
+        query.validate()?;
+        let state = self.lock();
+        let Some(queue) = state.tenants.get(tenant) else { return Ok(Vec::new()) };
+        let mut sessions: Vec<Session> = queue.sessions.values().filter(|s| query.matches(s)).cloned().collect();
+        sessions.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
+        sessions.truncate(query.limit);
+        Ok(sessions)
+    }
+
+    async fn abandon_sessions(
+        &self,
+        tenant: &TenantId,
+        agents: &[AgentId],
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<u64> {
+        let mut state = self.lock();
+        let Some(queue) = state.tenants.get_mut(tenant) else { return Ok(0) };
+        let mut n = 0;
+        for session in queue.sessions.values_mut() {
+            if !session.state.is_terminal() && agents.contains(&session.agent) {
+                session.state = crate::session::SessionState::Error;
+                session.error = Some(reason.to_owned());
+                session.updated_at = now;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 

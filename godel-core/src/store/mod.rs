@@ -24,10 +24,11 @@ pub use crate::store::error::{BoxError, StoreError};
 pub use crate::store::memory::MemoryStore;
 pub use crate::store::sqlite::SqliteStore;
 
-use crate::ids::{AgentId, LeaseToken, TaskId, TenantId};
+use crate::InvalidInput;
+use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::session::{Session, SessionState};
 use crate::task::{NewTask, Priority, Task, TaskError, TaskStatus};
 use crate::time::Timestamp;
-use crate::InvalidInput;
 
 /// Shorthand for store results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -89,8 +90,10 @@ pub trait Store: Send + Sync + Debug {
     /// contract order, moving them to `assigned` under fresh leases.
     async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>>;
 
-    /// Marks an assigned task as running. Reports a pending cancel like a heartbeat.
-    async fn start(&self, lease: &Lease, now: Timestamp) -> Result<LeaseStatus>;
+    /// Marks an assigned task as running on `agent` (which may differ from the
+    /// claimer, e.g. when a dispatcher hands a task to the agent its affinity
+    /// key prefers). Reports a pending cancel like a heartbeat.
+    async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus>;
 
     /// Extends the lease to `now + extend_by` and reports whether a cancel was requested.
     async fn heartbeat(&self, lease: &Lease, extend_by: Duration, now: Timestamp) -> Result<LeaseStatus>;
@@ -156,6 +159,62 @@ pub trait Store: Send + Sync + Debug {
 
     /// Counts for health reports.
     async fn counts(&self, tenant: &TenantId, now: Timestamp) -> Result<QueueCounts>;
+
+    /// Inserts or updates sessions, in order, in one round trip. The caller
+    /// (the engine) has already checked each state change against the
+    /// lifecycle table; the store keeps the latest state.
+    async fn save_sessions(&self, sessions: &[Session]) -> Result<()>;
+
+    /// One session.
+    async fn get_session(&self, tenant: &TenantId, id: SessionId) -> Result<Session>;
+
+    /// Sessions matching `query`, newest first.
+    async fn list_sessions(&self, tenant: &TenantId, query: &SessionQuery) -> Result<Vec<Session>>;
+
+    /// Ends every live session of `agents` in state `error` with `reason`
+    /// (e.g. after an engine restart, whose sessions died with it). Returns how many.
+    async fn abandon_sessions(
+        &self,
+        tenant: &TenantId,
+        agents: &[AgentId],
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<u64>;
+}
+
+/// Which sessions [`Store::list_sessions`] returns. Empty and `None` match everything.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SessionQuery {
+    /// Any of these states.
+    pub states: Vec<SessionState>,
+    /// On this agent.
+    pub agent: Option<AgentId>,
+    /// Running this task.
+    pub task: Option<TaskId>,
+    /// At most this many, 1 to [`MAX_PAGE_SIZE`].
+    pub limit: usize,
+}
+
+impl Default for SessionQuery {
+    fn default() -> Self {
+        Self { states: Vec::new(), agent: None, task: None, limit: 20 }
+    }
+}
+
+impl SessionQuery {
+    /// True if `session` matches.
+    pub fn matches(&self, session: &Session) -> bool {
+        (self.states.is_empty() || self.states.contains(&session.state))
+            && self.agent.as_ref().is_none_or(|a| session.agent == *a)
+            && self.task.is_none_or(|t| session.task == Some(t))
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), InvalidInput> {
+        if !(1..=MAX_PAGE_SIZE).contains(&self.limit) {
+            return Err(InvalidInput::new("limit", format!("expected 1 to {MAX_PAGE_SIZE}, got {}", self.limit)));
+        }
+        Ok(())
+    }
 }
 
 /// Opens the store a URL names: `memory://`, `sqlite://path/to/file.db`
@@ -170,7 +229,11 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         "sqlite" => {
             let path = rest.split('?').next().unwrap_or_default();
             if path.is_empty() {
-                return Err(InvalidInput::new("store url", "sqlite:// needs a file path, e.g. sqlite://.godel/godel.db").into());
+                return Err(InvalidInput::new(
+                    "store url",
+                    "sqlite:// needs a file path, e.g. sqlite://.godel/godel.db",
+                )
+                .into());
             }
             Ok(Arc::new(SqliteStore::open(Path::new(path)).await?))
         }

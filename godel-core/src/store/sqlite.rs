@@ -18,11 +18,12 @@ use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
-use crate::ids::{AgentId, LeaseToken, TaskId, TenantId};
+use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::session::Session;
 use crate::store::{
     BatchCompletion, BoxError, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    Lease, LeaseStatus, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, Retry, SortOrder,
-    Store, StoreError, TaskFilter, TaskQuery,
+    Lease, LeaseStatus, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, Retry,
+    SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery,
 };
 use crate::task::{NewTask, Priority, Task, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -41,7 +42,8 @@ const COLUMNS: &str = "seq, id, tenant, priority, status, payload, capabilities,
 /// parameters `?1` to `?4` (bound by [`fenced`]); fenced statements number
 /// their own parameters from `?5`. (sqlx numbers bare `?` apart from `?N`, so
 /// the two styles must not be mixed in one statement.)
-const FENCE: &str = "tenant = ?1 AND id = ?2 AND attempt = ?3 AND lease_token = ?4 AND status IN ('assigned', 'running')";
+const FENCE: &str =
+    "tenant = ?1 AND id = ?2 AND attempt = ?3 AND lease_token = ?4 AND status IN ('assigned', 'running')";
 
 /// The SQLite store.
 #[derive(Debug, Clone)]
@@ -183,13 +185,14 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn start(&self, lease: &Lease, now: Timestamp) -> Result<LeaseStatus> {
+    async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus> {
         let sql = format!(
-            "UPDATE tasks SET status = 'running', \
+            "UPDATE tasks SET status = 'running', agent_id = ?6, \
                  started_at = CASE WHEN status = 'assigned' THEN ?5 ELSE started_at END, updated_at = ?5 \
              WHERE {FENCE} RETURNING lease_expires_at, cancel_requested"
         );
-        let row = fenced(&sql, lease).bind(now.as_millis()).fetch_optional(&self.writer).await.map_err(db_err)?;
+        let query = fenced(&sql, lease).bind(now.as_millis()).bind(agent.as_str());
+        let row = query.fetch_optional(&self.writer).await.map_err(db_err)?;
         lease_status(row, lease)
     }
 
@@ -212,7 +215,11 @@ impl Store for SqliteStore {
         if chunks.is_empty() {
             // Still check the fence, so an empty append by a zombie is an error too.
             let check = format!("SELECT 1 FROM tasks WHERE {FENCE}");
-            fenced(&check, lease).fetch_optional(&mut *tx).await.map_err(db_err)?.ok_or(StoreError::LeaseLost(lease.task))?;
+            fenced(&check, lease)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .ok_or(StoreError::LeaseLost(lease.task))?;
         }
         for chunk in chunks {
             let query = fenced(&sql, lease).bind(chunk.stream.as_str()).bind(&chunk.data).bind(now.as_millis());
@@ -226,7 +233,11 @@ impl Store for SqliteStore {
 
     async fn complete(&self, lease: &Lease, result: Value, now: Timestamp) -> Result<()> {
         let mut conn = self.writer.acquire().await.map_err(db_err)?;
-        if complete_one(&mut conn, lease, &result, now).await? { Ok(()) } else { Err(StoreError::LeaseLost(lease.task)) }
+        if complete_one(&mut conn, lease, &result, now).await? {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(lease.task))
+        }
     }
 
     async fn complete_batch(&self, completions: &[Completion], now: Timestamp) -> Result<BatchCompletion> {
@@ -266,7 +277,9 @@ impl Store for SqliteStore {
         let row = query.fetch_optional(&self.writer).await.map_err(db_err)?;
         let row = row.ok_or(StoreError::LeaseLost(lease.task))?;
         Ok(match parse_column::<TaskStatus>(&row.try_get::<String, _>(0).map_err(db_err)?, "status")? {
-            TaskStatus::Pending => FailOutcome::Retrying { run_at: Timestamp::from_millis(row.try_get(1).map_err(db_err)?) },
+            TaskStatus::Pending => {
+                FailOutcome::Retrying { run_at: Timestamp::from_millis(row.try_get(1).map_err(db_err)?) }
+            }
             TaskStatus::DeadLetter => FailOutcome::DeadLettered,
             TaskStatus::Cancelled => FailOutcome::Cancelled,
             _ => FailOutcome::Failed,
@@ -315,12 +328,17 @@ impl Store for SqliteStore {
         match row {
             Some(row) if row.try_get::<String, _>(0).map_err(db_err)? == "cancelled" => Ok(CancelOutcome::Cancelled),
             Some(_) => Ok(CancelOutcome::Requested),
-            None => Err(StoreError::InvalidTransition { task: id, from: self.status_of(tenant, id).await?, action: "cancel" }),
+            None => Err(StoreError::InvalidTransition {
+                task: id,
+                from: self.status_of(tenant, id).await?,
+                action: "cancel",
+            }),
         }
     }
 
     async fn reclaim_expired(&self, now: Timestamp, limit: usize) -> Result<Vec<Reclaimed>> {
-        let error = serde_json::to_string(&TaskError::new(TaskErrorKind::LeaseExpired, "lease expired")).map_err(backend_err)?;
+        let error = serde_json::to_string(&TaskError::new(TaskErrorKind::LeaseExpired, "lease expired"))
+            .map_err(backend_err)?;
         let rows = sqlx::query(
             "UPDATE tasks SET \
                  status = CASE WHEN cancel_requested = 1 THEN 'cancelled' \
@@ -366,7 +384,11 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         match row {
             Some(row) => Ok(decode_task(&row)?.1),
-            None => Err(StoreError::InvalidTransition { task: id, from: self.status_of(tenant, id).await?, action: "replay" }),
+            None => Err(StoreError::InvalidTransition {
+                task: id,
+                from: self.status_of(tenant, id).await?,
+                action: "replay",
+            }),
         }
     }
 
@@ -430,7 +452,10 @@ impl Store for SqliteStore {
         if let Some(after) = after {
             qb.push(" AND seq").push(op).push_bind(after);
         }
-        qb.push(" ORDER BY seq").push(dir).push(" LIMIT ").push_bind(i64::try_from(query.limit + 1).unwrap_or(i64::MAX));
+        qb.push(" ORDER BY seq")
+            .push(dir)
+            .push(" LIMIT ")
+            .push_bind(i64::try_from(query.limit + 1).unwrap_or(i64::MAX));
         let rows = qb.build().fetch_all(&self.reader).await.map_err(db_err)?;
         let mut rows = rows.iter().map(decode_task).collect::<Result<Vec<_>>>()?;
         let next_cursor = (rows.len() > query.limit).then(|| {
@@ -512,6 +537,91 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db_err)?;
         Ok(counts)
     }
+
+    async fn save_sessions(&self, sessions: &[Session]) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        for session in sessions {
+            // The tenant check in the conflict clause keeps a session id from
+            // ever moving between tenants.
+            sqlx::query(
+                "INSERT INTO sessions (id, tenant, agent_id, task_id, state, error, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT (id) DO UPDATE SET task_id = excluded.task_id, state = excluded.state, \
+                     error = excluded.error, updated_at = excluded.updated_at \
+                 WHERE sessions.tenant = excluded.tenant",
+            )
+            .bind(session.id.to_string())
+            .bind(session.tenant.as_str())
+            .bind(session.agent.as_str())
+            .bind(session.task.map(|t| t.to_string()))
+            .bind(session.state.as_str())
+            .bind(session.error.as_deref())
+            .bind(session.created_at.as_millis())
+            .bind(session.updated_at.as_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn get_session(&self, tenant: &TenantId, id: SessionId) -> Result<Session> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = ? AND id = ?");
+        let row = sqlx::query(&sql)
+            .bind(tenant.as_str())
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_err)?
+            .ok_or(StoreError::SessionNotFound(id))?;
+        decode_session(&row)
+    }
+
+    async fn list_sessions(&self, tenant: &TenantId, query: &SessionQuery) -> Result<Vec<Session>> {
+        query.validate()?;
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = "));
+        qb.push_bind(tenant.as_str());
+        if !query.states.is_empty() {
+            qb.push(" AND state IN (");
+            let mut list = qb.separated(", ");
+            for state in &query.states {
+                list.push_bind(state.as_str());
+            }
+            qb.push(")");
+        }
+        if let Some(agent) = &query.agent {
+            qb.push(" AND agent_id = ").push_bind(agent.as_str().to_owned());
+        }
+        if let Some(task) = query.task {
+            qb.push(" AND task_id = ").push_bind(task.to_string());
+        }
+        qb.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.reader).await.map_err(db_err)?;
+        rows.iter().map(decode_session).collect()
+    }
+
+    async fn abandon_sessions(
+        &self,
+        tenant: &TenantId,
+        agents: &[AgentId],
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<u64> {
+        if agents.is_empty() {
+            return Ok(0);
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE sessions SET state = 'error', error = ");
+        qb.push_bind(reason.to_owned()).push(", updated_at = ").push_bind(now.as_millis());
+        qb.push(" WHERE tenant = ").push_bind(tenant.as_str());
+        qb.push(" AND state NOT IN ('completed', 'failed', 'cancelled', 'timeout', 'error') AND agent_id IN (");
+        let mut list = qb.separated(", ");
+        for agent in agents {
+            list.push_bind(agent.as_str().to_owned());
+        }
+        qb.push(")");
+        let done = qb.build().execute(&self.writer).await.map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
 }
 
 /// The SET clause of a replay. Binds `?1` = now.
@@ -537,7 +647,12 @@ fn lease_status(row: Option<SqliteRow>, lease: &Lease) -> Result<LeaseStatus> {
     })
 }
 
-async fn insert_task(conn: &mut SqliteConnection, tenant: &TenantId, task: &NewTask, now: Timestamp) -> Result<Enqueued> {
+async fn insert_task(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    task: &NewTask,
+    now: Timestamp,
+) -> Result<Enqueued> {
     let sql = format!(
         "INSERT INTO tasks (id, tenant, priority, status, payload, capabilities, affinity_key, idempotency_key, \
              parent_id, max_attempts, timeout_ms, run_at, created_at, updated_at) \
@@ -619,13 +734,32 @@ fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, filter: &TaskFilter) {
     }
 }
 
+const SESSION_COLUMNS: &str = "id, tenant, agent_id, task_id, state, error, created_at, updated_at";
+
+fn decode_session(row: &SqliteRow) -> Result<Session> {
+    let text = |i: usize| -> Result<Option<String>> { row.try_get::<Option<String>, _>(i).map_err(db_err) };
+    let required =
+        |i: usize, name: &'static str| -> Result<String> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
+    Ok(Session {
+        id: parse_column(&required(0, "id")?, "id")?,
+        tenant: parse_column(&required(1, "tenant")?, "tenant")?,
+        agent: parse_column(&required(2, "agent_id")?, "agent_id")?,
+        task: text(3)?.map(|s| parse_column(&s, "task_id")).transpose()?,
+        state: parse_column(&required(4, "state")?, "state")?,
+        error: text(5)?,
+        created_at: Timestamp::from_millis(row.try_get(6).map_err(db_err)?),
+        updated_at: Timestamp::from_millis(row.try_get(7).map_err(db_err)?),
+    })
+}
+
 /// Decodes a row selected with [`COLUMNS`] into (seq, task, lease token).
 fn decode_task(row: &SqliteRow) -> Result<(i64, Task, Option<LeaseToken>)> {
     let get_ts = |i: usize| -> Result<Option<Timestamp>> {
         Ok(row.try_get::<Option<i64>, _>(i).map_err(db_err)?.map(Timestamp::from_millis))
     };
     let text = |i: usize| -> Result<Option<String>> { row.try_get::<Option<String>, _>(i).map_err(db_err) };
-    let required = |i: usize, name: &'static str| -> Result<String> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
+    let required =
+        |i: usize, name: &'static str| -> Result<String> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
     let seq: i64 = row.try_get(0).map_err(db_err)?;
     let task = Task {
         id: parse_column(&required(1, "id")?, "id")?,
@@ -664,7 +798,10 @@ fn json<T: serde::de::DeserializeOwned>(value: &str, column: &str) -> Result<T> 
 }
 
 fn priority_from_rank(rank: i64) -> Result<Priority> {
-    u8::try_from(rank).ok().and_then(Priority::from_rank).ok_or_else(|| corrupt(format!("priority rank {rank} is out of range")))
+    u8::try_from(rank)
+        .ok()
+        .and_then(Priority::from_rank)
+        .ok_or_else(|| corrupt(format!("priority rank {rank} is out of range")))
 }
 
 fn parse_column<T: FromStr<Err = InvalidInput>>(value: &str, column: &str) -> Result<T> {

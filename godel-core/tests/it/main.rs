@@ -3,4 +3,5 @@
 //! checks such as opening a damaged SQLite file.
 
 mod conformance;
+mod engine;
 mod sqlite;

@@ -12,9 +12,7 @@ async fn reopening_keeps_every_task() {
     let path = dir.path().join("nested").join("godel.db");
     let tenant = TenantId::default_tenant();
     let store = SqliteStore::open(&path).await.unwrap();
-    let ids: Vec<_> = (0..50)
-        .map(|i| NewTask::prompt(format!("task {i}")))
-        .collect::<Vec<_>>();
+    let ids: Vec<_> = (0..50).map(|i| NewTask::prompt(format!("task {i}"))).collect::<Vec<_>>();
     let enqueued = store.enqueue_batch(&tenant, ids, T0).await.unwrap();
     store.close().await;
 
@@ -35,7 +33,9 @@ async fn a_corrupt_file_is_an_error_naming_it() {
     let path = dir.path().join("garbage.db");
     std::fs::write(&path, vec![0x5a; 8192]).unwrap();
     let err = SqliteStore::open(&path).await.unwrap_err();
-    assert!(matches!(err, StoreError::Open { backend: "sqlite", ref location, .. } if *location == path.display().to_string()));
+    assert!(
+        matches!(err, StoreError::Open { backend: "sqlite", ref location, .. } if *location == path.display().to_string())
+    );
     assert!(err.to_string().contains(&path.display().to_string()), "{err}");
 }
 

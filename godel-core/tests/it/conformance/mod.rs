@@ -52,6 +52,7 @@ macro_rules! conformance {
                 batches_are_atomic_and_fenced_per_task,
                 counts_for_health_are_exact,
                 task_fields_round_trip,
+                sessions_are_saved_and_scoped,
             );
         }
     };

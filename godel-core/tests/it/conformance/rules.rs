@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use godel_core::store::{
     CancelOutcome, Claim, ClaimRequest, Completion, Cursor, FailOutcome, Failure, Lease, OutputChunk, OutputStream,
-    Retry, SortOrder, Store, StoreError, TaskFilter, TaskQuery,
+    Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery,
 };
-use godel_core::{AgentId, Backoff, LeaseToken, NewTask, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskStatus, TenantId, Timestamp};
+use godel_core::{
+    AgentId, Backoff, LeaseToken, NewTask, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskStatus, TenantId,
+    Timestamp,
+};
+use godel_core::{Session, SessionState};
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -21,6 +25,10 @@ const LEASE: Duration = Duration::from_secs(30);
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+fn agent() -> AgentId {
+    AgentId::new("agent-1").unwrap()
 }
 
 fn tenant(name: &str) -> TenantId {
@@ -138,7 +146,8 @@ pub(crate) async fn strict_priority_order(store: Db) {
 
     // Within a priority, an earlier run_at goes first even if submitted later.
     let late = NewTask::prompt("low late").priority(Priority::Low);
-    let early = NewTask::prompt("low early").priority(Priority::Low).run_at(Timestamp::from_millis(T0.as_millis() - 1_000));
+    let early =
+        NewTask::prompt("low early").priority(Priority::Low).run_at(Timestamp::from_millis(T0.as_millis() - 1_000));
     enqueue(&store, &t, late).await;
     enqueue(&store, &t, early).await;
     let rest = store.claim(&claimer(&t, "agent-3", 100), T0).await.unwrap();
@@ -193,7 +202,7 @@ pub(crate) async fn stale_leases_are_fenced(store: Db) {
     let t = tenant("acme");
     let task = enqueue(&store, &t, NewTask::prompt("work")).await;
     let a = claim_one(&store, &t, T0).await;
-    store.start(&a.lease, T0).await.unwrap();
+    store.start(&a.lease, &agent(), T0).await.unwrap();
     assert_eq!(a.lease.attempt, 1);
 
     // A's lease lapses and B gets the task.
@@ -208,7 +217,7 @@ pub(crate) async fn stale_leases_are_fenced(store: Db) {
 
     // Every write by the zombie A is refused.
     let zombie = &a.lease;
-    assert!(is_lease_lost(store.start(zombie, later).await));
+    assert!(is_lease_lost(store.start(zombie, &agent(), later).await));
     assert!(is_lease_lost(store.heartbeat(zombie, LEASE, later).await));
     let chunk = OutputChunk { stream: OutputStream::Stdout, data: "zombie".into() };
     assert!(is_lease_lost(store.append_output(zombie, &[chunk], later).await));
@@ -248,7 +257,7 @@ pub(crate) async fn expired_leases_are_reclaimed(store: Db) {
     let t = tenant("acme");
     let task = enqueue(&store, &t, NewTask::prompt("fragile").max_attempts(2)).await;
     let first = claim_one(&store, &t, T0).await;
-    store.start(&first.lease, T0).await.unwrap();
+    store.start(&first.lease, &agent(), T0).await.unwrap();
 
     // A heartbeat at +20 s moves the expiry to +50 s.
     let status = store.heartbeat(&first.lease, LEASE, T0 + secs(20)).await.unwrap();
@@ -351,7 +360,7 @@ pub(crate) async fn cancel_pending_and_running(store: Db) {
     // Running: the flag, seen on heartbeat, then the holder confirms.
     let running = enqueue(&store, &t, NewTask::prompt("long job")).await;
     let claim = claim_one(&store, &t, T0).await;
-    assert!(!store.start(&claim.lease, T0).await.unwrap().cancel_requested);
+    assert!(!store.start(&claim.lease, &agent(), T0).await.unwrap().cancel_requested);
     assert_eq!(store.cancel(&t, running.id, T0 + secs(1)).await.unwrap(), CancelOutcome::Requested);
     assert_eq!(store.cancel(&t, running.id, T0 + secs(1)).await.unwrap(), CancelOutcome::Requested, "idempotent");
     let flagged = store.get(&t, running.id).await.unwrap();
@@ -371,7 +380,7 @@ pub(crate) async fn cancel_pending_and_running(store: Db) {
     // An assigned task whose holder died: the reclaim finishes the cancel.
     enqueue(&store, &t, NewTask::prompt("holder dies")).await;
     let claim = claim_one(&store, &t, T0).await;
-    assert!(store.start(&claim.lease, T0).await.is_ok());
+    assert!(store.start(&claim.lease, &agent(), T0).await.is_ok());
     store.cancel(&t, claim.task.id, T0).await.unwrap();
     let reclaimed = store.reclaim_expired(T0 + LEASE, 10).await.unwrap();
     assert_eq!(reclaimed.len(), 1);
@@ -403,8 +412,11 @@ pub(crate) async fn purge_refuses_live_tasks(store: Db) {
         Err(StoreError::InvalidTransition { from: TaskStatus::Pending, action: "purge", .. })
     ));
     let claim = claim_one(&store, &t, T0).await;
-    store.start(&claim.lease, T0).await.unwrap();
-    assert!(matches!(store.purge(&t, pending.id).await, Err(StoreError::InvalidTransition { from: TaskStatus::Running, .. })));
+    store.start(&claim.lease, &agent(), T0).await.unwrap();
+    assert!(matches!(
+        store.purge(&t, pending.id).await,
+        Err(StoreError::InvalidTransition { from: TaskStatus::Running, .. })
+    ));
     assert_eq!(store.get(&t, pending.id).await.unwrap().status, TaskStatus::Running, "refused purge changed the task");
     let chunk = OutputChunk { stream: OutputStream::Stdout, data: "hello".into() };
     store.append_output(&claim.lease, &[chunk], T0).await.unwrap();
@@ -449,7 +461,8 @@ pub(crate) async fn idempotency_keys_return_the_first_task(store: Db) {
     assert_eq!(all_tasks(&store, &t).await.len(), 1);
 
     // Another tenant has its own key space.
-    let other = store.enqueue(&tenant("globex"), NewTask::prompt("theirs").idempotency_key("order-42"), T0).await.unwrap();
+    let other =
+        store.enqueue(&tenant("globex"), NewTask::prompt("theirs").idempotency_key("order-42"), T0).await.unwrap();
     assert!(other.created);
     assert_ne!(other.task.id, first.task.id);
 
@@ -646,7 +659,8 @@ pub(crate) async fn bad_listing_input_is_rejected(store: Db) {
     assert!(matches!(store.list(&t, &huge).await, Err(StoreError::InvalidInput(e)) if e.field == "limit"));
     assert!("not-a-cursor".parse::<Cursor>().is_err());
     let page = store.list(&t, &TaskQuery { limit: 1, ..TaskQuery::default() }).await.unwrap();
-    let wrong_order = TaskQuery { order: SortOrder::Descending, limit: 1, cursor: page.next_cursor, ..TaskQuery::default() };
+    let wrong_order =
+        TaskQuery { order: SortOrder::Descending, limit: 1, cursor: page.next_cursor, ..TaskQuery::default() };
     assert!(matches!(store.list(&t, &wrong_order).await, Err(StoreError::InvalidInput(e)) if e.field == "cursor"));
 
     // Invalid tasks are refused with the field named, and nothing is stored.
@@ -658,7 +672,8 @@ pub(crate) async fn bad_listing_input_is_rejected(store: Db) {
 /// Dead letters can be listed, replayed one by one and in bulk by filter.
 pub(crate) async fn dead_letters_replay_one_and_in_bulk(store: Db) {
     let t = tenant("acme");
-    for (i, p) in [Priority::High, Priority::High, Priority::High, Priority::Low, Priority::Low].into_iter().enumerate() {
+    for (i, p) in [Priority::High, Priority::High, Priority::High, Priority::Low, Priority::Low].into_iter().enumerate()
+    {
         enqueue(&store, &t, NewTask::prompt(format!("doomed {i}")).priority(p).max_attempts(1)).await;
     }
     let survivor = enqueue(&store, &t, NewTask::prompt("survivor").priority(Priority::Low)).await;
@@ -696,7 +711,10 @@ pub(crate) async fn dead_letters_replay_one_and_in_bulk(store: Db) {
     assert_eq!(claim.task.id, dead[0].id);
     assert_eq!(claim.lease.attempt, 1);
     store.complete(&claim.lease, json!("second life"), now).await.unwrap();
-    assert!(matches!(store.replay(&t, dead[0].id, now).await, Err(StoreError::InvalidTransition { from: TaskStatus::Completed, .. })));
+    assert!(matches!(
+        store.replay(&t, dead[0].id, now).await,
+        Err(StoreError::InvalidTransition { from: TaskStatus::Completed, .. })
+    ));
 }
 
 /// Output is kept per attempt, in order, and only the lease holder may add it.
@@ -735,7 +753,7 @@ pub(crate) async fn release_keeps_the_attempt_and_the_place(store: Db) {
     let b = enqueue(&store, &t, NewTask::prompt("b")).await;
     let claim = claim_one(&store, &t, T0).await;
     assert_eq!(claim.task.id, a.id);
-    store.start(&claim.lease, T0).await.unwrap();
+    store.start(&claim.lease, &agent(), T0).await.unwrap();
     assert_eq!(store.release(&claim.lease, T0 + secs(1)).await.unwrap(), TaskStatus::Pending);
     let released = store.get(&t, a.id).await.unwrap();
     assert_eq!((released.status, released.attempt, released.lease_expires_at), (TaskStatus::Pending, 0, None));
@@ -748,7 +766,9 @@ pub(crate) async fn release_keeps_the_attempt_and_the_place(store: Db) {
 pub(crate) async fn batches_are_atomic_and_fenced_per_task(store: Db) {
     let t = tenant("acme");
     let batch = vec![NewTask::prompt("ok"), NewTask::command(Vec::<String>::new()), NewTask::prompt("ok too")];
-    assert!(matches!(store.enqueue_batch(&t, batch, T0).await, Err(StoreError::InvalidInput(e)) if e.field == "command"));
+    assert!(
+        matches!(store.enqueue_batch(&t, batch, T0).await, Err(StoreError::InvalidInput(e)) if e.field == "command")
+    );
     assert!(all_tasks(&store, &t).await.is_empty(), "a rejected batch left tasks behind");
 
     let out = store.enqueue_batch(&t, (0..4).map(|i| NewTask::prompt(format!("t{i}"))).collect(), T0).await.unwrap();
@@ -776,7 +796,7 @@ pub(crate) async fn counts_for_health_are_exact(store: Db) {
         enqueue(&store, &t, NewTask::prompt(format!("to run {i}")).priority(Priority::Critical)).await;
     }
     let claims = store.claim(&claimer(&t, "a", 3), T0 + secs(5)).await.unwrap();
-    store.start(&claims[0].lease, T0 + secs(5)).await.unwrap();
+    store.start(&claims[0].lease, &agent(), T0 + secs(5)).await.unwrap();
     store.complete(&claims[1].lease, json!(1), T0 + secs(5)).await.unwrap();
 
     let now = T0 + secs(10);
@@ -815,7 +835,10 @@ pub(crate) async fn task_fields_round_trip(store: Db) {
         (&new.payload, &new.capabilities, Priority::Low, 7, Some(Duration::from_millis(90_500)))
     );
     assert_eq!((task.parent, task.run_at, task.created_at, task.updated_at), (Some(parent.id), T0 + secs(1), T0, T0));
-    assert_eq!((task.attempt, task.status, task.agent.clone(), task.result.clone()), (0, TaskStatus::Pending, None, None));
+    assert_eq!(
+        (task.attempt, task.status, task.agent.clone(), task.result.clone()),
+        (0, TaskStatus::Pending, None, None)
+    );
     assert_eq!(store.get(&t, task.id).await.unwrap(), task);
 
     let mut request = claimer(&t, "host:agent-9", 10);
@@ -825,11 +848,55 @@ pub(crate) async fn task_fields_round_trip(store: Db) {
     assert_eq!(claim.task.lease_expires_at, Some(T0 + secs(1) + LEASE));
     assert_eq!(claim.task.status, TaskStatus::Assigned);
     assert_eq!(store.get(&t, task.id).await.unwrap(), claim.task);
-    store.start(&claim.lease, T0 + secs(2)).await.unwrap();
+    // The agent that runs the task may differ from the claimer; start records it.
+    let runner = AgentId::new("host:agent-7").unwrap();
+    store.start(&claim.lease, &runner, T0 + secs(2)).await.unwrap();
     let running = store.get(&t, task.id).await.unwrap();
     assert_eq!((running.status, running.started_at), (TaskStatus::Running, Some(T0 + secs(2))));
+    assert_eq!(running.agent, Some(runner));
     let result = json!({"text": "done", "tokens": {"in": 10, "out": 20}, "list": [1, 2.5, null]});
     store.complete(&claim.lease, result.clone(), T0 + secs(3)).await.unwrap();
     let done = store.get(&t, task.id).await.unwrap();
     assert_eq!((done.result, done.completed_at, done.lease_expires_at), (Some(result), Some(T0 + secs(3)), None));
+}
+
+/// Sessions are kept with their latest state, listed newest first, scoped by
+/// tenant, and abandoned in bulk when their engine restarts.
+pub(crate) async fn sessions_are_saved_and_scoped(store: Db) {
+    let t = tenant("acme");
+    let agent = agent();
+    let mut first = Session::new(t.clone(), agent.clone(), T0);
+    let mut second = Session::new(t.clone(), AgentId::new("agent-2").unwrap(), T0 + secs(1));
+    store.save_sessions(&[first.clone(), second.clone()]).await.unwrap();
+    first.transition(SessionState::Initializing, T0 + secs(2)).unwrap();
+    first.transition(SessionState::Ready, T0 + secs(2)).unwrap();
+    first.task = Some(TaskId::new());
+    second.transition(SessionState::Cancelled, T0 + secs(3)).unwrap();
+    store.save_sessions(&[first.clone(), second.clone()]).await.unwrap();
+    assert_eq!(store.get_session(&t, first.id).await.unwrap(), first);
+    assert_eq!(store.get_session(&t, second.id).await.unwrap(), second);
+
+    let all = store.list_sessions(&t, &SessionQuery::default()).await.unwrap();
+    assert_eq!(all.iter().map(|s| s.id).collect::<Vec<_>>(), [second.id, first.id]);
+    let live = SessionQuery { states: vec![SessionState::Ready], ..SessionQuery::default() };
+    assert_eq!(store.list_sessions(&t, &live).await.unwrap(), [first.clone()]);
+    let by_task = SessionQuery { task: first.task, ..SessionQuery::default() };
+    assert_eq!(store.list_sessions(&t, &by_task).await.unwrap().len(), 1);
+    let zero = SessionQuery { limit: 0, ..SessionQuery::default() };
+    assert!(matches!(store.list_sessions(&t, &zero).await, Err(StoreError::InvalidInput(_))));
+
+    // Walls: another tenant sees nothing and cannot overwrite.
+    let globex = tenant("globex");
+    assert!(matches!(store.get_session(&globex, first.id).await, Err(StoreError::SessionNotFound(_))));
+    assert!(store.list_sessions(&globex, &SessionQuery::default()).await.unwrap().is_empty());
+    assert_eq!(store.abandon_sessions(&globex, std::slice::from_ref(&agent), "restart", T0).await.unwrap(), 0);
+
+    // Only live sessions of the named agents are abandoned.
+    assert_eq!(
+        store.abandon_sessions(&t, std::slice::from_ref(&agent), "engine restarted", T0 + secs(9)).await.unwrap(),
+        1
+    );
+    let abandoned = store.get_session(&t, first.id).await.unwrap();
+    assert_eq!((abandoned.state, abandoned.error.as_deref()), (SessionState::Error, Some("engine restarted")));
+    assert_eq!(store.get_session(&t, second.id).await.unwrap().state, SessionState::Cancelled);
 }
