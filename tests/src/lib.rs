@@ -2,7 +2,8 @@
 //!
 //! The tests live in `it/` (one integration binary); the helper processes live
 //! in `src/bin/`. What both sides of a process boundary must agree on, such as
-//! the line protocol of `godel-store-child`, lives here so that it is written
-//! once.
+//! the line protocols of `godel-store-child` and `godel-engine-child`, lives
+//! here so that it is written once.
 
+pub mod engine_child;
 pub mod store_child;

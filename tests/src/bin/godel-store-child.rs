@@ -46,7 +46,10 @@ async fn main() -> Result<()> {
     got.sort();
     ensure!(got == expected, "claimed {got:?}, expected the tasks just enqueued {expected:?}");
     for claim in &claims {
-        store.start(&claim.lease, now).await.with_context(|| format!("start claimed task {}", claim.task.id))?;
+        store
+            .start(&claim.lease, &store_child::agent(), now)
+            .await
+            .with_context(|| format!("start claimed task {}", claim.task.id))?;
         report(Report::Claimed(claim.task.id))?;
     }
 
