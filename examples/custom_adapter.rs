@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
             EventKind::TaskStarted { task, .. } if *task == slow.id => {
                 orchestrator.cancel(slow.id).await?;
             }
-            EventKind::TaskCompleted { task, .. } | EventKind::TaskCancelled { task } => {
+            EventKind::TaskCompleted { task, .. } | EventKind::TaskCancelled { task, .. } => {
                 finished += 1;
                 let task = orchestrator.get(*task).await?;
                 println!("\n{} {}: {}", task.id, task.status, task.result.unwrap_or_default());

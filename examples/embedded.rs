@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         let event = &published.event;
         match &event.kind {
             EventKind::TaskOutput { task, data, .. } => println!("  {task} | {}", data.trim_end()),
-            EventKind::TaskAssigned { task, agent, attempt } => {
+            EventKind::TaskAssigned { task, agent, attempt, .. } => {
                 println!("{} {task} -> {agent} (attempt {attempt})", event.kind.name())
             }
             EventKind::TaskRetrying { task, error, run_at, .. } => {

@@ -125,7 +125,7 @@ mod tests {
         let mut tasks = bus.subscribe(vec![EventPattern::new("task.*").unwrap()]);
         let mut all = bus.subscribe(Vec::new());
         bus.publish(event(EventKind::System { name: "started".into(), message: String::new() }));
-        bus.publish(event(EventKind::TaskCancelled { task: TaskId::new() }));
+        bus.publish(event(EventKind::TaskCancelled { task: TaskId::new(), priority: crate::Priority::High }));
         let got = tasks.recv().await.unwrap();
         assert_eq!((got.seq, got.event.kind.name()), (2, "task.cancelled".to_owned()));
         assert_eq!(all.recv().await.unwrap().seq, 1);
@@ -137,7 +137,7 @@ mod tests {
         let bus = EventBus::new(2);
         let mut slow = bus.subscribe(Vec::new());
         for _ in 0..5 {
-            bus.publish(event(EventKind::TaskCancelled { task: TaskId::new() }));
+            bus.publish(event(EventKind::TaskCancelled { task: TaskId::new(), priority: crate::Priority::High }));
         }
         assert_eq!(slow.recv().await.unwrap_err(), RecvError::Lagged(3));
         assert_eq!(slow.recv().await.unwrap().seq, 4);

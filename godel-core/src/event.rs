@@ -54,21 +54,21 @@ pub enum EventKind {
     /// `task.created`
     TaskCreated { task: TaskId, priority: Priority },
     /// `task.assigned`
-    TaskAssigned { task: TaskId, agent: AgentId, attempt: u32 },
+    TaskAssigned { task: TaskId, priority: Priority, agent: AgentId, attempt: u32 },
     /// `task.started`
     TaskStarted { task: TaskId, session: SessionId, attempt: u32 },
     /// `task.output`
     TaskOutput { task: TaskId, attempt: u32, stream: OutputStream, data: String },
     /// `task.completed`
-    TaskCompleted { task: TaskId, attempt: u32 },
+    TaskCompleted { task: TaskId, priority: Priority, attempt: u32 },
     /// `task.failed`: failed for good (not retryable).
-    TaskFailed { task: TaskId, attempt: u32, error: TaskError },
+    TaskFailed { task: TaskId, priority: Priority, attempt: u32, error: TaskError },
     /// `task.retrying`: an attempt failed and another is scheduled.
     TaskRetrying { task: TaskId, attempt: u32, run_at: Timestamp, error: TaskError },
     /// `task.dead_lettered`
-    TaskDeadLettered { task: TaskId, attempts: u32, error: Option<TaskError> },
+    TaskDeadLettered { task: TaskId, priority: Priority, attempts: u32, error: Option<TaskError> },
     /// `task.cancelled`
-    TaskCancelled { task: TaskId },
+    TaskCancelled { task: TaskId, priority: Priority },
     /// `agent.connected`
     AgentConnected { agent: AgentId },
     /// `agent.disconnected`
@@ -123,7 +123,7 @@ impl EventKind {
             | EventKind::TaskFailed { task, .. }
             | EventKind::TaskRetrying { task, .. }
             | EventKind::TaskDeadLettered { task, .. }
-            | EventKind::TaskCancelled { task } => Some(*task),
+            | EventKind::TaskCancelled { task, .. } => Some(*task),
             _ => None,
         }
     }
@@ -222,7 +222,7 @@ mod tests {
     fn names_are_dotted() {
         let e = EventKind::System { name: "started".into(), message: String::new() };
         assert_eq!(e.name(), "system.started");
-        let e = EventKind::TaskCancelled { task: TaskId::new() };
+        let e = EventKind::TaskCancelled { task: TaskId::new(), priority: Priority::Low };
         assert_eq!(e.name(), "task.cancelled");
         assert!(EventPattern::new("task.*").unwrap().matches(&e.name()));
     }

@@ -70,7 +70,12 @@ impl Execution {
         let inner = self.inner.clone();
         let task = &self.claim.task;
         let lease = &self.claim.lease;
-        inner.publish(EventKind::TaskAssigned { task: task.id, agent: self.agent.id.clone(), attempt: lease.attempt });
+        inner.publish(EventKind::TaskAssigned {
+            task: task.id,
+            priority: task.priority,
+            agent: self.agent.id.clone(),
+            attempt: lease.attempt,
+        });
 
         let mut session = Session::new(inner.config.tenant.clone(), self.agent.id.clone(), inner.clock.now());
         session.task = Some(task.id);
@@ -122,7 +127,9 @@ impl Execution {
             (Some(Stop::Shutdown), _) => {
                 self.transition(&mut session, SessionState::Cancelled, Some("engine shutting down".into()));
                 match self.store_call(|| inner.store.release(lease, inner.clock.now())).await {
-                    Ok(TaskStatus::Cancelled) => inner.publish(EventKind::TaskCancelled { task: task.id }),
+                    Ok(TaskStatus::Cancelled) => {
+                        inner.publish(EventKind::TaskCancelled { task: task.id, priority: task.priority });
+                    }
                     Ok(_) => tracing::info!(task = %task.id, "released for the next start"),
                     Err(e) => tracing::warn!(task = %task.id, error = %e, "cannot release; the lease will lapse"),
                 }
@@ -262,16 +269,16 @@ impl Execution {
 
     async fn settle_success(&self, result: Value) {
         let inner = &self.inner;
-        let (lease, task) = (&self.claim.lease, self.claim.task.id);
+        let (lease, task, priority) = (&self.claim.lease, self.claim.task.id, self.claim.task.priority);
         match self.store_call(|| inner.store.complete(lease, result.clone(), inner.clock.now())).await {
-            Ok(()) => inner.publish(EventKind::TaskCompleted { task, attempt: lease.attempt }),
+            Ok(()) => inner.publish(EventKind::TaskCompleted { task, priority, attempt: lease.attempt }),
             Err(e) => tracing::warn!(task = %task, error = %e, "cannot record completion; the lease will lapse"),
         }
     }
 
     async fn settle_failure(&self, error: TaskError, retryable: bool) {
         let inner = &self.inner;
-        let (lease, task) = (&self.claim.lease, self.claim.task.id);
+        let (lease, task, priority) = (&self.claim.lease, self.claim.task.id, self.claim.task.priority);
         let retry = if retryable {
             Retry::After(inner.config.backoff.delay(lease.attempt, &mut rand::rng()))
         } else {
@@ -286,22 +293,22 @@ impl Execution {
             }
             Ok(FailOutcome::DeadLettered) => {
                 tracing::warn!(task = %task, attempts = attempt, error = %error.message, "task dead-lettered");
-                inner.publish(EventKind::TaskDeadLettered { task, attempts: attempt, error: Some(error) });
+                inner.publish(EventKind::TaskDeadLettered { task, priority, attempts: attempt, error: Some(error) });
             }
             Ok(FailOutcome::Failed) => {
                 tracing::warn!(task = %task, error = %error.message, "task failed");
-                inner.publish(EventKind::TaskFailed { task, attempt, error });
+                inner.publish(EventKind::TaskFailed { task, priority, attempt, error });
             }
-            Ok(FailOutcome::Cancelled) => inner.publish(EventKind::TaskCancelled { task }),
+            Ok(FailOutcome::Cancelled) => inner.publish(EventKind::TaskCancelled { task, priority }),
             Err(e) => tracing::warn!(task = %task, error = %e, "cannot record failure; the lease will lapse"),
         }
     }
 
     async fn settle_cancel(&self) {
         let inner = &self.inner;
-        let (lease, task) = (&self.claim.lease, self.claim.task.id);
+        let (lease, task, priority) = (&self.claim.lease, self.claim.task.id, self.claim.task.priority);
         match self.store_call(|| inner.store.confirm_cancel(lease, inner.clock.now())).await {
-            Ok(()) => inner.publish(EventKind::TaskCancelled { task }),
+            Ok(()) => inner.publish(EventKind::TaskCancelled { task, priority }),
             Err(e) => tracing::warn!(task = %task, error = %e, "cannot record cancel; the lease will lapse"),
         }
     }

@@ -61,9 +61,16 @@ struct Inner {
     scheduler: Mutex<Scheduler>,
     wake: Notify,
     /// Control channels of the executions running in this process.
-    running: Mutex<HashMap<TaskId, watch::Sender<Control>>>,
+    running: Mutex<HashMap<TaskId, Running>>,
     /// Session changes waiting to be written in one batch.
     sessions: Mutex<Vec<Session>>,
+}
+
+/// An execution running in this process.
+#[derive(Debug)]
+struct Running {
+    agent: AgentId,
+    control: watch::Sender<Control>,
 }
 
 /// What the orchestrator tells a running execution.
@@ -219,10 +226,13 @@ impl Orchestrator {
         let inner = &self.inner;
         let outcome = inner.store.cancel(&inner.config.tenant, id, inner.clock.now()).await?;
         match outcome {
-            CancelOutcome::Cancelled => inner.publish(EventKind::TaskCancelled { task: id }),
+            CancelOutcome::Cancelled => {
+                let priority = inner.store.get(&inner.config.tenant, id).await.map(|t| t.priority).unwrap_or_default();
+                inner.publish(EventKind::TaskCancelled { task: id, priority });
+            }
             CancelOutcome::Requested => {
-                if let Some(tx) = inner.lock_running().get(&id) {
-                    tx.send_replace(control);
+                if let Some(running) = inner.lock_running().get(&id) {
+                    running.control.send_replace(control);
                 }
             }
         }
@@ -233,6 +243,37 @@ impl Orchestrator {
     pub fn agents(&self) -> Vec<Agent> {
         let tenant = &self.inner.config.tenant;
         self.inner.lock_scheduler().agents.iter().map(|a| a.snapshot(tenant)).collect()
+    }
+
+    /// Adds an agent while the engine runs. Its id must be new.
+    pub fn add_agent(&self, agent: AgentConfig) -> Result<Agent, InvalidInput> {
+        let mut agent = agent;
+        agent.validate()?;
+        let id = agent.id.clone();
+        let snapshot = {
+            let mut scheduler = self.inner.lock_scheduler();
+            if !scheduler.add(agent) {
+                return Err(InvalidInput::new("agent id", format!("an agent {id} is already registered")));
+            }
+            scheduler.agent(&id).expect("just added").snapshot(&self.inner.config.tenant)
+        };
+        self.inner.publish(EventKind::AgentConnected { agent: id });
+        self.inner.wake.notify_one();
+        Ok(snapshot)
+    }
+
+    /// Deregisters an agent: it takes no new work, finishes what it runs, then disappears.
+    pub fn remove_agent(&self, agent: &AgentId) -> Result<(), InvalidInput> {
+        if !self.inner.lock_scheduler().remove(agent) {
+            return Err(InvalidInput::new("agent id", format!("no agent {agent} is registered")));
+        }
+        self.inner.publish(EventKind::AgentDisconnected { agent: agent.clone(), reason: "deregistered".into() });
+        Ok(())
+    }
+
+    /// Tasks running on `agent` in this process.
+    pub fn active_tasks(&self, agent: &AgentId) -> Vec<TaskId> {
+        self.inner.lock_running().iter().filter(|(_, r)| r.agent == *agent).map(|(id, _)| *id).collect()
     }
 
     /// Records a heartbeat from an agent (e.g. a remote worker): it counts as alive until
@@ -324,8 +365,8 @@ impl Orchestrator {
         .await;
         if drained.is_err() {
             tracing::warn!(running = executions.len(), "grace period over: aborting and releasing the rest");
-            for tx in inner.lock_running().values() {
-                tx.send_replace(Control::Shutdown);
+            for running in inner.lock_running().values() {
+                running.control.send_replace(Control::Shutdown);
             }
             while let Some(joined) = executions.join_next().await {
                 log_join(joined);
@@ -374,7 +415,7 @@ impl Orchestrator {
                         let target = scheduler.pick(&claim.task, &claimer);
                         let agent = scheduler.reserve(&target, &claim.task).expect("picked agent exists");
                         let (tx, rx) = watch::channel(Control::Run);
-                        inner.lock_running().insert(claim.task.id, tx);
+                        inner.lock_running().insert(claim.task.id, Running { agent: target, control: tx });
                         (agent, rx)
                     };
                     let execution = execute::Execution::new(self.inner.clone(), agent, claim, control);
@@ -406,10 +447,13 @@ impl Orchestrator {
             );
             let kind = match r.status {
                 TaskStatus::Pending => EventKind::TaskRetrying { task: r.task, attempt: r.attempt, run_at: now, error },
-                TaskStatus::DeadLetter => {
-                    EventKind::TaskDeadLettered { task: r.task, attempts: r.attempt, error: Some(error) }
-                }
-                _ => EventKind::TaskCancelled { task: r.task },
+                TaskStatus::DeadLetter => EventKind::TaskDeadLettered {
+                    task: r.task,
+                    priority: r.priority,
+                    attempts: r.attempt,
+                    error: Some(error),
+                },
+                _ => EventKind::TaskCancelled { task: r.task, priority: r.priority },
             };
             inner.publish(kind);
         }
@@ -480,7 +524,7 @@ impl Inner {
         self.scheduler.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_running(&self) -> MutexGuard<'_, HashMap<TaskId, watch::Sender<Control>>> {
+    fn lock_running(&self) -> MutexGuard<'_, HashMap<TaskId, Running>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

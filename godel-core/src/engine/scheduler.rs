@@ -24,9 +24,15 @@ pub(crate) struct AgentState {
     /// Offline or error; `None` while healthy (idle or busy follows from load).
     pub(crate) down: Option<AgentStatus>,
     pub(crate) last_heartbeat: Option<Timestamp>,
+    /// Deregistered: takes no new work and disappears once its load is zero.
+    pub(crate) removing: bool,
 }
 
 impl AgentState {
+    fn new(config: AgentConfig) -> Self {
+        Self { config, load: 0, down: None, last_heartbeat: None, removing: false }
+    }
+
     pub(crate) fn status(&self) -> AgentStatus {
         match self.down {
             Some(status) => status,
@@ -36,7 +42,7 @@ impl AgentState {
     }
 
     fn free(&self) -> u32 {
-        if self.down.is_some() { 0 } else { self.config.max_capacity.saturating_sub(self.load) }
+        if self.down.is_some() || self.removing { 0 } else { self.config.max_capacity.saturating_sub(self.load) }
     }
 
     fn can_run(&self, task: &Task) -> bool {
@@ -70,8 +76,7 @@ pub(crate) struct Scheduler {
 
 impl Scheduler {
     pub(crate) fn new(policy: SchedulingPolicy, agents: Vec<AgentConfig>) -> Self {
-        let agents =
-            agents.into_iter().map(|config| AgentState { config, load: 0, down: None, last_heartbeat: None }).collect();
+        let agents = agents.into_iter().map(AgentState::new).collect();
         Self { policy, agents, next: 0, affinity: HashMap::new(), affinity_clock: 0 }
     }
 
@@ -125,12 +130,31 @@ impl Scheduler {
         Some(self.agents[i].config.clone())
     }
 
-    /// Gives a slot back.
+    /// Gives a slot back; a deregistered agent goes away with its last slot.
     pub(crate) fn release(&mut self, agent: &AgentId) {
         if let Some(state) = self.agents.iter_mut().find(|s| s.config.id == *agent) {
             debug_assert!(state.load > 0, "load of {agent} would go negative");
             state.load = state.load.saturating_sub(1);
         }
+        self.agents.retain(|s| !(s.removing && s.load == 0));
+    }
+
+    /// Adds an agent; false if one with this id exists.
+    pub(crate) fn add(&mut self, config: AgentConfig) -> bool {
+        if self.agents.iter().any(|s| s.config.id == config.id) {
+            return false;
+        }
+        self.agents.push(AgentState::new(config));
+        true
+    }
+
+    /// Deregisters an agent: it takes no new work and is dropped once idle.
+    /// Returns false if there is no such agent.
+    pub(crate) fn remove(&mut self, agent: &AgentId) -> bool {
+        let Some(state) = self.agent_mut(agent) else { return false };
+        state.removing = true;
+        self.agents.retain(|s| !(s.removing && s.load == 0));
+        true
     }
 
     pub(crate) fn agent(&self, id: &AgentId) -> Option<&AgentState> {
@@ -245,6 +269,21 @@ mod tests {
         s.reserve(&b, &task(None, &[]));
         s.reserve(&b, &task(None, &[]));
         assert_eq!(s.pick(&task(Some("repo-1"), &[]), &a), a, "falls back when the preferred agent is full");
+    }
+
+    #[test]
+    fn removed_agents_drain_then_disappear() {
+        let mut s = Scheduler::new(SchedulingPolicy::LeastLoaded, vec![agent("a", 2, &[]), agent("b", 1, &[])]);
+        let a = AgentId::new("a").unwrap();
+        s.reserve(&a, &task(None, &[]));
+        assert!(s.remove(&a));
+        assert_eq!(ids(&s.claim_order()), ["b"], "a draining agent takes nothing new");
+        assert!(s.agent(&a).is_some(), "still listed while it runs a task");
+        s.release(&a);
+        assert!(s.agent(&a).is_none());
+        assert!(!s.remove(&a));
+        assert!(s.add(agent("a", 1, &[])));
+        assert!(!s.add(agent("a", 1, &[])), "ids are unique");
     }
 
     #[test]

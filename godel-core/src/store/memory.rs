@@ -14,9 +14,9 @@ use serde_json::Value;
 use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::session::Session;
 use crate::store::{
-    BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure, Lease,
-    LeaseStatus, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery,
-    SortOrder, Store, StoreError, TaskFilter, TaskQuery,
+    BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
+    HistoryEntry, Lease, LeaseStatus, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result,
+    Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery,
 };
 use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -57,6 +57,7 @@ struct TenantQueue {
     pending: BTreeSet<(u8, Timestamp, i64)>,
     idempotency: HashMap<String, i64>,
     output: HashMap<i64, Vec<OutputRecord>>,
+    history: HashMap<i64, Vec<HistoryEntry>>,
 }
 
 #[derive(Debug)]
@@ -80,6 +81,16 @@ impl TenantQueue {
         self.pending.remove(&(task.priority.rank(), task.run_at, seq));
     }
 
+    /// Appends a history entry if the task's status, attempt or cancel flag
+    /// changed since the last one (what the SQLite triggers do).
+    fn record(&mut self, seq: i64) {
+        let task = &self.tasks[&seq].task;
+        let history = self.history.entry(seq).or_default();
+        if history.last().is_none_or(|last| !last.same_state(task)) {
+            history.push(HistoryEntry::of(task));
+        }
+    }
+
     fn remove(&mut self, seq: i64) {
         if let Some(entry) = self.tasks.remove(&seq) {
             self.by_id.remove(&entry.task.id);
@@ -87,6 +98,7 @@ impl TenantQueue {
                 self.idempotency.remove(key);
             }
             self.output.remove(&seq);
+            self.history.remove(&seq);
         }
     }
 }
@@ -152,6 +164,7 @@ impl State {
         queue.by_id.insert(task.id, seq);
         queue.tasks.insert(seq, Entry { task: task.clone(), token: None });
         queue.insert_pending(seq);
+        queue.record(seq);
         Ok(Enqueued { task, created: true })
     }
 
@@ -162,7 +175,14 @@ impl State {
         task.result = Some(result);
         task.completed_at = Some(now);
         task.updated_at = now;
+        self.record(&lease.tenant, seq);
         Ok(())
+    }
+
+    fn record(&mut self, tenant: &TenantId, seq: i64) {
+        if let Some(queue) = self.tenants.get_mut(tenant) {
+            queue.record(seq);
+        }
     }
 }
 
@@ -232,11 +252,13 @@ impl Store for MemoryStore {
             task.cancel_requested = false;
             task.started_at = None;
             task.updated_at = now;
-            state.leases.insert((expires, seq, request.tenant.clone()));
-            claims.push(Claim {
+            let claim = Claim {
                 lease: Lease { tenant: request.tenant.clone(), task: task.id, attempt: task.attempt, token },
                 task: task.clone(),
-            });
+            };
+            state.leases.insert((expires, seq, request.tenant.clone()));
+            queue.record(seq);
+            claims.push(claim);
         }
         Ok(claims)
     }
@@ -251,7 +273,10 @@ impl Store for MemoryStore {
             task.started_at = Some(now);
             task.updated_at = now;
         }
-        Ok(LeaseStatus { expires_at: task.lease_expires_at.expect("leased"), cancel_requested: task.cancel_requested })
+        let status =
+            LeaseStatus { expires_at: task.lease_expires_at.expect("leased"), cancel_requested: task.cancel_requested };
+        queue.record(seq);
+        Ok(status)
     }
 
     async fn heartbeat(&self, lease: &Lease, extend_by: Duration, now: Timestamp) -> Result<LeaseStatus> {
@@ -320,6 +345,7 @@ impl Store for MemoryStore {
                 state.tenants.get_mut(&lease.tenant).expect("leased").insert_pending(seq);
             }
         }
+        state.record(&lease.tenant, seq);
         Ok(outcome)
     }
 
@@ -329,6 +355,7 @@ impl Store for MemoryStore {
         let task = &mut state.unlease(&lease.tenant, seq).task;
         if task.cancel_requested {
             finish(task, TaskStatus::Cancelled, now);
+            state.record(&lease.tenant, seq);
             return Ok(TaskStatus::Cancelled);
         }
         // The attempt never ran to an outcome, so it does not count, and the
@@ -337,6 +364,7 @@ impl Store for MemoryStore {
         task.attempt -= 1;
         task.updated_at = now;
         state.tenants.get_mut(&lease.tenant).expect("leased").insert_pending(seq);
+        state.record(&lease.tenant, seq);
         Ok(TaskStatus::Pending)
     }
 
@@ -344,6 +372,7 @@ impl Store for MemoryStore {
         let mut state = self.lock();
         let (seq, _) = state.leased(lease)?;
         finish(&mut state.unlease(&lease.tenant, seq).task, TaskStatus::Cancelled, now);
+        state.record(&lease.tenant, seq);
         Ok(())
     }
 
@@ -355,12 +384,14 @@ impl Store for MemoryStore {
             TaskStatus::Pending => {
                 queue.remove_pending(seq);
                 finish(&mut queue.tasks.get_mut(&seq).expect("exists").task, TaskStatus::Cancelled, now);
+                queue.record(seq);
                 Ok(CancelOutcome::Cancelled)
             }
             TaskStatus::Assigned | TaskStatus::Running => {
                 let task = &mut queue.tasks.get_mut(&seq).expect("exists").task;
                 task.cancel_requested = true;
                 task.updated_at = now;
+                queue.record(seq);
                 Ok(CancelOutcome::Requested)
             }
             from => Err(StoreError::InvalidTransition { task: id, from, action: "cancel" }),
@@ -394,10 +425,17 @@ impl Store for MemoryStore {
             } else {
                 finish(task, status, now);
             }
-            out.push(Reclaimed { tenant: tenant.clone(), task: task.id, attempt: task.attempt, status });
+            out.push(Reclaimed {
+                tenant: tenant.clone(),
+                task: task.id,
+                priority: task.priority,
+                attempt: task.attempt,
+                status,
+            });
             if status == TaskStatus::Pending {
                 state.tenants.get_mut(&tenant).expect("leased").insert_pending(seq);
             }
+            state.record(&tenant, seq);
         }
         Ok(out)
     }
@@ -488,6 +526,13 @@ impl Store for MemoryStore {
         let queue = state.tenants.get(tenant).ok_or(StoreError::NotFound(id))?;
         let seq = queue.seq_of(id)?;
         Ok(queue.output.get(&seq).cloned().unwrap_or_default())
+    }
+
+    async fn history(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<HistoryEntry>> {
+        let state = self.lock();
+        let queue = state.tenants.get(tenant).ok_or(StoreError::NotFound(id))?;
+        let seq = queue.seq_of(id)?;
+        Ok(queue.history.get(&seq).cloned().unwrap_or_default())
     }
 
     async fn depth(&self, tenant: &TenantId, now: Timestamp) -> Result<QueueDepth> {
@@ -585,5 +630,6 @@ fn replay_entry(queue: &mut TenantQueue, seq: i64, now: Timestamp) -> Result<Tas
     task.updated_at = now;
     let task = task.clone();
     queue.insert_pending(seq);
+    queue.record(seq);
     Ok(task)
 }

@@ -154,6 +154,10 @@ pub trait Store: Send + Sync + Debug {
     /// A task's recorded output, oldest first, across attempts.
     async fn output(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<OutputRecord>>;
 
+    /// Every change of a task's status, attempt or cancel flag, oldest first;
+    /// written atomically with the change itself.
+    async fn history(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<HistoryEntry>>;
+
     /// Ready tasks per priority.
     async fn depth(&self, tenant: &TenantId, now: Timestamp) -> Result<QueueDepth>;
 
@@ -322,6 +326,41 @@ pub struct OutputRecord {
     pub at: Timestamp,
 }
 
+/// One change in a task's life, as [`Store::history`] returns it: the task's
+/// state right after the change.
+#[derive(Clone, PartialEq, Debug)]
+pub struct HistoryEntry {
+    /// When it happened.
+    pub at: Timestamp,
+    /// The attempt number after the change.
+    pub attempt: u32,
+    /// The status after the change.
+    pub status: TaskStatus,
+    /// The agent holding or last holding the task.
+    pub agent: Option<AgentId>,
+    /// The task's latest error at that point.
+    pub error: Option<TaskError>,
+    /// Whether a cancel had been requested.
+    pub cancel_requested: bool,
+}
+
+impl HistoryEntry {
+    fn of(task: &Task) -> Self {
+        Self {
+            at: task.updated_at,
+            attempt: task.attempt,
+            status: task.status,
+            agent: task.agent.clone(),
+            error: task.error.clone(),
+            cancel_requested: task.cancel_requested,
+        }
+    }
+
+    fn same_state(&self, task: &Task) -> bool {
+        self.status == task.status && self.attempt == task.attempt && self.cancel_requested == task.cancel_requested
+    }
+}
+
 /// One entry of [`Store::complete_batch`].
 #[derive(Clone, PartialEq, Debug)]
 pub struct Completion {
@@ -390,6 +429,8 @@ pub struct Reclaimed {
     pub tenant: TenantId,
     /// The task.
     pub task: TaskId,
+    /// Its priority.
+    pub priority: Priority,
     /// The attempt whose lease lapsed.
     pub attempt: u32,
     /// Where it went: `pending`, `dead_letter` or `cancelled`.

@@ -22,8 +22,8 @@ use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::session::Session;
 use crate::store::{
     BatchCompletion, BoxError, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    Lease, LeaseStatus, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, Retry,
-    SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery,
+    HistoryEntry, Lease, LeaseStatus, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result,
+    Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery,
 };
 use crate::task::{NewTask, Priority, Task, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -350,7 +350,7 @@ impl Store for SqliteStore {
              WHERE seq IN ( \
                  SELECT seq FROM tasks WHERE status IN ('assigned', 'running') AND lease_expires_at <= ?1 \
                  ORDER BY lease_expires_at LIMIT ?3) \
-             RETURNING tenant, id, attempt, status",
+             RETURNING tenant, id, attempt, status, priority",
         )
         .bind(now.as_millis())
         .bind(error)
@@ -365,6 +365,7 @@ impl Store for SqliteStore {
                     task: parse_column(&row.try_get::<String, _>(1).map_err(db_err)?, "id")?,
                     attempt: row.try_get(2).map_err(db_err)?,
                     status: parse_column(&row.try_get::<String, _>(3).map_err(db_err)?, "status")?,
+                    priority: priority_from_rank(row.try_get(4).map_err(db_err)?)?,
                 })
             })
             .collect()
@@ -479,6 +480,32 @@ impl Store for SqliteStore {
                     stream: parse_column(&row.try_get::<String, _>(1).map_err(db_err)?, "stream")?,
                     data: row.try_get(2).map_err(db_err)?,
                     at: Timestamp::from_millis(row.try_get(3).map_err(db_err)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn history(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<HistoryEntry>> {
+        let seq = self.seq_of(tenant, id).await?;
+        let rows = sqlx::query(
+            "SELECT at, attempt, status, agent_id, error, cancel_requested FROM task_history \
+             WHERE task_seq = ? ORDER BY seq",
+        )
+        .bind(seq)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let agent: Option<String> = row.try_get(3).map_err(db_err)?;
+                let error: Option<String> = row.try_get(4).map_err(db_err)?;
+                Ok(HistoryEntry {
+                    at: Timestamp::from_millis(row.try_get(0).map_err(db_err)?),
+                    attempt: row.try_get(1).map_err(db_err)?,
+                    status: parse_column(&row.try_get::<String, _>(2).map_err(db_err)?, "status")?,
+                    agent: agent.map(|a| parse_column(&a, "agent_id")).transpose()?,
+                    error: error.map(|e| json(&e, "error")).transpose()?,
+                    cancel_requested: row.try_get(5).map_err(db_err)?,
                 })
             })
             .collect()

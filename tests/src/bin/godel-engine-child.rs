@@ -171,13 +171,13 @@ async fn drain(events: &mut Subscription) -> Result<()> {
 fn report_event(kind: &EventKind) -> Result<()> {
     let line = match *kind {
         EventKind::TaskStarted { task, attempt, .. } => Report::Started { task, attempt },
-        EventKind::TaskCompleted { task, attempt } => Report::Completed { task, attempt },
+        EventKind::TaskCompleted { task, attempt, .. } => Report::Completed { task, attempt },
         EventKind::TaskRetrying { task, attempt, ref error, .. } => {
             Report::Retrying { task, attempt, kind: error.kind }
         }
         EventKind::TaskFailed { task, attempt, .. } => Report::Failed { task, attempt },
         EventKind::TaskDeadLettered { task, attempts, .. } => Report::DeadLettered { task, attempts },
-        EventKind::TaskCancelled { task } => Report::Cancelled(task),
+        EventKind::TaskCancelled { task, .. } => Report::Cancelled(task),
         _ => return Ok(()),
     };
     report(line)

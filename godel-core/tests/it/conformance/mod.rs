@@ -53,6 +53,7 @@ macro_rules! conformance {
                 counts_for_health_are_exact,
                 task_fields_round_trip,
                 sessions_are_saved_and_scoped,
+                history_records_every_transition,
             );
         }
     };

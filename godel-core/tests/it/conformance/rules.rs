@@ -900,3 +900,49 @@ pub(crate) async fn sessions_are_saved_and_scoped(store: Db) {
     assert_eq!((abandoned.state, abandoned.error.as_deref()), (SessionState::Error, Some("engine restarted")));
     assert_eq!(store.get_session(&t, second.id).await.unwrap().state, SessionState::Cancelled);
 }
+
+/// The history records every change of status, attempt and cancel flag,
+/// and nothing else.
+pub(crate) async fn history_records_every_transition(store: Db) {
+    let t = tenant("acme");
+    let task = enqueue(&store, &t, NewTask::prompt("story").max_attempts(3)).await;
+    let first = claim_one(&store, &t, T0 + secs(1)).await;
+    store.start(&first.lease, &agent(), T0 + secs(2)).await.unwrap();
+    store.heartbeat(&first.lease, LEASE, T0 + secs(3)).await.unwrap();
+    store.start(&first.lease, &agent(), T0 + secs(3)).await.unwrap(); // no change: no entry
+    store.fail(&first.lease, &retry_in(secs(1)), T0 + secs(4)).await.unwrap();
+    let second = claim_one(&store, &t, T0 + secs(5)).await;
+    store.start(&second.lease, &agent(), T0 + secs(5)).await.unwrap();
+    store.cancel(&t, task.id, T0 + secs(6)).await.unwrap();
+    store.confirm_cancel(&second.lease, T0 + secs(7)).await.unwrap();
+    store.replay(&t, task.id, T0 + secs(8)).await.unwrap();
+
+    let history = store.history(&t, task.id).await.unwrap();
+    let got: Vec<(i64, u32, TaskStatus, bool)> = history
+        .iter()
+        .map(|h| ((h.at.as_millis() - T0.as_millis()) / 1000, h.attempt, h.status, h.cancel_requested))
+        .collect();
+    use TaskStatus::*;
+    assert_eq!(
+        got,
+        [
+            (0, 0, Pending, false),
+            (1, 1, Assigned, false),
+            (2, 1, Running, false),
+            (4, 1, Pending, false),
+            (5, 2, Assigned, false),
+            (5, 2, Running, false),
+            (6, 2, Running, true),
+            (7, 2, Cancelled, true),
+            (8, 0, Pending, false),
+        ]
+    );
+    assert_eq!(history[3].error.as_ref().map(|e| e.message.as_str()), Some("exit code 1"));
+    assert_eq!(history[2].agent, Some(agent()));
+    assert!(matches!(store.history(&tenant("globex"), task.id).await, Err(StoreError::NotFound(_))));
+
+    let claim = claim_one(&store, &t, T0 + secs(9)).await;
+    store.complete(&claim.lease, json!(1), T0 + secs(9)).await.unwrap();
+    store.purge(&t, task.id).await.unwrap();
+    assert!(matches!(store.history(&t, task.id).await, Err(StoreError::NotFound(_))));
+}
