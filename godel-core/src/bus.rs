@@ -5,8 +5,8 @@
 //! number, so a subscriber that falls behind learns exactly how many events it
 //! missed ([`RecvError::Lagged`]) instead of missing them silently.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::broadcast;
 
@@ -32,29 +32,61 @@ pub enum RecvError {
     Closed,
 }
 
-/// Publishes events to every subscriber.
+/// The replay window is gone: events after `since` are no longer kept.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[error("events after {since} are no longer kept (the oldest kept is {oldest})")]
+pub struct ReplayGone {
+    /// What the subscriber asked for.
+    pub since: u64,
+    /// The oldest sequence number still kept.
+    pub oldest: u64,
+}
+
+/// Publishes events to every subscriber and keeps the last `history` of them
+/// so that a subscriber that reconnects can resume where it left off.
 #[derive(Debug, Clone)]
 pub struct EventBus {
     sender: broadcast::Sender<Arc<Published>>,
-    seq: Arc<AtomicU64>,
+    state: Arc<Mutex<History>>,
+}
+
+#[derive(Debug)]
+struct History {
+    seq: u64,
+    kept: VecDeque<Arc<Published>>,
+    limit: usize,
 }
 
 impl EventBus {
-    /// A bus that buffers up to `capacity` events per slow subscriber.
-    pub fn new(capacity: usize) -> Self {
+    /// A bus that buffers up to `capacity` events per slow subscriber and
+    /// keeps the last `history` events for replay.
+    pub fn new(capacity: usize, history: usize) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(1));
-        Self { sender, seq: Arc::new(AtomicU64::new(0)) }
+        let state = History { seq: 0, kept: VecDeque::with_capacity(history.min(65_536)), limit: history };
+        Self { sender, state: Arc::new(Mutex::new(state)) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, History> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Publishes an event; returns its sequence number.
     pub fn publish(&self, event: Event) -> u64 {
-        // The sequence is taken and sent under no lock, so two concurrent
-        // publishers may deliver seq 8 before seq 7; subscribers see each
-        // event exactly once either way.
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        // Numbering, keeping and sending happen under one lock, so every
+        // subscriber sees events in sequence order and a replay never misses
+        // or repeats one at the seam with the live stream.
+        let mut state = self.lock();
+        state.seq += 1;
+        let published = Arc::new(Published { seq: state.seq, event });
+        if state.limit > 0 {
+            if state.kept.len() == state.limit {
+                state.kept.pop_front();
+            }
+            state.kept.push_back(published.clone());
+        }
         // An error only means nobody is subscribed.
-        let _ = self.sender.send(Arc::new(Published { seq, event }));
-        seq
+        let _ = self.sender.send(published);
+        state.seq
     }
 
     /// Subscribes to events matching any of `patterns` (all events if empty).
@@ -62,15 +94,33 @@ impl EventBus {
         Subscription { receiver: self.sender.subscribe(), patterns }
     }
 
+    /// Subscribes and returns the kept events after `since` that match, to be
+    /// delivered before the live ones; fails if some of them are no longer kept.
+    pub fn subscribe_since(
+        &self,
+        patterns: Vec<EventPattern>,
+        since: u64,
+    ) -> Result<(Vec<Arc<Published>>, Subscription), ReplayGone> {
+        let state = self.lock();
+        let oldest = state.kept.front().map_or(state.seq + 1, |p| p.seq);
+        if since + 1 < oldest && since < state.seq {
+            return Err(ReplayGone { since, oldest });
+        }
+        let subscription = Subscription { receiver: self.sender.subscribe(), patterns };
+        let missed = state.kept.iter().filter(|p| p.seq > since && subscription.wants(p)).cloned().collect();
+        Ok((missed, subscription))
+    }
+
     /// The sequence number of the last event published.
     pub fn last_seq(&self) -> u64 {
-        self.seq.load(Ordering::Relaxed)
+        self.lock().seq
     }
 }
 
 impl Default for EventBus {
+    /// 4,096 events of buffer per subscriber, 10,000 kept for replay.
     fn default() -> Self {
-        Self::new(4_096)
+        Self::new(4_096, 10_000)
     }
 }
 
@@ -99,6 +149,11 @@ impl Subscription {
         self.patterns = patterns;
     }
 
+    /// The patterns in force.
+    pub fn patterns(&self) -> &[EventPattern] {
+        &self.patterns
+    }
+
     fn wants(&self, published: &Published) -> bool {
         if self.patterns.is_empty() {
             return true;
@@ -121,7 +176,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscribers_get_matching_events_in_sequence() {
-        let bus = EventBus::new(16);
+        let bus = EventBus::new(16, 16);
         let mut tasks = bus.subscribe(vec![EventPattern::new("task.*").unwrap()]);
         let mut all = bus.subscribe(Vec::new());
         bus.publish(event(EventKind::System { name: "started".into(), message: String::new() }));
@@ -134,12 +189,27 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_subscriber_learns_how_much_it_missed() {
-        let bus = EventBus::new(2);
+        let bus = EventBus::new(2, 0);
         let mut slow = bus.subscribe(Vec::new());
         for _ in 0..5 {
             bus.publish(event(EventKind::TaskCancelled { task: TaskId::new(), priority: crate::Priority::High }));
         }
         assert_eq!(slow.recv().await.unwrap_err(), RecvError::Lagged(3));
         assert_eq!(slow.recv().await.unwrap().seq, 4);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_resumes_from_a_sequence_number() {
+        let bus = EventBus::new(16, 3);
+        for _ in 0..5 {
+            bus.publish(event(EventKind::System { name: "tick".into(), message: String::new() }));
+        }
+        let (missed, mut live) = bus.subscribe_since(Vec::new(), 3).unwrap();
+        assert_eq!(missed.iter().map(|p| p.seq).collect::<Vec<_>>(), [4, 5]);
+        bus.publish(event(EventKind::System { name: "tick".into(), message: String::new() }));
+        assert_eq!(live.recv().await.unwrap().seq, 6);
+        assert_eq!(bus.subscribe_since(Vec::new(), 2).unwrap_err(), ReplayGone { since: 2, oldest: 4 });
+        assert!(bus.subscribe_since(Vec::new(), 3).is_ok(), "3 is just before the oldest kept");
+        assert!(bus.subscribe_since(Vec::new(), 6).unwrap().0.is_empty());
     }
 }

@@ -23,7 +23,7 @@ pub mod time;
 
 pub use crate::adapter::{Adapter, AgentSession, NoopAdapter, Outcome, ProcessAdapter, ProcessConfig};
 pub use crate::agent::{Agent, AgentKind, AgentStatus};
-pub use crate::bus::{EventBus, Published, Subscription};
+pub use crate::bus::{EventBus, Published, ReplayGone, Subscription};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::engine::{AgentConfig, CancellationToken, EngineConfig, Orchestrator, SchedulingPolicy};
 pub use crate::event::{Event, EventKind, EventPattern};

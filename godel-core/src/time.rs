@@ -33,6 +33,17 @@ impl Timestamp {
         self.0
     }
 
+    /// Parses an RFC 3339 time such as `2026-11-21T04:24:40Z` or
+    /// `2026-11-21T05:24:40.5+01:00` (sub-millisecond digits are dropped).
+    pub fn parse_rfc3339(field: &'static str, s: &str) -> Result<Self, crate::InvalidInput> {
+        chrono::DateTime::parse_from_rfc3339(s).map(|t| Self(t.timestamp_millis())).map_err(|e| {
+            crate::InvalidInput::new(
+                field,
+                format!("expected an RFC 3339 time like 2026-11-21T04:24:40Z, got {s:?} ({e})"),
+            )
+        })
+    }
+
     /// The time elapsed from `earlier` to `self`, or zero if `earlier` is later.
     pub fn saturating_since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
@@ -77,7 +88,12 @@ mod tests {
     }
 
     #[test]
-    fn displays_as_rfc3339() {
+    fn displays_and_parses_rfc3339() {
         assert_eq!(Timestamp::from_millis(1_500).to_string(), "1970-01-01T00:00:01.500Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("at", "1970-01-01T01:00:01.5+01:00").unwrap(),
+            Timestamp::from_millis(1_500)
+        );
+        assert_eq!(Timestamp::parse_rfc3339("run_at", "tomorrow").unwrap_err().field, "run_at");
     }
 }

@@ -1,15 +1,173 @@
-//! `godel-server`: the daemon most people run. It will own an orchestrator and
-//! expose it over HTTP (warp, `/api/v1` on 127.0.0.1:7373 by default) and
-//! WebSocket (`/events`), with health probes, Prometheus metrics and an
-//! OpenAPI document; the `godel-server` binary will be a thin `main` over
-//! [`run`]-style entry points in this library.
+//! `godel-server`: the daemon. It owns an orchestrator and exposes it over
+//! HTTP (`/api/v1`, loopback port 7373 by default) and WebSocket (`/events`),
+//! with health probes, Prometheus metrics and an OpenAPI document.
 //!
-//! For now it only fixes the defaults the rest of the workspace relies on.
+//! The binary is a thin `main` over [`run`], which takes its shutdown trigger
+//! as a parameter so that tests (and `godel serve`) can stop it.
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod api;
+pub mod config;
+mod error;
+mod events;
+mod metrics;
+mod wire;
 
-/// Where the server listens unless configured otherwise: loopback, port 7373.
-pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7373);
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
 
-/// The store the server opens unless configured otherwise: SQLite under `./.godel/`.
-pub const DEFAULT_STORE_URL: &str = "sqlite://.godel/godel.db";
+use anyhow::Context;
+use godel_core::{Orchestrator, Store, TenantId, store};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warp::Filter;
+
+pub use crate::config::{LogFormat, ServerConfig};
+
+/// The OpenAPI document describing every route.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Shared by every request.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    orchestrator: Orchestrator,
+    metrics: metrics::Metrics,
+    started: Instant,
+    phase: AtomicU8,
+    replay_window: usize,
+    /// Cancelled when the server drains: WebSocket connections close on it.
+    shutdown: CancellationToken,
+    /// Open WebSocket connections, awaited at shutdown.
+    connections: TaskTracker,
+}
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+impl AppState {
+    fn store(&self) -> &Arc<dyn Store> {
+        self.orchestrator.store()
+    }
+
+    fn tenant(&self) -> TenantId {
+        // Until authentication lands every request runs as the default tenant.
+        self.orchestrator.config().tenant.clone()
+    }
+
+    /// Why the server is not ready, if it is not.
+    fn not_ready(&self) -> Option<&'static str> {
+        match self.phase.load(Ordering::SeqCst) {
+            STARTING => Some("starting"),
+            DRAINING => Some("draining: the server is shutting down"),
+            _ => None,
+        }
+    }
+}
+
+/// Called once the server listens, with the address it bound (useful with port 0).
+pub type OnListening = Box<dyn FnOnce(SocketAddr) + Send>;
+
+/// Runs the server until `shutdown` is cancelled, then drains: readiness goes
+/// 503, the listener stops accepting, WebSockets close, the engine stops
+/// claiming, running tasks get their grace period and the rest are released.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: CancellationToken,
+    on_listening: Option<OnListening>,
+) -> anyhow::Result<()> {
+    let store =
+        store::open(&config.store_url).await.with_context(|| format!("cannot open the store {}", config.store_url))?;
+    let bus = godel_core::EventBus::new(4_096, config.replay_window);
+    let mut builder = Orchestrator::builder(store).config(config.engine.clone()).bus(bus);
+    for agent in config.agents.clone() {
+        builder = builder.agent(agent);
+    }
+    let orchestrator = builder.build().context("invalid engine configuration")?;
+    let state = Arc::new(AppState {
+        orchestrator: orchestrator.clone(),
+        metrics: metrics::Metrics::new(),
+        started: Instant::now(),
+        phase: AtomicU8::new(STARTING),
+        replay_window: config.replay_window,
+        shutdown: CancellationToken::new(),
+        connections: TaskTracker::new(),
+    });
+
+    let log_state = state.clone();
+    let routes = api::routes(state.clone()).recover(error::recover).unify().with(warp::log::custom(move |info| {
+        log_state.metrics.request(info.method().as_str(), info.path(), info.status().as_u16(), info.elapsed());
+    }));
+    let (stop_http_tx, stop_http_rx) = oneshot::channel::<()>();
+    let (addr, server) = warp::serve(routes)
+        .try_bind_with_graceful_shutdown(config.bind, async move {
+            let _ = stop_http_rx.await;
+        })
+        .map_err(|e| listen_error(config.bind, &e))?;
+
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, store = %config.store_url, agents = config.agents.len(), "godel-server started");
+    let engine_stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let http = tokio::spawn(server);
+    tasks.spawn({
+        let (orchestrator, stop) = (orchestrator.clone(), engine_stop.clone());
+        async move { orchestrator.run(stop).await.context("engine failed") }
+    });
+    tasks.spawn({
+        let (state, stop) = (state.clone(), engine_stop.clone());
+        async move {
+            state.metrics.follow(state.orchestrator.bus(), stop).await;
+            Ok(())
+        }
+    });
+    state.phase.store(READY, Ordering::SeqCst);
+    if let Some(callback) = on_listening {
+        callback(addr);
+    }
+
+    // Run until asked to stop, or until the engine dies.
+    let failure = tokio::select! {
+        () = shutdown.cancelled() => None,
+        Some(joined) = tasks.join_next() => Some(match joined {
+            Ok(Ok(())) => anyhow::anyhow!("the engine stopped unexpectedly"),
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("the engine panicked: {e}"),
+        }),
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "godel-server shutting down");
+    state.phase.store(DRAINING, Ordering::SeqCst);
+    state.shutdown.cancel();
+    let _ = stop_http_tx.send(());
+    state.connections.close();
+    state.connections.wait().await;
+    let _ = http.await;
+    engine_stop.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "shutdown"),
+            Err(e) => tracing::error!(error = %e, "a server task panicked"),
+        }
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "godel-server stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn listen_error(addr: SocketAddr, e: &warp::Error) -> anyhow::Error {
+    let in_use = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+        || e.to_string().contains("in use");
+    if in_use {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: the address is already in use (is another godel-server running? set bind in godel.toml or GODEL_BIND)"
+        )
+    } else {
+        anyhow::anyhow!("cannot listen on {addr}: {e}")
+    }
+}

@@ -187,7 +187,9 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    pub(crate) fn validate(&self) -> Result<(), InvalidInput> {
+    /// Checks that durations are positive and that heartbeats come well
+    /// within the lease; names the field that is wrong.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
         let positive = [
             ("lease", self.lease),
             ("heartbeat_interval", self.heartbeat_interval),

@@ -130,7 +130,7 @@ fn build(store: Arc<dyn Store>) -> Result<Orchestrator> {
         shutdown_grace: Duration::from_secs(5),
         ..EngineConfig::default()
     };
-    let mut builder = Orchestrator::builder(store).config(config).bus(EventBus::new(BUS_CAPACITY));
+    let mut builder = Orchestrator::builder(store).config(config).bus(EventBus::new(BUS_CAPACITY, 0));
     for i in 1..=AGENTS {
         let id = AgentId::new(format!("local-{i}"))?;
         builder = builder.agent(AgentConfig::new(id, AgentKind::Process, adapter.clone()).capacity(CAPACITY));

@@ -1,0 +1,128 @@
+//! API errors: the `{"error":{"code","message","retryable"}}` envelope, and
+//! the one function that maps every failure (ours, the store's, warp's) to
+//! an HTTP status.
+
+use std::convert::Infallible;
+
+use godel_core::InvalidInput;
+use godel_core::store::StoreError;
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+/// The error codes of the API, each with its status.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Code {
+    InvalidRequest,
+    NotFound,
+    Conflict,
+    InternalError,
+    ServiceUnavailable,
+}
+
+impl Code {
+    fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidRequest => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::Conflict => StatusCode::CONFLICT,
+            Code::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A failed request.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) code: Code,
+    pub(crate) message: String,
+    /// Overrides the code's status (405, 413, 415 keep the envelope's code but say more).
+    status: Option<StatusCode>,
+}
+
+pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
+
+impl ApiError {
+    pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), status: None }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidRequest, message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+
+    fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status.unwrap_or_else(|| self.code.status())
+    }
+
+    /// The only place an error becomes an HTTP response.
+    pub(crate) fn into_response(self) -> Response {
+        let retryable = matches!(self.code, Code::ServiceUnavailable | Code::InternalError);
+        if self.code == Code::InternalError {
+            tracing::error!(message = %self.message, "internal error");
+        }
+        let body = serde_json::json!({
+            "error": { "code": self.code, "message": self.message, "retryable": retryable }
+        });
+        warp::reply::with_status(warp::reply::json(&body), self.status()).into_response()
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(e: InvalidInput) -> Self {
+        ApiError::invalid(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) | StoreError::SessionNotFound(_) => ApiError::not_found(e.to_string()),
+            StoreError::InvalidTransition { .. } | StoreError::Conflict(_) | StoreError::LeaseLost(_) => {
+                ApiError::new(Code::Conflict, e.to_string())
+            }
+            StoreError::InvalidInput(e) => e.into(),
+            StoreError::Unavailable { .. } => ApiError::new(Code::ServiceUnavailable, e.to_string()),
+            other => ApiError::new(Code::InternalError, other.to_string()),
+        }
+    }
+}
+
+/// Turns warp's own rejections (no route, wrong method, body too large, …)
+/// into the envelope. Reached only when no route produced a response.
+pub(crate) async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::not_found("no such route; see /openapi.json for the API")
+    } else if let Some(e) = rejection.find::<warp::reject::PayloadTooLarge>() {
+        ApiError::invalid(format!("request body too large: {e} (limit {} bytes)", crate::api::MAX_BODY))
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::invalid("a Content-Length header is required").with_status(StatusCode::LENGTH_REQUIRED)
+    } else if let Some(e) = rejection.find::<warp::reject::UnsupportedMediaType>() {
+        ApiError::invalid(e.to_string()).with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::invalid("method not allowed on this route; see /openapi.json")
+            .with_status(StatusCode::METHOD_NOT_ALLOWED)
+    } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
+        ApiError::invalid(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::invalid(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::invalid(e.to_string())
+    } else {
+        ApiError::new(Code::InternalError, format!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}
