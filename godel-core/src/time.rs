@@ -69,6 +69,15 @@ impl fmt::Display for Timestamp {
     }
 }
 
+impl std::str::FromStr for Timestamp {
+    type Err = crate::InvalidInput;
+
+    /// Parses RFC 3339, as [`Timestamp::parse_rfc3339`].
+    fn from_str(s: &str) -> Result<Self, crate::InvalidInput> {
+        Self::parse_rfc3339("time", s)
+    }
+}
+
 impl fmt::Debug for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)

@@ -1,30 +1,78 @@
-//! `godel-sdk`: the one semver-facing crate. It will hold a typed HTTP and
-//! WebSocket client for a Godel server, and an `embed` module that re-exports
-//! what a program needs to run orchestration in-process.
+//! `godel-sdk`: drive a [Godel](https://github.com/godel-rs/godel) server
+//! from Rust, or embed Godel's orchestration in your own program.
 //!
-//! Today it re-exports the embeddable core: the domain types and the durable
-//! task store.
+//! # Talking to a server
+//!
+//! [`Client`] has one method per API route, typed requests and responses,
+//! and an [`Error`] that keeps the API's error code. [`Client::events`] is a
+//! stream of live events that reconnects and resumes on its own.
+//!
+//! ```no_run
+//! use godel_sdk::{Client, SubmitTask};
+//! use godel_sdk::embed::{Priority, TaskStatus};
+//!
+//! # async fn demo() -> Result<(), godel_sdk::Error> {
+//! let client = Client::new("http://127.0.0.1:7373")?;
+//! let task = client.submit(&SubmitTask::command(["cargo", "test"]).priority(Priority::High)).await?;
+//! let task = client.task(task.id).await?;
+//! println!("{} is {}", task.id, task.status);
+//! # let _ = TaskStatus::Completed;
+//! # Ok(()) }
+//! ```
+//!
+//! # Embedding
+//!
+//! [`embed`] re-exports what a program needs to run the orchestrator
+//! in-process: the store, the engine, adapters and events.
 //!
 //! ```
-//! use godel_sdk::embed::{store, NewTask, Priority, TenantId, Timestamp};
+//! use std::sync::Arc;
+//! use godel_sdk::embed::{store, AgentConfig, AgentId, AgentKind, CancellationToken, NewTask, NoopAdapter, Orchestrator};
 //!
-//! # tokio_test_block(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let store = store::open("memory://").await?;
-//! let task = NewTask::command(["echo", "hello"]).priority(Priority::High);
-//! let enqueued = store.enqueue(&TenantId::default_tenant(), task, Timestamp::now()).await?;
-//! assert!(enqueued.created);
-//! # Ok::<_, godel_sdk::embed::StoreError>(())
-//! # });
-//! # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
-//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
-//! # }
+//! let agent = AgentConfig::new(AgentId::new("worker-1")?, AgentKind::Process, Arc::new(NoopAdapter));
+//! let orchestrator = Orchestrator::builder(store).agent(agent).build()?;
+//! let shutdown = CancellationToken::new();
+//! let engine = tokio::spawn({
+//!     let (o, s) = (orchestrator.clone(), shutdown.clone());
+//!     async move { o.run(s).await }
+//! });
+//! let task = orchestrator.submit(NewTask::prompt("hello")).await?;
+//! while !orchestrator.get(task.id).await?.status.is_terminal() {
+//!     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+//! }
+//! shutdown.cancel();
+//! engine.await??;
+//! # Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+//! # }).unwrap();
 //! ```
 
-/// What a program needs to run Godel in-process: the store and the domain.
+mod client;
+mod error;
+mod events;
+mod types;
+
+pub use crate::client::{Client, ClientOptions, DEFAULT_SERVER, ListSessions};
+pub use crate::error::{Error, ErrorCode, Result};
+pub use crate::events::EventStream;
+pub use crate::types::{
+    Agent, AgentSummary, CancelOutcome, Cancelled, Event, Health, ListTasks, Page, QueueDepth, QueueHealth,
+    RegisterAgent, Session, StoreHealth, SubmitTask, Task, TaskEvent,
+};
+
+/// Everything a program needs to run Godel in-process.
 pub mod embed {
+    pub use godel_core::adapter::{
+        self, AbortMode, Adapter, AdapterError, AgentSession, NoopAdapter, Outcome, OutputSink, ProcessAdapter,
+        ProcessConfig, WorkDir,
+    };
+    pub use godel_core::event::{self, EventKind, OutputStream};
     pub use godel_core::store::{self, Store, StoreError};
     pub use godel_core::{
-        Backoff, NewTask, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskPayload, TaskStatus, TenantId,
-        Timestamp,
+        AgentConfig, AgentId, AgentKind, AgentStatus, Backoff, CancellationToken, Clock, EngineConfig, EventBus,
+        EventPattern, InvalidInput, ManualClock, NewTask, Orchestrator, Priority, Published, SchedulingPolicy,
+        SessionId, SessionState, Subscription, SystemClock, Task, TaskError, TaskErrorKind, TaskId, TaskPayload,
+        TaskStatus, TenantId, Timestamp,
     };
 }

@@ -54,12 +54,12 @@ pub(crate) fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     });
     let events = warp::path!("events").and(warp::ws()).and(raw_query()).and(with(state.clone())).map(
         |ws: warp::ws::Ws, query: String, state: Arc<AppState>| -> Response {
-            let (since, patterns) = match events_params(&query) {
+            let (resume, patterns) = match events_params(&query) {
                 Ok(params) => params,
                 Err(e) => return e.into_response(),
             };
             let tracker = state.connections.clone();
-            ws.on_upgrade(move |socket| tracker.track_future(crate::events::serve(socket, state, since, patterns)))
+            ws.on_upgrade(move |socket| tracker.track_future(crate::events::serve(socket, state, resume, patterns)))
                 .into_response()
         },
     );
@@ -642,8 +642,8 @@ async fn metrics(state: Arc<AppState>) -> ApiResult {
     Ok(reply)
 }
 
-fn events_params(query: &str) -> ApiResult<(Option<u64>, Vec<godel_core::EventPattern>)> {
-    let params = Params::parse(query, &["since", "patterns"])?;
+fn events_params(query: &str) -> ApiResult<(crate::events::Resume, Vec<godel_core::EventPattern>)> {
+    let params = Params::parse(query, &["since", "epoch", "patterns"])?;
     let since = params
         .get("since")
         .map(|s| {
@@ -652,5 +652,5 @@ fn events_params(query: &str) -> ApiResult<(Option<u64>, Vec<godel_core::EventPa
         })
         .transpose()?;
     let patterns = crate::events::parse_patterns(params.get("patterns").unwrap_or("")).map_err(ApiError::invalid)?;
-    Ok((since, patterns))
+    Ok((crate::events::Resume { since, epoch: params.get("epoch").map(str::to_owned) }, patterns))
 }

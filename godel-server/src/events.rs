@@ -5,7 +5,9 @@
 //! Every event carries its sequence number; a client that reconnects with
 //! `?since=<seq>` first gets the kept events it missed, then the live ones,
 //! with nothing lost or repeated at the seam. If they are no longer kept it
-//! gets a `replay_unavailable` message saying so, then the live stream. The
+//! gets a `replay_unavailable` message saying so, then the live stream; the
+//! same happens when the `epoch` it passes (from the `welcome` message) names
+//! an earlier run of the server, whose numbering does not carry over. The
 //! server pings every 20 s and closes a connection that has not answered for
 //! 60 s; at shutdown it closes every connection with code 1001.
 
@@ -40,13 +42,28 @@ pub(crate) fn parse_patterns(list: &str) -> Result<Vec<EventPattern>, String> {
 }
 
 /// Serves one connection until the client leaves or the server shuts down.
-pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, since: Option<u64>, patterns: Vec<EventPattern>) {
+pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, resume: Resume, patterns: Vec<EventPattern>) {
     let (mut tx, mut rx) = socket.split();
     let bus = state.orchestrator.bus();
-    let mut connection = Connection { since, subscription: None, last_sent: 0 };
-    let welcome = json!({"type": "welcome", "seq": bus.last_seq(), "replay_window": state.replay_window});
+    let mut connection = Connection { since: None, subscription: None, last_sent: 0 };
+    let welcome =
+        json!({"type": "welcome", "seq": bus.last_seq(), "epoch": state.epoch, "replay_window": state.replay_window});
     if send(&mut tx, &welcome).await.is_err() {
         return;
+    }
+    match resume.epoch {
+        // Sequence numbers belong to one server run; after a restart they start over.
+        Some(epoch) if epoch != state.epoch && resume.since.is_some() => {
+            let gone = json!({
+                "type": "replay_unavailable",
+                "since": resume.since,
+                "message": "the server restarted since that sequence number; its events are gone. Fetch current state from the REST API, then follow the live stream",
+            });
+            if send(&mut tx, &gone).await.is_err() {
+                return;
+            }
+        }
+        _ => connection.since = resume.since,
     }
     if !patterns.is_empty() {
         for message in connection.subscribe(&state, patterns) {
@@ -110,6 +127,15 @@ pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, since: Option
         }
     }
     let _ = tx.close().await;
+}
+
+/// Where a reconnecting client left off.
+#[derive(Debug, Default)]
+pub(crate) struct Resume {
+    /// The last sequence number it saw.
+    pub(crate) since: Option<u64>,
+    /// The server run that numbered it.
+    pub(crate) epoch: Option<String>,
 }
 
 struct Connection {

@@ -7,6 +7,7 @@
 
 mod api;
 pub mod config;
+pub mod daemon;
 mod error;
 mod events;
 mod metrics;
@@ -37,6 +38,8 @@ pub(crate) struct AppState {
     started: Instant,
     phase: AtomicU8,
     replay_window: usize,
+    /// Names this server run; event sequence numbers are only meaningful within one.
+    epoch: String,
     /// Cancelled when the server drains: WebSocket connections close on it.
     shutdown: CancellationToken,
     /// Open WebSocket connections, awaited at shutdown.
@@ -92,6 +95,7 @@ pub async fn run(
         started: Instant::now(),
         phase: AtomicU8::new(STARTING),
         replay_window: config.replay_window,
+        epoch: format!("{}-{}", godel_core::Timestamp::now().as_millis(), std::process::id()),
         shutdown: CancellationToken::new(),
         connections: TaskTracker::new(),
     });

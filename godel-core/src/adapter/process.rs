@@ -105,7 +105,8 @@ impl ProcessAdapter {
         }
         let (Some(template), Some(prompt)) = (&self.config.command, &task.payload.prompt) else {
             return Err(AdapterError::permanent(
-                "the task has no command and this agent has no command template for prompts",
+                "the task has no command and this agent has no command template for prompts \
+                 (give the agent one in godel.toml, e.g. command = [\"claude\", \"-p\", \"{prompt}\"])",
             ));
         };
         let vars = Vars {

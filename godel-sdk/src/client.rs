@@ -1,0 +1,315 @@
+//! The HTTP client: one method per API route.
+
+use std::time::Duration;
+
+use godel_core::{SessionId, SessionState, TaskId};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::events::EventStream;
+use crate::types::{
+    Agent, Cancelled, Health, ListTasks, Page, QueueDepth, QueueHealth, RegisterAgent, Session, SubmitTask, Task,
+    TaskEvent,
+};
+
+/// The address a client uses when none is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7373";
+
+/// A client for one Godel server. Cheap to clone; clones share connections.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Options for [`Client::with_options`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ClientOptions {
+    /// Longest a request may take in all.
+    pub timeout: Duration,
+    /// Longest connecting may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    /// 30 s per request, 5 s to connect.
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(30), connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Filters for [`Client::sessions`].
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct ListSessions {
+    /// Any of these states.
+    pub state: Vec<SessionState>,
+    /// On this agent.
+    pub agent_id: Option<String>,
+    /// Running this task.
+    pub task_id: Option<TaskId>,
+    /// At most this many (1 to 100).
+    pub limit: Option<usize>,
+}
+
+impl Client {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:7373`), with default timeouts.
+    pub fn new(base_url: &str) -> Result<Self> {
+        Self::with_options(base_url, ClientOptions::default())
+    }
+
+    /// A client with explicit timeouts.
+    pub fn with_options(base_url: &str, options: ClientOptions) -> Result<Self> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        let invalid = |message: &str| Error::InvalidUrl { url: base_url.to_owned(), message: message.to_owned() };
+        let rest = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"))
+            .ok_or_else(|| invalid("expected http://host:port or https://host:port"))?;
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(invalid("expected a host after the scheme"));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .connect_timeout(options.connect_timeout)
+            .user_agent(concat!("godel-sdk/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| invalid(&e.to_string()))?;
+        Ok(Self { http, base })
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Submits a task.
+    pub async fn submit(&self, task: &SubmitTask) -> Result<Task> {
+        self.send(Method::POST, "/api/v1/tasks", Some(task)).await
+    }
+
+    /// Submits many tasks in one transaction (all or none).
+    pub async fn submit_batch(&self, tasks: &[SubmitTask]) -> Result<Vec<Task>> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            tasks: Vec<Task>,
+        }
+        let created: Created = self.send(Method::POST, "/api/v1/tasks/batch", Some(&json!({ "tasks": tasks }))).await?;
+        Ok(created.tasks)
+    }
+
+    /// One task.
+    pub async fn task(&self, id: TaskId) -> Result<Task> {
+        self.get(&format!("/api/v1/tasks/{id}"), &[]).await
+    }
+
+    /// A page of tasks.
+    pub async fn tasks(&self, query: &ListTasks) -> Result<Page<Task>> {
+        self.get("/api/v1/tasks", &query.query()).await
+    }
+
+    /// Cancels a task: at once if pending, by asking its engine if running.
+    pub async fn cancel(&self, id: TaskId) -> Result<Cancelled> {
+        self.send(Method::POST, &format!("/api/v1/tasks/{id}/cancel"), None::<&()>).await
+    }
+
+    /// Like [`Client::cancel`], without the grace period.
+    pub async fn kill(&self, id: TaskId) -> Result<Cancelled> {
+        self.send(Method::POST, &format!("/api/v1/tasks/{id}/kill"), None::<&()>).await
+    }
+
+    /// Runs a dead-lettered, failed or cancelled task again with fresh attempts.
+    pub async fn retry(&self, id: TaskId) -> Result<Task> {
+        self.send(Method::POST, &format!("/api/v1/tasks/{id}/retry"), None::<&()>).await
+    }
+
+    /// Deletes a finished task and its history.
+    pub async fn purge(&self, id: TaskId) -> Result<()> {
+        self.send_empty(Method::DELETE, &format!("/api/v1/tasks/{id}?purge=true")).await
+    }
+
+    /// A task's lifecycle changes and output, oldest first.
+    pub async fn task_events(&self, id: TaskId) -> Result<Vec<TaskEvent>> {
+        let page: Page<TaskEvent> = self.get(&format!("/api/v1/tasks/{id}/events"), &[]).await?;
+        Ok(page.items)
+    }
+
+    /// Ready tasks per priority.
+    pub async fn queue_depth(&self) -> Result<QueueDepth> {
+        self.get("/api/v1/queue/depth", &[]).await
+    }
+
+    /// The queue's health.
+    pub async fn queue_health(&self) -> Result<QueueHealth> {
+        self.get("/api/v1/queue/health", &[]).await
+    }
+
+    /// A page of dead-lettered tasks (`status` in the query is ignored).
+    pub async fn dead_letters(&self, query: &ListTasks) -> Result<Page<Task>> {
+        let query = ListTasks { status: Vec::new(), ..query.clone() };
+        self.get("/api/v1/dead-letters", &query.query()).await
+    }
+
+    /// Replays one dead-lettered task.
+    pub async fn replay_dead_letter(&self, id: TaskId) -> Result<Task> {
+        self.send(Method::POST, &format!("/api/v1/dead-letters/{id}/replay"), None::<&()>).await
+    }
+
+    /// Replays every dead-lettered task of these priorities (all if empty); returns how many.
+    pub async fn replay_dead_letters(&self, priorities: &[godel_core::Priority]) -> Result<u64> {
+        let body = json!({ "priority": priorities });
+        let reply: Value = self.send(Method::POST, "/api/v1/dead-letters/replay", Some(&body)).await?;
+        reply["replayed"].as_u64().ok_or_else(|| self.protocol("replay answer without `replayed`"))
+    }
+
+    /// Every dead-lettered task as NDJSON, one task per line.
+    pub async fn export_dead_letters(&self) -> Result<String> {
+        let url = format!("{}/api/v1/dead-letters/export", self.base);
+        let response = self.execute(self.http.get(&url), &url).await?;
+        response.text().await.map_err(|e| Error::from_reqwest(&url, e))
+    }
+
+    /// The agents.
+    pub async fn agents(&self) -> Result<Vec<Agent>> {
+        let page: Page<Agent> = self.get("/api/v1/agents", &[]).await?;
+        Ok(page.items)
+    }
+
+    /// One agent.
+    pub async fn agent(&self, id: &str) -> Result<Agent> {
+        self.get(&format!("/api/v1/agents/{id}"), &[]).await
+    }
+
+    /// Registers a local process agent on the server.
+    pub async fn register_agent(&self, agent: &RegisterAgent) -> Result<Agent> {
+        self.send(Method::POST, "/api/v1/agents", Some(agent)).await
+    }
+
+    /// Deregisters an agent: it finishes what it runs and takes nothing new.
+    pub async fn deregister_agent(&self, id: &str) -> Result<()> {
+        self.send_empty(Method::DELETE, &format!("/api/v1/agents/{id}")).await
+    }
+
+    /// Tells the server an agent is alive.
+    pub async fn agent_heartbeat(&self, id: &str) -> Result<()> {
+        self.send_empty(Method::POST, &format!("/api/v1/agents/{id}/heartbeat")).await
+    }
+
+    /// Sessions, newest first.
+    pub async fn sessions(&self, query: &ListSessions) -> Result<Vec<Session>> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if !query.state.is_empty() {
+            q.push(("state", query.state.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")));
+        }
+        if let Some(agent) = &query.agent_id {
+            q.push(("agent_id", agent.clone()));
+        }
+        if let Some(task) = query.task_id {
+            q.push(("task_id", task.to_string()));
+        }
+        if let Some(limit) = query.limit {
+            q.push(("limit", limit.to_string()));
+        }
+        let page: Page<Session> = self.get("/api/v1/sessions", &q).await?;
+        Ok(page.items)
+    }
+
+    /// One session.
+    pub async fn session(&self, id: SessionId) -> Result<Session> {
+        self.get(&format!("/api/v1/sessions/{id}"), &[]).await
+    }
+
+    /// Stops the task a session runs (force).
+    pub async fn terminate_session(&self, id: SessionId) -> Result<()> {
+        let _: Value = self.send(Method::POST, &format!("/api/v1/sessions/{id}/terminate"), None::<&()>).await?;
+        Ok(())
+    }
+
+    /// The deep health report. An unhealthy server answers 503 with the report;
+    /// this returns the report either way.
+    pub async fn health(&self) -> Result<Health> {
+        let url = format!("{}/health", self.base);
+        let response = self.http.get(&url).send().await.map_err(|e| Error::from_reqwest(&url, e))?;
+        if response.status() == StatusCode::OK || response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            return response.json().await.map_err(|e| self.protocol(&e.to_string()));
+        }
+        Err(api_error(response, &url).await)
+    }
+
+    /// Ok if the server is ready to take work; the API error says why not.
+    pub async fn ready(&self) -> Result<()> {
+        let _: Value = self.get("/health/ready", &[]).await?;
+        Ok(())
+    }
+
+    /// Prometheus metrics, as text.
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("{}/metrics", self.base);
+        let response = self.execute(self.http.get(&url), &url).await?;
+        response.text().await.map_err(|e| Error::from_reqwest(&url, e))
+    }
+
+    /// Events matching `patterns` (e.g. `["task.*"]`), live, as a stream that
+    /// reconnects with backoff and resumes after the last event it delivered.
+    /// Events that could not be recovered are reported as
+    /// [`Error::EventsMissed`] items, never skipped silently.
+    pub fn events(&self, patterns: &[&str]) -> EventStream {
+        EventStream::new(&self.base, patterns.iter().map(|p| (*p).to_owned()).collect(), None)
+    }
+
+    /// Like [`Client::events`], starting after sequence number `since`.
+    pub fn events_since(&self, patterns: &[&str], since: u64) -> EventStream {
+        EventStream::new(&self.base, patterns.iter().map(|p| (*p).to_owned()).collect(), Some(since))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let response = self.execute(self.http.get(&url).query(query), &url).await?;
+        response.json().await.map_err(|e| self.protocol(&e.to_string()))
+    }
+
+    async fn send<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = self.execute(request, &url).await?;
+        response.json().await.map_err(|e| self.protocol(&e.to_string()))
+    }
+
+    async fn send_empty(&self, method: Method, path: &str) -> Result<()> {
+        let url = format!("{}{path}", self.base);
+        self.execute(self.http.request(method, &url), &url).await?;
+        Ok(())
+    }
+
+    async fn execute(&self, request: RequestBuilder, url: &str) -> Result<reqwest::Response> {
+        let response = request.send().await.map_err(|e| Error::from_reqwest(url, e))?;
+        if response.status().is_success() { Ok(response) } else { Err(api_error(response, url).await) }
+    }
+
+    fn protocol(&self, message: &str) -> Error {
+        Error::Protocol { url: self.base.clone(), message: message.to_owned() }
+    }
+}
+
+/// Reads the error envelope; anything else becomes a protocol error with the status.
+async fn api_error(response: reqwest::Response, url: &str) -> Error {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<Value>(&text) {
+        Ok(body) if body["error"]["code"].is_string() => Error::Api {
+            status,
+            code: ErrorCode::parse(body["error"]["code"].as_str().unwrap_or_default()),
+            message: body["error"]["message"].as_str().unwrap_or_default().to_owned(),
+            retryable: body["error"]["retryable"].as_bool().unwrap_or(false),
+        },
+        _ => Error::Protocol {
+            url: url.to_owned(),
+            message: format!("HTTP {status} without an error envelope: {}", text.chars().take(200).collect::<String>()),
+        },
+    }
+}
