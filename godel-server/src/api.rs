@@ -151,8 +151,18 @@ fn with(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error =
     warp::any().map(move || state.clone())
 }
 
+/// The request body, at most [`MAX_BODY`] bytes. A request without
+/// `Content-Length` and without a chunked body has an empty body (what
+/// `curl -X POST` sends); a chunked one is refused with 411.
 fn body() -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
-    warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes())
+    let sized = warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes());
+    let empty = warp::header::optional::<String>("transfer-encoding").and_then(|te: Option<String>| async move {
+        match te {
+            None => Ok(Bytes::new()),
+            Some(_) => Err(warp::reject::reject()),
+        }
+    });
+    sized.or(empty).unify()
 }
 
 fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
@@ -452,7 +462,8 @@ struct BulkReplay {
 }
 
 async fn replay_dead_bulk(state: Arc<AppState>, body: Bytes) -> ApiResult {
-    let request: BulkReplay = parse_body(&body)?;
+    // No body means no filter: replay every dead letter.
+    let request: BulkReplay = if body.is_empty() { parse_body(b"{}")? } else { parse_body(&body)? };
     let filter = TaskFilter {
         statuses: Vec::new(),
         priorities: request.priority.iter().map(|p| p.parse()).collect::<Result<_, _>>()?,
@@ -529,10 +540,13 @@ async fn register_agent(state: Arc<AppState>, body: Bytes) -> ApiResult {
         }
         config.default_timeout = Some(Duration::from_millis(ms));
     }
+    let taken = || ApiError::new(Code::Conflict, format!("an agent {id} is already registered"));
     if state.orchestrator.agents().iter().any(|a| a.id == id) {
-        return Err(ApiError::new(Code::Conflict, format!("an agent {id} is already registered")));
+        return Err(taken());
     }
-    let agent = state.orchestrator.add_agent(config)?;
+    // The configuration was checked above, so a refusal here can only be a
+    // registration of the same id that won a race with this one.
+    let agent = state.orchestrator.add_agent(config).map_err(|_| taken())?;
     let mut reply = json_with(StatusCode::CREATED, &AgentDto::new(&agent, &[]));
     let location = format!("/api/v1/agents/{id}");
     reply.headers_mut().insert(header::LOCATION, header::HeaderValue::from_str(&location).expect("valid id"));

@@ -105,22 +105,35 @@ struct PidFile(PathBuf);
 
 impl PidFile {
     /// Writes our PID, refusing if the file names a process that is alive.
+    /// The file is created exclusively, so of two servers starting at once
+    /// only one gets it.
     fn create(path: &Path) -> anyhow::Result<Self> {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if let Ok(pid) = text.trim().parse::<i32>() {
-                let alive = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-                if alive && pid != i32::try_from(std::process::id()).unwrap_or(0) {
-                    bail!(
-                        "{} says process {pid} is running; stop it first, or remove the file if it is stale",
-                        path.display()
-                    );
+        use std::io::Write;
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(mut file) => {
+                    file.write_all(format!("{}\n", std::process::id()).as_bytes())
+                        .with_context(|| format!("cannot write the PID file {}", path.display()))?;
+                    return Ok(Self(path.to_path_buf()));
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let text = std::fs::read_to_string(path).unwrap_or_default();
+                    if let Ok(pid) = text.trim().parse::<i32>() {
+                        if pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+                            bail!(
+                                "{} says process {pid} is running; stop it first, or remove the file if it is stale",
+                                path.display()
+                            );
+                        }
+                    }
+                    tracing::warn!(path = %path.display(), "removing a stale PID file");
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("cannot remove the stale PID file {}", path.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot create the PID file {}", path.display())),
             }
-            tracing::warn!(path = %path.display(), "replacing a stale PID file");
         }
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write the PID file {}", path.display()))?;
-        Ok(Self(path.to_path_buf()))
+        bail!("{} keeps reappearing; is another server starting?", path.display())
     }
 }
 

@@ -106,8 +106,13 @@ pub(crate) async fn recover(rejection: Rejection) -> Result<Response, Infallible
     let error = if rejection.is_not_found() {
         ApiError::not_found("no such route; see /openapi.json for the API")
     } else if let Some(e) = rejection.find::<warp::reject::PayloadTooLarge>() {
-        ApiError::invalid(format!("request body too large: {e} (limit {} bytes)", crate::api::MAX_BODY))
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        let error = ApiError::invalid(format!("request body too large: {e} (limit {} bytes)", crate::api::MAX_BODY))
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE);
+        // The unread body makes the connection unusable; say so, or a client
+        // reusing it fails its next request.
+        let mut response = error.into_response();
+        response.headers_mut().insert(warp::http::header::CONNECTION, warp::http::HeaderValue::from_static("close"));
+        return Ok(response);
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         ApiError::invalid("a Content-Length header is required").with_status(StatusCode::LENGTH_REQUIRED)
     } else if let Some(e) = rejection.find::<warp::reject::UnsupportedMediaType>() {

@@ -251,17 +251,36 @@ fn prune(recent: &mut VecDeque<Instant>) {
 }
 
 /// The route template of a request path, so labels stay few:
-/// `/api/v1/tasks/0192…/cancel` becomes `/api/v1/tasks/{id}/cancel`.
+/// `/api/v1/tasks/0192…/cancel` becomes `/api/v1/tasks/{id}/cancel`, and
+/// anything that is not a route of this server becomes `other` (junk URLs
+/// must not grow the number of series).
 pub(crate) fn route_of(path: &str) -> String {
+    const RESOURCES: [&str; 5] = ["tasks", "queue", "dead-letters", "agents", "sessions"];
     const LITERALS: [&str; 6] = ["batch", "replay", "export", "depth", "health", "heartbeat"];
-    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    const ACTIONS: [&str; 6] = ["cancel", "kill", "retry", "events", "replay", "terminate"];
+    const FIXED: [&str; 6] = ["/health", "/health/live", "/health/ready", "/metrics", "/openapi.json", "/events"];
+    let path = path.trim_end_matches('/');
+    if FIXED.contains(&path) {
+        return path.to_owned();
+    }
+    let parts: Vec<&str> = path.split('/').collect();
     let base = match parts.get(1..3) {
         Some(["api", "v1"]) => 3,
         Some(["api", _]) => 2,
-        _ => return if parts.len() <= 3 { path.to_owned() } else { "other".to_owned() },
+        _ => return "other".to_owned(),
     };
+    let rest = &parts[base..];
+    let known = match rest {
+        [resource] => RESOURCES.contains(resource),
+        [resource, _] => RESOURCES.contains(resource),
+        [resource, _, action] => RESOURCES.contains(resource) && (ACTIONS.contains(action) || *action == "heartbeat"),
+        _ => false,
+    };
+    if !known {
+        return "other".to_owned();
+    }
     let mut out: Vec<&str> = parts[..base].to_vec();
-    for (i, part) in parts[base..].iter().enumerate() {
+    for (i, part) in rest.iter().enumerate() {
         out.push(if i == 1 && !LITERALS.contains(part) { "{id}" } else { part });
     }
     out.join("/")
@@ -280,5 +299,8 @@ mod tests {
         assert_eq!(route_of("/health/ready"), "/health/ready");
         assert_eq!(route_of("/metrics"), "/metrics");
         assert_eq!(route_of("/a/b/c/d"), "other");
+        assert_eq!(route_of("/wp-admin"), "other");
+        assert_eq!(route_of("/api/v1/zzz1"), "other");
+        assert_eq!(route_of("/api/v1/tasks/x/y/z"), "other");
     }
 }

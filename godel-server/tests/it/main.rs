@@ -1,0 +1,6 @@
+//! The server's integration tests, in one binary to keep link times down.
+//! Each test starts its own server in-process on a free port with a fresh
+//! store (see `support`).
+
+mod openapi;
+mod support;

@@ -1,0 +1,13 @@
+//! The `godel-server` binary, end to end: each test starts the real binary
+//! (see `harness`) on a free port over its own SQLite file and drives it
+//! through its HTTP API, its `/events` WebSocket and Unix signals, the way
+//! an operator and a client would. Tasks are small `sh` commands; where a
+//! test needs work to wait, it waits on a gate file the test creates, never
+//! on a fixed sleep.
+
+mod cancel;
+mod errors;
+mod events;
+mod harness;
+mod lifecycle;
+mod ordering;
