@@ -251,15 +251,23 @@ impl Client {
         response.text().await.map_err(|e| Error::from_reqwest(&url, e))
     }
 
-    /// Events matching `patterns` (e.g. `["task.*"]`), live, as a stream that
-    /// reconnects with backoff and resumes after the last event it delivered.
-    /// Events that could not be recovered are reported as
-    /// [`Error::EventsMissed`] items, never skipped silently.
+    /// Events matching `patterns` (`*`, `task.*`, `task.completed`, …; none
+    /// means every event), live, as a stream that reconnects with backoff and
+    /// resumes after the last event it delivered, so that no event is
+    /// delivered twice or out of order. Events that could not be recovered are
+    /// reported as [`Error::EventsMissed`] items, never skipped silently.
+    ///
+    /// The stream connects when first polled; await
+    /// [`EventStream::subscribed`] first to be sure it listens before you
+    /// submit work you want to follow.
     pub fn events(&self, patterns: &[&str]) -> EventStream {
         EventStream::new(&self.base, patterns.iter().map(|p| (*p).to_owned()).collect(), None)
     }
 
-    /// Like [`Client::events`], starting after sequence number `since`.
+    /// Like [`Client::events`], starting after sequence number `since` (an
+    /// [`Event::seq`](crate::Event::seq) from this server run): the server
+    /// first replays the kept events after it. If it no longer keeps them, or
+    /// has restarted since, the first item is [`Error::EventsMissed`].
     pub fn events_since(&self, patterns: &[&str], since: u64) -> EventStream {
         EventStream::new(&self.base, patterns.iter().map(|p| (*p).to_owned()).collect(), Some(since))
     }

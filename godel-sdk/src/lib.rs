@@ -1,23 +1,38 @@
 //! `godel-sdk`: drive a [Godel](https://github.com/godel-rs/godel) server
 //! from Rust, or embed Godel's orchestration in your own program.
 //!
+//! The guide, with an example for each part of the API, is
+//! [`docs/sdk.md`](https://github.com/godel-rs/godel/blob/main/docs/sdk.md)
+//! in the repository.
+//!
 //! # Talking to a server
 //!
 //! [`Client`] has one method per API route, typed requests and responses,
 //! and an [`Error`] that keeps the API's error code. [`Client::events`] is a
 //! stream of live events that reconnects and resumes on its own.
 //!
-//! ```no_run
-//! use godel_sdk::{Client, SubmitTask};
+//! ```
+//! use futures::StreamExt;
 //! use godel_sdk::embed::{Priority, TaskStatus};
+//! use godel_sdk::{Client, SubmitTask};
 //!
-//! # async fn demo() -> Result<(), godel_sdk::Error> {
+//! # async fn example(url: String) -> Result<(), godel_sdk::Error> {
 //! let client = Client::new("http://127.0.0.1:7373")?;
-//! let task = client.submit(&SubmitTask::command(["cargo", "test"]).priority(Priority::High)).await?;
+//! # let client = Client::new(&url)?;
+//! let mut events = client.events(&["task.*"]);
+//! events.subscribed().await?; // listen before submitting
+//! let task = client.submit(&SubmitTask::command(["echo", "hello"]).priority(Priority::High)).await?;
+//! while let Some(event) = events.next().await {
+//!     let event = event?;
+//!     if event.task_id() == Some(task.id) && event.kind == "task.completed" {
+//!         break;
+//!     }
+//! }
 //! let task = client.task(task.id).await?;
-//! println!("{} is {}", task.id, task.status);
-//! # let _ = TaskStatus::Completed;
+//! assert_eq!(task.status, TaskStatus::Completed);
 //! # Ok(()) }
+//! # include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/doc_server.rs"));
+//! # fn main() { serve(example) }
 //! ```
 //!
 //! # Embedding
@@ -76,3 +91,14 @@ pub mod embed {
         TaskStatus, TenantId, Timestamp,
     };
 }
+
+// The guide and the README are documentation outside this file; including
+// them here, only when rustdoc collects doctests, runs their examples with
+// `cargo test --doc` (and keeps the package building without `docs/`).
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/sdk.md")]
+pub struct SdkGuide;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct Readme;
