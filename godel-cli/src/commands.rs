@@ -139,7 +139,8 @@ async fn submit(client: &Client, a: args::Submit, command: Vec<String>) -> CliRe
         return Ok(());
     }
     // Subscribe before submitting so no event of the task can be missed.
-    let events = client.events(&["task.*"]);
+    let mut events = client.events(&["task.*"]);
+    events.subscribed().await?;
     let task = client.submit(&task).await?;
     output::err(&format!("submitted {} ({})", task.id, task.priority));
     let done = follow(client, task.id, events, Follow { stream_output: false, spinner: !a.json }).await?;
@@ -157,7 +158,8 @@ async fn run_do(client: &Client, a: args::Do) -> CliResult {
     if let Some(t) = &a.timeout {
         task = task.timeout(duration("timeout", t)?);
     }
-    let events = client.events(&["task.*"]);
+    let mut events = client.events(&["task.*"]);
+    events.subscribed().await?;
     let task = client.submit(&task).await?;
     output::err(&paint(&format!("→ task {}", task.id), "2"));
     let done = follow(client, task.id, events, Follow { stream_output: true, spinner: false }).await?;

@@ -156,12 +156,15 @@ fn with(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error =
 /// `curl -X POST` sends); a chunked one is refused with 411.
 fn body() -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
     let sized = warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes());
-    let empty = warp::header::optional::<String>("transfer-encoding").and_then(|te: Option<String>| async move {
-        match te {
-            None => Ok(Bytes::new()),
-            Some(_) => Err(warp::reject::reject()),
-        }
-    });
+    let empty = warp::header::optional::<String>("content-length")
+        .and(warp::header::optional::<String>("transfer-encoding"))
+        .and_then(|length: Option<String>, chunked: Option<String>| async move {
+            match (length, chunked) {
+                (None, None) => Ok(Bytes::new()),
+                // Let the sized filter's rejection (413, 411) stand.
+                _ => Err(warp::reject::reject()),
+            }
+        });
     sized.or(empty).unify()
 }
 

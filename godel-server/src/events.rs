@@ -46,24 +46,30 @@ pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, resume: Resum
     let (mut tx, mut rx) = socket.split();
     let bus = state.orchestrator.bus();
     let mut connection = Connection { since: None, subscription: None, last_sent: 0 };
+    let welcome_seq = bus.last_seq();
     let welcome =
-        json!({"type": "welcome", "seq": bus.last_seq(), "epoch": state.epoch, "replay_window": state.replay_window});
+        json!({"type": "welcome", "seq": welcome_seq, "epoch": state.epoch, "replay_window": state.replay_window});
     if send(&mut tx, &welcome).await.is_err() {
         return;
     }
     match resume.epoch {
-        // Sequence numbers belong to one server run; after a restart they start over.
+        // Sequence numbers belong to one server run; after a restart they
+        // start over. What the old run published is gone; this run's events
+        // are replayed from its start.
         Some(epoch) if epoch != state.epoch && resume.since.is_some() => {
             let gone = json!({
                 "type": "replay_unavailable",
                 "since": resume.since,
-                "message": "the server restarted since that sequence number; its events are gone. Fetch current state from the REST API, then follow the live stream",
+                "message": "the server restarted since that sequence number; events of its previous run are gone. Events of this run follow from its start",
             });
             if send(&mut tx, &gone).await.is_err() {
                 return;
             }
+            connection.since = Some(0);
         }
-        _ => connection.since = resume.since,
+        // Without `since`, the stream starts at the welcome: nothing published
+        // between the welcome and the first subscribe is lost.
+        _ => connection.since = Some(resume.since.unwrap_or(welcome_seq)),
     }
     if !patterns.is_empty() {
         for message in connection.subscribe(&state, patterns) {

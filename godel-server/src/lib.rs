@@ -95,7 +95,7 @@ pub async fn run(
         started: Instant::now(),
         phase: AtomicU8::new(STARTING),
         replay_window: config.replay_window,
-        epoch: format!("{}-{}", godel_core::Timestamp::now().as_millis(), std::process::id()),
+        epoch: godel_core::SessionId::new().to_string(),
         shutdown: CancellationToken::new(),
         connections: TaskTracker::new(),
     });

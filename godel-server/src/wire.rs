@@ -297,7 +297,7 @@ impl From<&Session> for SessionDto {
 
 /// One entry of a task's event history: lifecycle changes and output, by time.
 pub(crate) fn history_json(history: &[HistoryEntry], output: &[OutputRecord]) -> Vec<Value> {
-    let mut entries: Vec<(Timestamp, usize, Value)> = Vec::new();
+    let mut entries: Vec<(Timestamp, u8, usize, Value)> = Vec::new();
     let mut previous: Option<&HistoryEntry> = None;
     for (i, h) in history.iter().enumerate() {
         let kind = match (h.status, previous) {
@@ -330,16 +330,17 @@ pub(crate) fn history_json(history: &[HistoryEntry], output: &[OutputRecord]) ->
         if matches!(kind, "task.retrying" | "task.failed" | "task.dead_lettered") {
             value["error"] = json!(h.error.as_ref().map(ErrorDto::from));
         }
-        entries.push((h.at, i, value));
+        // At one instant, output comes before the transition that ends the task.
+        let rank = if h.status.is_terminal() { 2 } else { 0 };
+        entries.push((h.at, rank, i, value));
         previous = Some(h);
     }
     for (i, o) in output.iter().enumerate() {
         let value = json!({"type": "task.output", "at": ts(o.at), "attempt": o.attempt, "stream": o.stream.as_str(), "data": o.data});
-        entries.push((o.at, history.len() + i, value));
+        entries.push((o.at, 1, history.len() + i, value));
     }
-    // Stable by time, lifecycle before output at the same instant.
-    entries.sort_by_key(|(at, i, _)| (*at, *i));
-    entries.into_iter().map(|(_, _, v)| v).collect()
+    entries.sort_by_key(|(at, rank, i, _)| (*at, *rank, *i));
+    entries.into_iter().map(|(_, _, _, v)| v).collect()
 }
 
 /// An event as WebSocket subscribers and the history see it.

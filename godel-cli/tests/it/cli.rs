@@ -14,7 +14,8 @@ fn submit_wait_exits_zero_only_when_the_task_completes() {
     assert_eq!(done.code(), 0, "{}", done.stderr());
     assert!(done.stderr().contains("completed"), "{}", done.stderr());
 
-    let failed = server.godel(&["submit", "--wait", "--max-attempts", "2", "--", "sh", "-c", "echo broken >&2; exit 3"]);
+    let failed =
+        server.godel(&["submit", "--wait", "--max-attempts", "2", "--", "sh", "-c", "echo broken >&2; exit 3"]);
     assert_eq!(failed.code(), 1, "{}", failed.stderr());
     let message = failed.stderr();
     assert!(message.contains("dead_letter after 2 attempt(s)") && message.contains("exit code 3: broken"), "{message}");
@@ -48,8 +49,16 @@ fn json_output_parses_and_matches() {
 
     let ok = server.godel(&["submit", "--wait", "--json", "--", "echo", "hi"]).json();
     assert_eq!(ok["status"], "completed");
-    let sessions = server.godel(&["sessions", "--json"]).json();
-    assert!(sessions.as_array().unwrap().iter().any(|s| s["task_id"] == ok["id"]));
+    // Session changes are written in batches every 50 ms; poll for this one.
+    let has_session = || {
+        let sessions = server.godel(&["sessions", "--json"]).json();
+        sessions.as_array().unwrap().iter().any(|s| s["task_id"] == ok["id"])
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !has_session() {
+        assert!(std::time::Instant::now() < deadline, "the task's session was never listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(server.godel(&["dlq", "list", "--json"]).json()["items"].as_array().unwrap().is_empty());
     // The human table names the same task.
     assert!(server.godel(&["list"]).ok().contains(&id));
