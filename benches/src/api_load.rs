@@ -1,0 +1,200 @@
+//! The API load generator: task creation and listing throughput over
+//! HTTP/1.1 keep-alive, and event delivery latency to a WebSocket subscriber.
+//!
+//! By default it starts a server in this process (SQLite store in a temporary
+//! directory) and loads it; `--url` points it at a running server instead.
+//! Created tasks are scheduled a day ahead, so they stay queued without being
+//! claimable and the figures measure the API and the store, not execution.
+//!
+//! `cargo run --release -p godel-benches --bin api-load`
+
+#![allow(clippy::print_stdout, reason = "a benchmark prints its report")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use argh::FromArgs;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Load the Godel API and report throughput and latency.
+#[derive(FromArgs)]
+struct Args {
+    /// server to load (default: start one in-process)
+    #[argh(option)]
+    url: Option<String>,
+    /// concurrent HTTP clients (default 32)
+    #[argh(option, default = "32")]
+    clients: usize,
+    /// seconds per phase (default 10)
+    #[argh(option, default = "10")]
+    seconds: u64,
+    /// event-latency samples (default 1000)
+    #[argh(option, default = "1000")]
+    samples: usize,
+    /// store for the in-process server (default sqlite in a temp dir)
+    #[argh(option)]
+    store: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Args = argh::from_env();
+    let dir = tempfile::tempdir()?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (url, server) = match &args.url {
+        Some(url) => (url.trim_end_matches('/').to_owned(), None),
+        None => {
+            let store =
+                args.store.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("load.db").display()));
+            let toml = format!("bind = \"127.0.0.1:0\"\nstore = \"{store}\"\n");
+            let config = godel_server::ServerConfig::from_toml(&toml, &|_| None)?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let stop = shutdown.clone();
+            let on_listening: godel_server::OnListening = Box::new(move |addr| {
+                let _ = tx.send(addr);
+            });
+            let server = tokio::spawn(Box::pin(godel_server::run(config, stop, Some(on_listening))));
+            let addr = rx.await.context("the server did not start")?;
+            (format!("http://{addr}"), Some(server))
+        }
+    };
+    println!("api load: {url}, {} clients, {} s per phase", args.clients, args.seconds);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
+
+    let body = json!({"command": ["true"], "delay_ms": 86_400_000, "priority": "low"});
+    let create_url = format!("{url}/api/v1/tasks");
+    let create = phase(&http, &args, move |http| {
+        let (url, body) = (create_url.clone(), body.clone());
+        async move {
+            let r = http.post(&url).json(&body).send().await?;
+            if r.status() != reqwest::StatusCode::CREATED {
+                bail!("create answered {}", r.status());
+            }
+            r.bytes().await?;
+            Ok(())
+        }
+    })
+    .await?;
+    report("create task (POST /api/v1/tasks)", &create, args.seconds);
+
+    let list_url = format!("{url}/api/v1/tasks?limit=20&sort=-created_at");
+    let list = phase(&http, &args, move |http| {
+        let url = list_url.clone();
+        async move {
+            let r = http.get(&url).send().await?;
+            if !r.status().is_success() {
+                bail!("list answered {}", r.status());
+            }
+            r.bytes().await?;
+            Ok(())
+        }
+    })
+    .await?;
+    report("list tasks (GET /api/v1/tasks?limit=20)", &list, args.seconds);
+
+    let latencies = event_latency(&http, &url, args.samples).await?;
+    println!(
+        "event delivery (POST sent -> task.created received over /events), {} samples: p50 {} p99 {} max {}",
+        latencies.len(),
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().expect("samples"))
+    );
+
+    shutdown.cancel();
+    if let Some(server) = server {
+        server.await??;
+    }
+    Ok(())
+}
+
+/// Runs `request` from `args.clients` concurrent loops for `args.seconds`; returns sorted latencies.
+async fn phase<F, Fut>(http: &reqwest::Client, args: &Args, request: F) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn(reqwest::Client) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loops = tokio::task::JoinSet::new();
+    for _ in 0..args.clients {
+        let (http, request, stop) = (http.clone(), request.clone(), stop.clone());
+        loops.spawn(async move {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                request(http.clone()).await?;
+                latencies.push(t0.elapsed());
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    while let Some(done) = loops.join_next().await {
+        all.extend(done??);
+    }
+    all.sort();
+    Ok(all)
+}
+
+/// One subscriber on `task.created`; tasks created one at a time.
+async fn event_latency(http: &reqwest::Client, url: &str, samples: usize) -> anyhow::Result<Vec<Duration>> {
+    let ws_url = format!("{}/events?patterns=task.created", url.replacen("http://", "ws://", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str()).await?;
+    // Skip the welcome and subscribed messages.
+    let mut ready = 0;
+    while ready < 2 {
+        if let Some(Ok(Message::Text(_))) = socket.next().await {
+            ready += 1;
+        }
+    }
+    let body = json!({"command": ["true"], "delay_ms": 86_400_000});
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t0 = Instant::now();
+        let created: Value = http.post(format!("{url}/api/v1/tasks")).json(&body).send().await?.json().await?;
+        let id = created["id"].as_str().context("no id")?.to_owned();
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let event: Value = serde_json::from_str(text.as_str())?;
+                    if event["data"]["task_id"] == id.as_str() {
+                        latencies.push(t0.elapsed());
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => bail!("event stream ended: {other:?}"),
+            }
+        }
+    }
+    socket.send(Message::Close(None)).await.ok();
+    latencies.sort();
+    Ok(latencies)
+}
+
+fn report(name: &str, latencies: &[Duration], seconds: u64) {
+    println!(
+        "{name}: {:.0} req/s, p50 {} p99 {} ({} requests)",
+        latencies.len() as f64 / seconds as f64,
+        ms(percentile(latencies, 0.50)),
+        ms(percentile(latencies, 0.99)),
+        latencies.len()
+    );
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
