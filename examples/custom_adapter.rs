@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use godel_core::adapter::{AbortMode, Adapter, AdapterError, AgentSession, Outcome, OutputSink};
 use godel_core::event::{EventKind, OutputStream};
 use godel_core::store::MemoryStore;
-use godel_core::{AgentConfig, AgentId, AgentKind, CancellationToken, NewTask, Orchestrator, Task, TaskError, TaskErrorKind};
+use godel_core::{
+    AgentConfig, AgentId, AgentKind, CancellationToken, NewTask, Orchestrator, Task, TaskError, TaskErrorKind,
+};
 use tokio::sync::Notify;
 
 /// The runtime: stateless here, but an adapter would typically hold a client or a connection pool.
@@ -85,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let done = orchestrator.submit(NewTask::prompt("a man a plan a canal panama")).await?;
-    let slow = orchestrator.submit(NewTask::prompt(&"on and on ".repeat(50))).await?;
+    let slow = orchestrator.submit(NewTask::prompt("on and on ".repeat(50))).await?;
     let mut finished = 0;
     while finished < 2 {
         let published = events.recv().await?;

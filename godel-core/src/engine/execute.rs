@@ -96,13 +96,13 @@ impl Execution {
         };
         self.transition(&mut session, SessionState::Ready, None);
 
-        match inner.store.start(lease, &self.agent.id, inner.clock.now()).await {
-            Ok(status) if status.cancel_requested => {
+        match inner.start(lease, &self.agent.id).await {
+            Ok(true) => {
                 self.transition(&mut session, SessionState::Cancelled, Some("cancelled before it started".into()));
                 self.settle_cancel().await;
                 return;
             }
-            Ok(_) => {}
+            Ok(false) => {}
             Err(e) => {
                 // LeaseLost: someone else owns the attempt now. Anything else:
                 // the store is unreachable, so the lease will lapse and the
@@ -270,7 +270,7 @@ impl Execution {
     async fn settle_success(&self, result: Value) {
         let inner = &self.inner;
         let (lease, task, priority) = (&self.claim.lease, self.claim.task.id, self.claim.task.priority);
-        match self.store_call(|| inner.store.complete(lease, result.clone(), inner.clock.now())).await {
+        match self.store_call(|| inner.complete(lease, result.clone())).await {
             Ok(()) => inner.publish(EventKind::TaskCompleted { task, priority, attempt: lease.attempt }),
             Err(e) => tracing::warn!(task = %task, error = %e, "cannot record completion; the lease will lapse"),
         }

@@ -12,8 +12,12 @@
 //! - **The store is the truth.** Claims, leases and cancel flags live there,
 //!   so a crash loses nothing: leases lapse and another engine (or the next
 //!   start) picks the work up.
+//! - **Writes are group-committed.** Executions' starts and completions go
+//!   to the store together: at once when nothing else is being written, else
+//!   in one batch with everything that queued meanwhile (`engine/batch.rs`).
 //! - **One tenant per orchestrator.** It serves `EngineConfig::tenant`.
 
+mod batch;
 mod config;
 mod execute;
 mod scheduler;
@@ -32,11 +36,12 @@ use crate::InvalidInput;
 use crate::agent::{Agent, AgentStatus};
 use crate::bus::{EventBus, Subscription};
 use crate::clock::{Clock, SystemClock};
+use crate::engine::batch::{Batcher, Turn};
 use crate::engine::scheduler::Scheduler;
 use crate::event::{Event, EventKind, EventPattern};
 use crate::ids::{AgentId, TaskId};
 use crate::session::Session;
-use crate::store::{CancelOutcome, ClaimRequest, Store, StoreError};
+use crate::store::{CancelOutcome, ClaimRequest, Completion, Lease, LeaseWrite, Store, StoreError, WriteOutcome};
 use crate::task::{NewTask, Task, TaskStatus};
 
 /// Most leases reclaimed per sweep.
@@ -64,6 +69,8 @@ struct Inner {
     running: Mutex<HashMap<TaskId, Running>>,
     /// Session changes waiting to be written in one batch.
     sessions: Mutex<Vec<Session>>,
+    /// Executions' starts and completions, written together (group commit).
+    writes: Batcher<LeaseWrite, Result<WriteOutcome, StoreError>>,
 }
 
 /// An execution running in this process.
@@ -146,6 +153,7 @@ impl OrchestratorBuilder {
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Vec::new()),
+                writes: Batcher::new(),
             }),
         })
     }
@@ -328,6 +336,16 @@ impl Orchestrator {
         });
         self.check_agents().await;
 
+        // The group-commit flusher runs beside the loop below and stops after
+        // the last execution, whose writes it carries.
+        let stop_flusher = CancellationToken::new();
+        let mut flusher = JoinSet::new();
+        inner.writes.open();
+        flusher.spawn({
+            let (inner, stop) = (self.inner.clone(), stop_flusher.clone());
+            async move { inner.flush_writes(&stop).await }
+        });
+
         let mut executions = JoinSet::new();
         let mut poll = tokio::time::interval(cfg.poll_interval);
         let mut reclaim = tokio::time::interval(cfg.reclaim_interval);
@@ -371,6 +389,10 @@ impl Orchestrator {
             while let Some(joined) = executions.join_next().await {
                 log_join(joined);
             }
+        }
+        stop_flusher.cancel();
+        while let Some(joined) = flusher.join_next().await {
+            log_join(joined);
         }
         inner.flush_sessions().await;
         inner.publish(EventKind::System { name: "stopped".into(), message: "engine stopped".into() });
@@ -526,6 +548,85 @@ impl Inner {
 
     fn lock_running(&self) -> MutexGuard<'_, HashMap<TaskId, Running>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks a claimed task as running on `agent` (see [`Inner::write`]).
+    /// Returns whether a cancel was requested.
+    async fn start(&self, lease: &Lease, agent: &AgentId) -> Result<bool, StoreError> {
+        match self.write(LeaseWrite::Start { lease: lease.clone(), agent: agent.clone() }).await? {
+            WriteOutcome::Started { cancel_requested } => Ok(cancel_requested),
+            WriteOutcome::LeaseLost => Err(StoreError::LeaseLost(lease.task)),
+            WriteOutcome::Completed => Err(self.unexpected("a start was reported as a completion")),
+        }
+    }
+
+    /// Completes a task (see [`Inner::write`]).
+    async fn complete(&self, lease: &Lease, result: serde_json::Value) -> Result<(), StoreError> {
+        match self.write(LeaseWrite::Complete(Completion { lease: lease.clone(), result })).await? {
+            WriteOutcome::Completed => Ok(()),
+            WriteOutcome::LeaseLost => Err(StoreError::LeaseLost(lease.task)),
+            WriteOutcome::Started { .. } => Err(self.unexpected("a completion was reported as a start")),
+        }
+    }
+
+    /// Writes one lease holder's write: at once when nothing else is being
+    /// written, else with everything queued meanwhile (group commit).
+    async fn write(&self, write: LeaseWrite) -> Result<WriteOutcome, StoreError> {
+        match self.writes.call(write).await {
+            Turn::Done(answer) => answer,
+            Turn::Yours(write, _busy) => {
+                let outcome = self.store.write_batch(std::slice::from_ref(&write), self.clock.now()).await?;
+                outcome.first().copied().ok_or_else(|| self.unexpected("a write got no outcome"))
+            }
+            Turn::Lost => Err(self.interrupted()),
+        }
+    }
+
+    /// Writes queued lease holders' writes, one batch per store call, until
+    /// `stop` and nothing is queued.
+    async fn flush_writes(&self, stop: &CancellationToken) {
+        let _closer = self.writes.closer();
+        while let Some((batch, _busy)) = self.writes.next_batch(stop).await {
+            let (writes, replies): (Vec<LeaseWrite>, Vec<_>) = batch.into_iter().unzip();
+            let answers: Vec<Result<WriteOutcome, StoreError>> =
+                match self.store.write_batch(&writes, self.clock.now()).await {
+                    Ok(outcomes) if outcomes.len() == writes.len() => outcomes.into_iter().map(Ok).collect(),
+                    Ok(_) => writes
+                        .iter()
+                        .map(|_| Err(self.unexpected("a batch got the wrong number of outcomes")))
+                        .collect(),
+                    Err(e) => writes.iter().map(|_| Err(self.shared_error(&e))).collect(),
+                };
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // The writer may be gone (its execution was aborted); nothing waits for the answer then.
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// A store that broke its contract.
+    fn unexpected(&self, what: &str) -> StoreError {
+        StoreError::Backend { backend: self.store.backend(), source: what.to_owned().into() }
+    }
+
+    /// A batch's error, for each of its writers: the same meaning (retryable
+    /// or not) and message, since the error itself cannot be cloned.
+    fn shared_error(&self, e: &StoreError) -> StoreError {
+        let (backend, source) = (self.store.backend(), e.to_string().into());
+        if e.is_retryable() {
+            StoreError::Unavailable { backend, source }
+        } else {
+            StoreError::Backend { backend, source }
+        }
+    }
+
+    /// The flusher stopped before it confirmed a write: whether it happened is
+    /// unknown. Retryable, and a retry goes to the store directly.
+    fn interrupted(&self) -> StoreError {
+        StoreError::Unavailable {
+            backend: self.store.backend(),
+            source: "the engine stopped before the write was confirmed".into(),
+        }
     }
 
     /// Queues a session change for the next batch write.

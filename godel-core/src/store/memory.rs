@@ -15,8 +15,8 @@ use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::session::Session;
 use crate::store::{
     BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    HistoryEntry, Lease, LeaseStatus, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result,
-    Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery,
+    HistoryEntry, Lease, LeaseStatus, LeaseWrite, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed,
+    Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -168,6 +168,62 @@ impl State {
         Ok(Enqueued { task, created: true })
     }
 
+    fn claim(&mut self, request: &ClaimRequest, now: Timestamp) -> Vec<Claim> {
+        let Some(queue) = self.tenants.get_mut(&request.tenant) else { return Vec::new() };
+        let mut picked = Vec::new();
+        'ranks: for p in Priority::ALL {
+            let range = (p.rank(), Timestamp::from_millis(i64::MIN), i64::MIN)..=(p.rank(), now, i64::MAX);
+            for &(_, _, seq) in queue.pending.range(range) {
+                if picked.len() == request.limit {
+                    break 'ranks;
+                }
+                let caps = &queue.tasks[&seq].task.capabilities;
+                if caps.iter().all(|c| request.capabilities.contains(c)) {
+                    picked.push(seq);
+                }
+            }
+        }
+        let expires = now + request.lease_for;
+        let mut claims = Vec::with_capacity(picked.len());
+        for seq in picked {
+            queue.remove_pending(seq);
+            let entry = queue.tasks.get_mut(&seq).expect("picked from index");
+            let token = LeaseToken::random();
+            entry.token = Some(token);
+            let task = &mut entry.task;
+            task.status = TaskStatus::Assigned;
+            task.attempt += 1;
+            task.agent = Some(request.agent.clone());
+            task.lease_expires_at = Some(expires);
+            task.cancel_requested = false;
+            task.started_at = None;
+            task.updated_at = now;
+            let claim = Claim {
+                lease: Lease { tenant: request.tenant.clone(), task: task.id, attempt: task.attempt, token },
+                task: task.clone(),
+            };
+            self.leases.insert((expires, seq, request.tenant.clone()));
+            queue.record(seq);
+            claims.push(claim);
+        }
+        claims
+    }
+
+    fn start(&mut self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus> {
+        let (seq, queue) = self.leased(lease)?;
+        let task = &mut queue.tasks.get_mut(&seq).expect("leased").task;
+        task.agent = Some(agent.clone());
+        if task.status == TaskStatus::Assigned {
+            task.status = TaskStatus::Running;
+            task.started_at = Some(now);
+            task.updated_at = now;
+        }
+        let status =
+            LeaseStatus { expires_at: task.lease_expires_at.expect("leased"), cancel_requested: task.cancel_requested };
+        queue.record(seq);
+        Ok(status)
+    }
+
     fn complete(&mut self, lease: &Lease, result: Value, now: Timestamp) -> Result<()> {
         let (seq, _) = self.leased(lease)?;
         let task = &mut self.unlease(&lease.tenant, seq).task;
@@ -221,62 +277,32 @@ impl Store for MemoryStore {
     }
 
     async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>> {
-        let mut state = self.lock();
-        let state = &mut *state;
-        let Some(queue) = state.tenants.get_mut(&request.tenant) else { return Ok(Vec::new()) };
-        let mut picked = Vec::new();
-        'ranks: for p in Priority::ALL {
-            let range = (p.rank(), Timestamp::from_millis(i64::MIN), i64::MIN)..=(p.rank(), now, i64::MAX);
-            for &(_, _, seq) in queue.pending.range(range) {
-                if picked.len() == request.limit {
-                    break 'ranks;
-                }
-                let caps = &queue.tasks[&seq].task.capabilities;
-                if caps.iter().all(|c| request.capabilities.contains(c)) {
-                    picked.push(seq);
-                }
-            }
-        }
-        let expires = now + request.lease_for;
-        let mut claims = Vec::with_capacity(picked.len());
-        for seq in picked {
-            queue.remove_pending(seq);
-            let entry = queue.tasks.get_mut(&seq).expect("picked from index");
-            let token = LeaseToken::random();
-            entry.token = Some(token);
-            let task = &mut entry.task;
-            task.status = TaskStatus::Assigned;
-            task.attempt += 1;
-            task.agent = Some(request.agent.clone());
-            task.lease_expires_at = Some(expires);
-            task.cancel_requested = false;
-            task.started_at = None;
-            task.updated_at = now;
-            let claim = Claim {
-                lease: Lease { tenant: request.tenant.clone(), task: task.id, attempt: task.attempt, token },
-                task: task.clone(),
-            };
-            state.leases.insert((expires, seq, request.tenant.clone()));
-            queue.record(seq);
-            claims.push(claim);
-        }
-        Ok(claims)
+        Ok(self.lock().claim(request, now))
     }
 
     async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus> {
+        self.lock().start(lease, agent, now)
+    }
+
+    async fn write_batch(&self, writes: &[LeaseWrite], now: Timestamp) -> Result<Vec<WriteOutcome>> {
         let mut state = self.lock();
-        let (seq, queue) = state.leased(lease)?;
-        let task = &mut queue.tasks.get_mut(&seq).expect("leased").task;
-        task.agent = Some(agent.clone());
-        if task.status == TaskStatus::Assigned {
-            task.status = TaskStatus::Running;
-            task.started_at = Some(now);
-            task.updated_at = now;
+        let mut out = Vec::with_capacity(writes.len());
+        for write in writes {
+            let done = match write {
+                LeaseWrite::Start { lease, agent } => state
+                    .start(lease, agent, now)
+                    .map(|s| WriteOutcome::Started { cancel_requested: s.cancel_requested }),
+                LeaseWrite::Complete(c) => {
+                    state.complete(&c.lease, c.result.clone(), now).map(|()| WriteOutcome::Completed)
+                }
+            };
+            match done {
+                Ok(outcome) => out.push(outcome),
+                Err(StoreError::LeaseLost(_)) => out.push(WriteOutcome::LeaseLost),
+                Err(e) => return Err(e),
+            }
         }
-        let status =
-            LeaseStatus { expires_at: task.lease_expires_at.expect("leased"), cancel_requested: task.cancel_requested };
-        queue.record(seq);
-        Ok(status)
+        Ok(out)
     }
 
     async fn heartbeat(&self, lease: &Lease, extend_by: Duration, now: Timestamp) -> Result<LeaseStatus> {

@@ -65,8 +65,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 ///    [`Lease`] carries its tenant); no call can see or touch another
 ///    tenant's rows. The one exception is [`Store::reclaim_expired`], a
 ///    maintenance sweep that only moves lapsed leases and reports what it moved.
-/// 10. **Batches where it pays.** [`Store::enqueue_batch`], [`Store::claim`]
-///     and [`Store::complete_batch`] take many tasks in one round trip.
+/// 10. **Batches where it pays.** [`Store::enqueue_batch`], [`Store::claim`],
+///     [`Store::write_batch`] and [`Store::complete_batch`] take many tasks in
+///     one round trip.
 ///
 /// A write presenting an expired lease that nobody has reclaimed yet is still
 /// accepted: the token is the fence, and until a reclaim rotates it nobody
@@ -95,6 +96,13 @@ pub trait Store: Send + Sync + Debug {
     /// key prefers). Reports a pending cancel like a heartbeat.
     async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus>;
 
+    /// Starts and completes many tasks in one round trip, each entry exactly
+    /// as [`Store::start`] or [`Store::complete`] would. A stale lease does
+    /// not stop the others: its outcome is [`WriteOutcome::LeaseLost`].
+    /// Outcomes line up with the input; entries for the same task act one
+    /// after the other, in input order.
+    async fn write_batch(&self, writes: &[LeaseWrite], now: Timestamp) -> Result<Vec<WriteOutcome>>;
+
     /// Extends the lease to `now + extend_by` and reports whether a cancel was requested.
     async fn heartbeat(&self, lease: &Lease, extend_by: Duration, now: Timestamp) -> Result<LeaseStatus>;
 
@@ -106,6 +114,8 @@ pub trait Store: Send + Sync + Debug {
 
     /// Completes many tasks in one round trip. A stale lease in the batch does
     /// not stop the others; it is reported in [`BatchCompletion::lease_lost`].
+    /// Entries for the same task act one after the other, in input order, so
+    /// only the first of two identical leases completes.
     async fn complete_batch(&self, completions: &[Completion], now: Timestamp) -> Result<BatchCompletion>;
 
     /// Fails the current attempt: back to pending after the backoff, dead-letter
@@ -359,6 +369,36 @@ impl HistoryEntry {
     fn same_state(&self, task: &Task) -> bool {
         self.status == task.status && self.attempt == task.attempt && self.cancel_requested == task.cancel_requested
     }
+}
+
+/// A lease holder's write, as [`Store::write_batch`] takes it.
+#[derive(Clone, PartialEq, Debug)]
+pub enum LeaseWrite {
+    /// [`Store::start`] on this agent (which may differ from the claimer).
+    Start {
+        /// The lease for the attempt.
+        lease: Lease,
+        /// The agent that runs it.
+        agent: AgentId,
+    },
+    /// [`Store::complete`] with this result.
+    Complete(Completion),
+}
+
+/// What [`Store::write_batch`] did with one entry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WriteOutcome {
+    /// The task is running. A start does not move the lease's expiry, so
+    /// only the cancel flag is reported: when set, abort and call
+    /// [`Store::confirm_cancel`], as after a [`Store::start`] that reports it.
+    Started {
+        /// A user asked to cancel.
+        cancel_requested: bool,
+    },
+    /// The task is completed.
+    Completed,
+    /// The lease was stale; nothing changed.
+    LeaseLost,
 }
 
 /// One entry of [`Store::complete_batch`].

@@ -2,28 +2,40 @@
 //!
 //! The database runs in WAL mode with `synchronous = NORMAL`: a committed
 //! write survives the process being killed at any instant (it is in the WAL
-//! file), though not necessarily a power cut. Writes go through a pool of one
-//! connection, so they queue in the async pool rather than spinning on
-//! `SQLITE_BUSY`; reads use a separate read-only pool that WAL lets run beside
-//! the writer. Every state change is a single fenced `UPDATE … RETURNING`, so
-//! rule 1 (atomic claim) and rule 3 (fencing) hold even if another process
-//! opens the same file.
+//! file), though not necessarily a power cut. Writes go through one
+//! connection, taken in turn behind an async mutex, so they queue rather than
+//! spin on `SQLITE_BUSY`; reads use a separate read-only pool that WAL lets
+//! run beside the writer. The writer is not a pool of one: sqlx pings a pooled
+//! connection when it is taken and again when it is given back, which tripled
+//! the round trips of every write.
+//!
+//! Every state change is a single fenced `UPDATE`, so rule 1 (atomic claim)
+//! and rule 3 (fencing) hold even if another process opens the same file.
+//! Batches (enqueue, lease holders' writes, sessions) are one statement per
+//! batch, not per task: the batch travels as one JSON parameter that the
+//! statement reads with `json_each`. Each statement is a round trip to sqlx's
+//! worker thread and each returned row another hand-off, so batched writes
+//! return no rows unless something in the batch went wrong.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::session::Session;
 use crate::store::{
     BatchCompletion, BoxError, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    HistoryEntry, Lease, LeaseStatus, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result,
-    Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery,
+    HistoryEntry, Lease, LeaseStatus, LeaseWrite, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed,
+    Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -45,10 +57,23 @@ const COLUMNS: &str = "seq, id, tenant, priority, status, payload, capabilities,
 const FENCE: &str =
     "tenant = ?1 AND id = ?2 AND attempt = ?3 AND lease_token = ?4 AND status IN ('assigned', 'running')";
 
+/// Most entries one batched statement carries. The batch travels as one JSON
+/// parameter, so this bounds the statement's size, not its parameter count;
+/// bigger batches take several statements in one transaction.
+const BATCH_CHUNK: usize = 1_000;
+
+/// The fence of a batched write (rule 3), for statements of the form
+/// `WITH batch (tenant, id, attempt, token, …) AS MATERIALIZED (…) UPDATE tasks
+/// … FROM batch WHERE {BATCH_FENCE}`. `MATERIALIZED` makes SQLite walk the
+/// batch and look each task up by its `id` index; left to itself, it may
+/// instead scan every leased task and search the batch for each.
+const BATCH_FENCE: &str = "tasks.id = batch.id AND tasks.tenant = batch.tenant AND tasks.attempt = batch.attempt \
+     AND tasks.lease_token = batch.token AND tasks.status IN ('assigned', 'running')";
+
 /// The SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Arc<Mutex<Option<SqliteConnection>>>,
     reader: SqlitePool,
 }
 
@@ -68,27 +93,42 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
+        // sqlx's migrator runs on a pool (through a bare connection its future
+        // would not be `Send`), so it gets a pool of one, closed once done.
+        let migrations = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
             .connect_with(options.clone().create_if_missing(true))
             .await
             .map_err(|e| open_err(e.into()))?;
-        MIGRATOR.run(&writer).await.map_err(|e| open_err(e.into()))?;
+        MIGRATOR.run(&migrations).await.map_err(|e| open_err(e.into()))?;
+        migrations.close().await;
+        let writer = options.clone().connect().await.map_err(|e| open_err(e.into()))?;
         let reader = SqlitePoolOptions::new()
+            // Not a round trip to ping the connection before every read: a
+            // broken one fails its query, and the pool replaces it.
+            .test_before_acquire(false)
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| open_err(e.into()))?;
+        let writer = Arc::new(Mutex::new(Some(writer)));
         Ok(Self { writer, reader })
     }
 
     /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
         self.reader.close().await;
-        self.writer.close().await;
+        if let Some(writer) = self.writer.lock().await.take() {
+            if let Err(e) = writer.close().await {
+                tracing::warn!(error = %e, "closing the SQLite writer connection failed");
+            }
+        }
+    }
+
+    /// Waits for the writer connection, whose holders take turns in order.
+    async fn writer(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>> {
+        MutexGuard::try_map(self.writer.lock().await, Option::as_mut)
+            .map_err(|_| StoreError::Unavailable { backend: BACKEND, source: "the store is closed".into() })
     }
 
     async fn status_of(&self, tenant: &TenantId, id: TaskId) -> Result<TaskStatus> {
@@ -99,6 +139,32 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
         parse_column(&status.ok_or(StoreError::NotFound(id))?, "status")
+    }
+
+    /// Applies lease holders' writes in as few statements as it can (see
+    /// [`write_group`]); returns their outcomes in input order.
+    ///
+    /// Entries for one task must act one after the other, as if written one by
+    /// one, or a repeated lease would apply twice in one statement: the n-th
+    /// entry of a task goes into the n-th group. All groups of a batch are
+    /// written in one transaction.
+    async fn write_entries(&self, entries: &[Entry<'_>], now: Timestamp) -> Result<Vec<WriteOutcome>> {
+        let mut out = vec![WriteOutcome::LeaseLost; entries.len()];
+        if entries.is_empty() {
+            return Ok(out);
+        }
+        let groups = statement_groups(entries.iter().map(|e| e.lease.task));
+        let mut conn = self.writer().await?;
+        if let [group] = groups.as_slice() {
+            write_group(&mut conn, entries, group, now, &mut out).await?;
+        } else {
+            let mut tx = conn.begin().await.map_err(db_err)?;
+            for group in &groups {
+                write_group(&mut tx, entries, group, now, &mut out).await?;
+            }
+            tx.commit().await.map_err(db_err)?;
+        }
+        Ok(out)
     }
 
     async fn seq_of(&self, tenant: &TenantId, id: TaskId) -> Result<i64> {
@@ -126,7 +192,7 @@ impl Store for SqliteStore {
     async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued> {
         let mut task = task;
         task.validate()?;
-        let mut conn = self.writer.acquire().await.map_err(db_err)?;
+        let mut conn = self.writer().await?;
         insert_task(&mut conn, tenant, &task, now).await
     }
 
@@ -135,11 +201,25 @@ impl Store for SqliteStore {
         for task in &mut tasks {
             task.validate()?;
         }
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
-        let mut out = Vec::with_capacity(tasks.len());
-        for task in &tasks {
-            out.push(insert_task(&mut tx, tenant, task, now).await?);
+        if tasks.is_empty() {
+            return Ok(Vec::new());
         }
+        let ids: Vec<TaskId> = tasks.iter().map(|_| TaskId::new()).collect();
+        let mut conn = self.writer().await?;
+        // One statement and no transaction in the common case. An idempotency
+        // key may need more (to learn which tasks were skipped, and read back
+        // the first tasks holding their keys), and those must see one state.
+        let single = tasks.len() <= BATCH_CHUNK && tasks.iter().all(|t| t.idempotency_key.is_none());
+        if single {
+            let created = insert_tasks(&mut conn, tenant, &tasks, &ids, now).await?;
+            return enqueued_in_order(&mut conn, tenant, &tasks, &ids, created).await;
+        }
+        let mut tx = conn.begin().await.map_err(db_err)?;
+        let mut created = HashMap::with_capacity(tasks.len());
+        for (chunk, chunk_ids) in tasks.chunks(BATCH_CHUNK).zip(ids.chunks(BATCH_CHUNK)) {
+            created.extend(insert_tasks(&mut tx, tenant, chunk, chunk_ids, now).await?);
+        }
+        let out = enqueued_in_order(&mut tx, tenant, &tasks, &ids, created).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(out)
     }
@@ -148,41 +228,7 @@ impl Store for SqliteStore {
         if request.limit == 0 {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "UPDATE tasks SET status = 'assigned', attempt = attempt + 1, agent_id = ?1, \
-                 lease_token = lower(hex(randomblob(16))), lease_expires_at = ?2, cancel_requested = 0, \
-                 started_at = NULL, updated_at = ?3 \
-             WHERE seq IN ( \
-                 SELECT seq FROM tasks \
-                 WHERE tenant = ?4 AND status = 'pending' AND run_at <= ?3 \
-                   AND (capabilities = '[]' OR NOT EXISTS ( \
-                       SELECT 1 FROM json_each(tasks.capabilities) AS need \
-                       WHERE need.value NOT IN (SELECT value FROM json_each(?5)))) \
-                 ORDER BY priority, run_at, seq LIMIT ?6) \
-             RETURNING {COLUMNS}"
-        );
-        let capabilities = serde_json::to_string(&request.capabilities).map_err(backend_err)?;
-        let rows = sqlx::query(&sql)
-            .bind(request.agent.as_str())
-            .bind((now + request.lease_for).as_millis())
-            .bind(now.as_millis())
-            .bind(request.tenant.as_str())
-            .bind(capabilities)
-            .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.writer)
-            .await
-            .map_err(db_err)?;
-        let mut claimed = rows.iter().map(decode_task).collect::<Result<Vec<_>>>()?;
-        // RETURNING does not promise the subquery's order; restore it.
-        claimed.sort_by_key(|(seq, task, _)| (task.priority, task.run_at, *seq));
-        claimed
-            .into_iter()
-            .map(|(_, task, token)| {
-                let token = token.ok_or_else(|| corrupt("claimed task has no lease token"))?;
-                let lease = Lease { tenant: task.tenant.clone(), task: task.id, attempt: task.attempt, token };
-                Ok(Claim { lease, task })
-            })
-            .collect()
+        claim_on(&mut *self.writer().await?, request, now).await
     }
 
     async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus> {
@@ -192,8 +238,21 @@ impl Store for SqliteStore {
              WHERE {FENCE} RETURNING lease_expires_at, cancel_requested"
         );
         let query = fenced(&sql, lease).bind(now.as_millis()).bind(agent.as_str());
-        let row = query.fetch_optional(&self.writer).await.map_err(db_err)?;
+        let row = query.fetch_optional(&mut *self.writer().await?).await.map_err(db_err)?;
         lease_status(row, lease)
+    }
+
+    async fn write_batch(&self, writes: &[LeaseWrite], now: Timestamp) -> Result<Vec<WriteOutcome>> {
+        let entries = writes
+            .iter()
+            .map(|w| match w {
+                LeaseWrite::Start { lease, agent } => {
+                    Ok(Entry { lease, op: Op::Start, extra: agent.as_str().to_owned() })
+                }
+                LeaseWrite::Complete(c) => Entry::complete(c),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.write_entries(&entries, now).await
     }
 
     async fn heartbeat(&self, lease: &Lease, extend_by: Duration, now: Timestamp) -> Result<LeaseStatus> {
@@ -202,7 +261,7 @@ impl Store for SqliteStore {
              RETURNING lease_expires_at, cancel_requested"
         );
         let query = fenced(&sql, lease).bind((now + extend_by).as_millis()).bind(now.as_millis());
-        let row = query.fetch_optional(&self.writer).await.map_err(db_err)?;
+        let row = query.fetch_optional(&mut *self.writer().await?).await.map_err(db_err)?;
         lease_status(row, lease)
     }
 
@@ -211,7 +270,8 @@ impl Store for SqliteStore {
             "INSERT INTO task_output (task_seq, attempt, stream, data, at) \
              SELECT seq, attempt, ?5, ?6, ?7 FROM tasks WHERE {FENCE}"
         );
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let mut conn = self.writer().await?;
+        let mut tx = conn.begin().await.map_err(db_err)?;
         if chunks.is_empty() {
             // Still check the fence, so an empty append by a zombie is an error too.
             let check = format!("SELECT 1 FROM tasks WHERE {FENCE}");
@@ -232,7 +292,7 @@ impl Store for SqliteStore {
     }
 
     async fn complete(&self, lease: &Lease, result: Value, now: Timestamp) -> Result<()> {
-        let mut conn = self.writer.acquire().await.map_err(db_err)?;
+        let mut conn = self.writer().await?;
         if complete_one(&mut conn, lease, &result, now).await? {
             Ok(())
         } else {
@@ -241,16 +301,16 @@ impl Store for SqliteStore {
     }
 
     async fn complete_batch(&self, completions: &[Completion], now: Timestamp) -> Result<BatchCompletion> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
+        let entries = completions.iter().map(Entry::complete).collect::<Result<Vec<_>>>()?;
+        let outcomes = self.write_entries(&entries, now).await?;
         let mut out = BatchCompletion::default();
-        for c in completions {
-            if complete_one(&mut tx, &c.lease, &c.result, now).await? {
+        for (c, outcome) in completions.iter().zip(outcomes) {
+            if outcome == WriteOutcome::Completed {
                 out.completed.push(c.lease.task);
             } else {
                 out.lease_lost.push(c.lease.task);
             }
         }
-        tx.commit().await.map_err(db_err)?;
         Ok(out)
     }
 
@@ -274,7 +334,7 @@ impl Store for SqliteStore {
         };
         let error = serde_json::to_string(&failure.error).map_err(backend_err)?;
         let query = fenced(&sql, lease).bind(retryable).bind(run_at.as_millis()).bind(now.as_millis()).bind(error);
-        let row = query.fetch_optional(&self.writer).await.map_err(db_err)?;
+        let row = query.fetch_optional(&mut *self.writer().await?).await.map_err(db_err)?;
         let row = row.ok_or(StoreError::LeaseLost(lease.task))?;
         Ok(match parse_column::<TaskStatus>(&row.try_get::<String, _>(0).map_err(db_err)?, "status")? {
             TaskStatus::Pending => {
@@ -297,7 +357,11 @@ impl Store for SqliteStore {
                  lease_token = NULL, lease_expires_at = NULL, updated_at = ?5 \
              WHERE {FENCE} RETURNING status"
         );
-        let row = fenced(&sql, lease).bind(now.as_millis()).fetch_optional(&self.writer).await.map_err(db_err)?;
+        let row = fenced(&sql, lease)
+            .bind(now.as_millis())
+            .fetch_optional(&mut *self.writer().await?)
+            .await
+            .map_err(db_err)?;
         let row = row.ok_or(StoreError::LeaseLost(lease.task))?;
         parse_column(&row.try_get::<String, _>(0).map_err(db_err)?, "status")
     }
@@ -307,7 +371,8 @@ impl Store for SqliteStore {
             "UPDATE tasks SET status = 'cancelled', completed_at = ?5, lease_token = NULL, lease_expires_at = NULL, \
                  updated_at = ?5 WHERE {FENCE}"
         );
-        let done = fenced(&sql, lease).bind(now.as_millis()).execute(&self.writer).await.map_err(db_err)?;
+        let done =
+            fenced(&sql, lease).bind(now.as_millis()).execute(&mut *self.writer().await?).await.map_err(db_err)?;
         if done.rows_affected() == 0 { Err(StoreError::LeaseLost(lease.task)) } else { Ok(()) }
     }
 
@@ -322,7 +387,7 @@ impl Store for SqliteStore {
         .bind(now.as_millis())
         .bind(tenant.as_str())
         .bind(id.to_string())
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.writer().await?)
         .await
         .map_err(db_err)?;
         match row {
@@ -355,7 +420,7 @@ impl Store for SqliteStore {
         .bind(now.as_millis())
         .bind(error)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer().await?)
         .await
         .map_err(db_err)?;
         rows.iter()
@@ -380,7 +445,7 @@ impl Store for SqliteStore {
             .bind(now.as_millis())
             .bind(tenant.as_str())
             .bind(id.to_string())
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *self.writer().await?)
             .await
             .map_err(db_err)?;
         match row {
@@ -399,7 +464,7 @@ impl Store for SqliteStore {
         qb.push(REPLAY_SET.replace("?1", &now.as_millis().to_string()));
         qb.push(" WHERE tenant = ").push_bind(tenant.as_str());
         push_filter(&mut qb, &filter);
-        let done = qb.build().execute(&self.writer).await.map_err(db_err)?;
+        let done = qb.build().execute(&mut *self.writer().await?).await.map_err(db_err)?;
         Ok(done.rows_affected())
     }
 
@@ -410,7 +475,7 @@ impl Store for SqliteStore {
         )
         .bind(tenant.as_str())
         .bind(id.to_string())
-        .execute(&self.writer)
+        .execute(&mut *self.writer().await?)
         .await
         .map_err(db_err)?;
         if done.rows_affected() == 1 {
@@ -425,7 +490,7 @@ impl Store for SqliteStore {
         qb.push_bind(tenant.as_str());
         push_filter(&mut qb, &filter);
         qb.push(" AND completed_at < ").push_bind(finished_before.as_millis());
-        let done = qb.build().execute(&self.writer).await.map_err(db_err)?;
+        let done = qb.build().execute(&mut *self.writer().await?).await.map_err(db_err)?;
         Ok(done.rows_affected())
     }
 
@@ -566,28 +631,48 @@ impl Store for SqliteStore {
     }
 
     async fn save_sessions(&self, sessions: &[Session]) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(db_err)?;
-        for session in sessions {
-            // The tenant check in the conflict clause keeps a session id from
-            // ever moving between tenants.
-            sqlx::query(
-                "INSERT INTO sessions (id, tenant, agent_id, task_id, state, error, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                 ON CONFLICT (id) DO UPDATE SET task_id = excluded.task_id, state = excluded.state, \
-                     error = excluded.error, updated_at = excluded.updated_at \
-                 WHERE sessions.tenant = excluded.tenant",
-            )
-            .bind(session.id.to_string())
-            .bind(session.tenant.as_str())
-            .bind(session.agent.as_str())
-            .bind(session.task.map(|t| t.to_string()))
-            .bind(session.state.as_str())
-            .bind(session.error.as_deref())
-            .bind(session.created_at.as_millis())
-            .bind(session.updated_at.as_millis())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        // One upsert per chunk, rows taken in input order, so a session listed
+        // twice ends in its later state. The tenant check in the conflict
+        // clause keeps a session id from ever moving between tenants.
+        let sql = "INSERT INTO sessions (id, tenant, agent_id, task_id, state, error, created_at, updated_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, \
+                 value ->> 7 \
+             FROM json_each(?1) WHERE true ORDER BY key \
+             ON CONFLICT (id) DO UPDATE SET task_id = excluded.task_id, state = excluded.state, \
+                 error = excluded.error, updated_at = excluded.updated_at \
+             WHERE sessions.tenant = excluded.tenant";
+        let batches = sessions
+            .chunks(BATCH_CHUNK)
+            .map(|chunk| {
+                let rows: Vec<_> = chunk
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.id.to_string(),
+                            s.tenant.as_str(),
+                            s.agent.as_str(),
+                            s.task.map(|t| t.to_string()),
+                            s.state.as_str(),
+                            s.error.as_deref(),
+                            s.created_at.as_millis(),
+                            s.updated_at.as_millis(),
+                        )
+                    })
+                    .collect();
+                serde_json::to_string(&rows).map_err(backend_err)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut conn = self.writer().await?;
+        if let [batch] = batches.as_slice() {
+            sqlx::query(sql).bind(batch).execute(&mut *conn).await.map_err(db_err)?;
+            return Ok(());
+        }
+        let mut tx = conn.begin().await.map_err(db_err)?;
+        for batch in &batches {
+            sqlx::query(sql).bind(batch).execute(&mut *tx).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)
     }
@@ -646,7 +731,7 @@ impl Store for SqliteStore {
             list.push_bind(agent.as_str().to_owned());
         }
         qb.push(")");
-        let done = qb.build().execute(&self.writer).await.map_err(db_err)?;
+        let done = qb.build().execute(&mut *self.writer().await?).await.map_err(db_err)?;
         Ok(done.rows_affected())
     }
 }
@@ -663,7 +748,7 @@ fn fenced<'q>(sql: &'q str, lease: &'q Lease) -> SqliteQuery<'q> {
         .bind(lease.tenant.as_str())
         .bind(lease.task.to_string())
         .bind(lease.attempt)
-        .bind(lease.token.as_uuid().simple().to_string())
+        .bind(token_text(&lease.token))
 }
 
 fn lease_status(row: Option<SqliteRow>, lease: &Lease) -> Result<LeaseStatus> {
@@ -697,7 +782,7 @@ async fn insert_task(
         .bind(task.idempotency_key.as_deref())
         .bind(task.parent.map(|p| p.to_string()))
         .bind(task.max_attempts)
-        .bind(task.timeout.map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)))
+        .bind(task.timeout.map(timeout_ms))
         .bind(task.run_at.unwrap_or(now).as_millis())
         .bind(now.as_millis())
         .bind(now.as_millis())
@@ -716,6 +801,357 @@ async fn insert_task(
         .await
         .map_err(db_err)?;
     Ok(Enqueued { task: decode_task(&row)?.1, created: false })
+}
+
+/// Inserts `tasks` under `ids` in one statement, skipping those whose
+/// idempotency key is taken (also by an earlier task of the same batch).
+/// Returns the inserted tasks by id.
+///
+/// The statement returns no rows (each would cost a hand-off from sqlx's
+/// worker thread); the tasks are built here, exactly as [`decode_task`] would
+/// read them back. Only when some were skipped does a second statement ask
+/// which of the new ids made it.
+async fn insert_tasks(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    tasks: &[NewTask],
+    ids: &[TaskId],
+    now: Timestamp,
+) -> Result<HashMap<TaskId, Task>> {
+    // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join constraint;
+    // `ORDER BY key` inserts in input order, so sequence numbers follow it and
+    // the first of two tasks sharing a key is the one kept.
+    const SQL: &str = "INSERT INTO tasks (id, tenant, priority, status, payload, capabilities, affinity_key, \
+             idempotency_key, parent_id, max_attempts, timeout_ms, run_at, created_at, updated_at) \
+         SELECT value ->> 0, ?2, value ->> 1, 'pending', value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+             value ->> 6, value ->> 7, value ->> 8, value ->> 9, ?3, ?3 \
+         FROM json_each(?1) WHERE true ORDER BY key \
+         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
+    let mut rows = Vec::with_capacity(tasks.len());
+    for (task, id) in tasks.iter().zip(ids) {
+        rows.push((
+            id.to_string(),
+            i64::from(task.priority.rank()),
+            serde_json::to_string(&task.payload).map_err(backend_err)?,
+            serde_json::to_string(&task.capabilities).map_err(backend_err)?,
+            task.affinity_key.as_deref(),
+            task.idempotency_key.as_deref(),
+            task.parent.map(|p| p.to_string()),
+            task.max_attempts,
+            task.timeout.map(timeout_ms),
+            task.run_at.unwrap_or(now).as_millis(),
+        ));
+    }
+    let batch = serde_json::to_string(&rows).map_err(backend_err)?;
+    let done = sqlx::query(SQL)
+        .bind(batch)
+        .bind(tenant.as_str())
+        .bind(now.as_millis())
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let inserted: Option<std::collections::HashSet<TaskId>> = if done.rows_affected() == tasks.len() as u64 {
+        None
+    } else {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let found: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?1))")
+                .bind(serde_json::to_string(&ids).map_err(backend_err)?)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_err)?;
+        Some(found.iter().map(|id| parse_column(id, "id")).collect::<Result<_>>()?)
+    };
+    let mut created = HashMap::with_capacity(tasks.len());
+    for ((new, id), row) in tasks.iter().zip(ids).zip(&rows) {
+        if inserted.as_ref().is_some_and(|set| !set.contains(id)) {
+            continue;
+        }
+        let task = Task {
+            id: *id,
+            tenant: tenant.clone(),
+            priority: new.priority,
+            status: TaskStatus::Pending,
+            // Read back from the very text stored, as `get` will.
+            payload: json(&row.2, "payload")?,
+            capabilities: new.capabilities.clone(),
+            affinity_key: new.affinity_key.clone(),
+            idempotency_key: new.idempotency_key.clone(),
+            parent: new.parent,
+            attempt: 0,
+            max_attempts: new.max_attempts,
+            timeout: row.8.map(timeout_from_ms),
+            run_at: Timestamp::from_millis(row.9),
+            agent: None,
+            lease_expires_at: None,
+            cancel_requested: false,
+            result: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            dead_lettered_at: None,
+        };
+        created.insert(*id, task);
+    }
+    Ok(created)
+}
+
+/// A timeout as the `timeout_ms` column holds it.
+fn timeout_ms(timeout: Duration) -> i64 {
+    i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A timeout as read back from the `timeout_ms` column.
+fn timeout_from_ms(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// Lines up an [`enqueue_batch`](Store::enqueue_batch) with its input: the
+/// task inserted for each entry, or the first task holding its idempotency key.
+async fn enqueued_in_order(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    tasks: &[NewTask],
+    ids: &[TaskId],
+    mut created: HashMap<TaskId, Task>,
+) -> Result<Vec<Enqueued>> {
+    let mut existing: HashMap<String, Task> = HashMap::new();
+    let taken: Vec<&str> = tasks
+        .iter()
+        .zip(ids)
+        .filter(|(_, id)| !created.contains_key(id))
+        .filter_map(|(task, _)| task.idempotency_key.as_deref())
+        .collect();
+    if !taken.is_empty() {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tasks WHERE tenant = ?1 \
+             AND idempotency_key IN (SELECT value FROM json_each(?2))"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant.as_str())
+            .bind(serde_json::to_string(&taken).map_err(backend_err)?)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        for row in &rows {
+            let (_, task, _) = decode_task(row)?;
+            let key = task.idempotency_key.clone().ok_or_else(|| corrupt("keyed task has no idempotency key"))?;
+            existing.insert(key, task);
+        }
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for (task, id) in tasks.iter().zip(ids) {
+        if let Some(task) = created.remove(id) {
+            out.push(Enqueued { task, created: true });
+            continue;
+        }
+        // Not inserted: its key was taken, before or earlier in this batch (rule 7).
+        let first = task.idempotency_key.as_ref().and_then(|k| existing.get(k));
+        let first = first.ok_or_else(|| corrupt("a task was neither inserted nor found by its idempotency key"))?;
+        out.push(Enqueued { task: first.clone(), created: false });
+    }
+    Ok(out)
+}
+
+/// Splits a batch of writes into statements: the n-th entry of a task goes
+/// into round n, so repeated entries act one after the other, and each round
+/// is cut into chunks of at most [`BATCH_CHUNK`]. Returns input indices.
+fn statement_groups(tasks: impl Iterator<Item = TaskId>) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<TaskId, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, task) in tasks.enumerate() {
+        let n = seen.entry(task).or_insert(0);
+        if rounds.len() == *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(i);
+        *n += 1;
+    }
+    rounds.iter().flat_map(|round| round.chunks(BATCH_CHUNK).map(<[usize]>::to_vec)).collect()
+}
+
+/// What a batched lease-holder write does to its task.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Op {
+    Start,
+    Complete,
+}
+
+/// One entry of a batched lease-holder write: the lease, what to do, and the
+/// value it writes (the agent of a start, the result of a completion as JSON).
+#[derive(Debug)]
+struct Entry<'a> {
+    lease: &'a Lease,
+    op: Op,
+    extra: String,
+}
+
+impl<'a> Entry<'a> {
+    /// A completion; the result travels as its JSON text, so that it is stored
+    /// exactly as `complete` stores it rather than as SQLite would re-render it.
+    fn complete(c: &'a Completion) -> Result<Self> {
+        Ok(Self { lease: &c.lease, op: Op::Complete, extra: serde_json::to_string(&c.result).map_err(backend_err)? })
+    }
+}
+
+/// The batched lease-holder write: one `UPDATE … FROM batch`, fenced per
+/// entry (rule 3), doing for each entry what `start` or `complete` does. It
+/// takes the batch as JSON in `?1` and now in `?2`.
+///
+/// Every row a statement returns costs a hand-off between sqlx's worker
+/// thread and the caller, so the quiet form returns none: it changes every
+/// row or, when some entry's lease is stale or a started task has a cancel
+/// request, nothing at all (its count of passing entries, compared with `?3`,
+/// is taken once, before any change). The loud form, used only after a quiet
+/// one changed nothing, returns the id and the cancel flag of each row it changed.
+fn write_sql(quiet: bool) -> String {
+    let tail = if quiet {
+        format!(
+            "AND (SELECT count(*) FROM batch JOIN tasks ON {BATCH_FENCE} \
+                 AND (batch.op = 'complete' OR tasks.cancel_requested = 0)) = ?3"
+        )
+    } else {
+        "RETURNING id, cancel_requested".to_owned()
+    };
+    format!(
+        "WITH batch (tenant, id, attempt, token, op, extra) AS MATERIALIZED ( \
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 FROM json_each(?1)) \
+         UPDATE tasks SET \
+             status = CASE batch.op WHEN 'start' THEN 'running' ELSE 'completed' END, \
+             agent_id = CASE batch.op WHEN 'start' THEN batch.extra ELSE tasks.agent_id END, \
+             started_at = CASE WHEN batch.op = 'start' AND tasks.status = 'assigned' THEN ?2 ELSE tasks.started_at END, \
+             result = CASE batch.op WHEN 'start' THEN tasks.result ELSE batch.extra END, \
+             completed_at = CASE batch.op WHEN 'start' THEN tasks.completed_at ELSE ?2 END, \
+             lease_token = CASE batch.op WHEN 'start' THEN tasks.lease_token END, \
+             lease_expires_at = CASE batch.op WHEN 'start' THEN tasks.lease_expires_at END, \
+             updated_at = ?2 \
+         FROM batch WHERE {BATCH_FENCE} {tail}"
+    )
+}
+
+/// Writes the entries at `group` (no task twice) and fills in their outcomes.
+async fn write_group(
+    conn: &mut SqliteConnection,
+    entries: &[Entry<'_>],
+    group: &[usize],
+    now: Timestamp,
+    out: &mut [WriteOutcome],
+) -> Result<()> {
+    let batch = group_json(entries, group)?;
+    let n = i64::try_from(group.len()).unwrap_or(i64::MAX);
+    let done = sqlx::query(&write_sql(true))
+        .bind(&batch)
+        .bind(now.as_millis())
+        .bind(n)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let outcome = |op: Op, cancel_requested: bool| match op {
+        Op::Start => WriteOutcome::Started { cancel_requested },
+        Op::Complete => WriteOutcome::Completed,
+    };
+    match done.rows_affected() {
+        0 => {}
+        changed if changed == group.len() as u64 => {
+            for &i in group {
+                out[i] = outcome(entries[i].op, false);
+            }
+            return Ok(());
+        }
+        // Each entry names a different task and can change only that row.
+        changed => return Err(corrupt(format!("a batched write changed {changed} of {n} tasks"))),
+    }
+    let rows = sqlx::query(&write_sql(false))
+        .bind(&batch)
+        .bind(now.as_millis())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    // Within a group each task appears at most once, so its id names its entry.
+    let mut changed: HashMap<TaskId, bool> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id = parse_column::<TaskId>(&row.try_get::<String, _>(0).map_err(db_err)?, "id")?;
+        changed.insert(id, row.try_get(1).map_err(db_err)?);
+    }
+    for &i in group {
+        let e = &entries[i];
+        if let Some(cancel_requested) = changed.get(&e.lease.task) {
+            out[i] = outcome(e.op, *cancel_requested);
+        }
+    }
+    Ok(())
+}
+
+/// The entries at `group` as the JSON array a batched write reads.
+fn group_json(entries: &[Entry<'_>], group: &[usize]) -> Result<String> {
+    let batch: Vec<_> = group
+        .iter()
+        .map(|&i| {
+            let e = &entries[i];
+            (
+                e.lease.tenant.as_str(),
+                e.lease.task.to_string(),
+                e.lease.attempt,
+                token_text(&e.lease.token),
+                e.op,
+                &e.extra,
+            )
+        })
+        .collect();
+    serde_json::to_string(&batch).map_err(backend_err)
+}
+
+/// Claimed rows as claims, in contract order: RETURNING does not promise one.
+fn claims_in_order(mut claimed: Vec<(i64, Task, Option<LeaseToken>)>) -> Result<Vec<Claim>> {
+    claimed.sort_by_key(|(seq, task, _)| (task.priority, task.run_at, *seq));
+    claimed
+        .into_iter()
+        .map(|(_, task, token)| {
+            let token = token.ok_or_else(|| corrupt("claimed task has no lease token"))?;
+            let lease = Lease { tenant: task.tenant.clone(), task: task.id, attempt: task.attempt, token };
+            Ok(Claim { lease, task })
+        })
+        .collect()
+}
+
+/// A lease token as the `lease_token` column holds it: 32 lowercase hex digits.
+fn token_text(token: &LeaseToken) -> String {
+    token.as_uuid().simple().to_string()
+}
+
+/// Claims on `conn` (see [`Store::claim`]).
+async fn claim_on(conn: &mut SqliteConnection, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>> {
+    if request.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "UPDATE tasks SET status = 'assigned', attempt = attempt + 1, agent_id = ?1, \
+             lease_token = lower(hex(randomblob(16))), lease_expires_at = ?2, cancel_requested = 0, \
+             started_at = NULL, updated_at = ?3 \
+         WHERE seq IN ( \
+             SELECT seq FROM tasks \
+             WHERE tenant = ?4 AND status = 'pending' AND run_at <= ?3 \
+               AND (capabilities = '[]' OR NOT EXISTS ( \
+                   SELECT 1 FROM json_each(tasks.capabilities) AS need \
+                   WHERE need.value NOT IN (SELECT value FROM json_each(?5)))) \
+             ORDER BY priority, run_at, seq LIMIT ?6) \
+         RETURNING {CLAIMED_COLUMNS}"
+    );
+    let capabilities = serde_json::to_string(&request.capabilities).map_err(backend_err)?;
+    let rows = sqlx::query(&sql)
+        .bind(request.agent.as_str())
+        .bind((now + request.lease_for).as_millis())
+        .bind(now.as_millis())
+        .bind(request.tenant.as_str())
+        .bind(capabilities)
+        .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    claims_in_order(rows.iter().map(|row| decode_claimed(row, request, now)).collect::<Result<Vec<_>>>()?)
 }
 
 /// Completes one task; false if the lease was stale.
@@ -781,43 +1217,162 @@ fn decode_session(row: &SqliteRow) -> Result<Session> {
 
 /// Decodes a row selected with [`COLUMNS`] into (seq, task, lease token).
 fn decode_task(row: &SqliteRow) -> Result<(i64, Task, Option<LeaseToken>)> {
-    let get_ts = |i: usize| -> Result<Option<Timestamp>> {
-        Ok(row.try_get::<Option<i64>, _>(i).map_err(db_err)?.map(Timestamp::from_millis))
-    };
-    let text = |i: usize| -> Result<Option<String>> { row.try_get::<Option<String>, _>(i).map_err(db_err) };
+    let text = |i: usize| -> Result<Option<&str>> { row.try_get::<Option<&str>, _>(i).map_err(db_err) };
     let required =
-        |i: usize, name: &'static str| -> Result<String> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
-    let seq: i64 = row.try_get(0).map_err(db_err)?;
-    let task = Task {
-        id: parse_column(&required(1, "id")?, "id")?,
-        tenant: parse_column(&required(2, "tenant")?, "tenant")?,
-        priority: priority_from_rank(row.try_get(3).map_err(db_err)?)?,
-        status: parse_column(&required(4, "status")?, "status")?,
-        payload: json(&required(5, "payload")?, "payload")?,
-        capabilities: json(&required(6, "capabilities")?, "capabilities")?,
-        affinity_key: text(7)?,
-        idempotency_key: text(8)?,
-        parent: text(9)?.map(|s| parse_column(&s, "parent_id")).transpose()?,
-        attempt: row.try_get(10).map_err(db_err)?,
-        max_attempts: row.try_get(11).map_err(db_err)?,
-        timeout: row
-            .try_get::<Option<i64>, _>(12)
-            .map_err(db_err)?
-            .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
-        run_at: Timestamp::from_millis(row.try_get(13).map_err(db_err)?),
-        agent: text(14)?.map(|s| parse_column::<AgentId>(&s, "agent_id")).transpose()?,
-        lease_expires_at: get_ts(16)?,
+        |i: usize, name: &'static str| -> Result<&str> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
+    let known = Known {
+        tenant: parse_column(required(2, "tenant")?, "tenant")?,
+        status: parse_column(required(4, "status")?, "status")?,
+        agent: text(14)?.map(|s| parse_column::<AgentId>(s, "agent_id")).transpose()?,
+        lease_expires_at: timestamp(row, 16)?,
         cancel_requested: row.try_get(17).map_err(db_err)?,
-        result: text(18)?.map(|s| json(&s, "result")).transpose()?,
-        error: text(19)?.map(|s| json(&s, "error")).transpose()?,
-        created_at: Timestamp::from_millis(row.try_get(20).map_err(db_err)?),
         updated_at: Timestamp::from_millis(row.try_get(21).map_err(db_err)?),
-        started_at: get_ts(22)?,
-        completed_at: get_ts(23)?,
-        dead_lettered_at: get_ts(24)?,
+        started_at: timestamp(row, 22)?,
     };
-    let token = text(15)?.map(|s| parse_column(&s, "lease_token")).transpose()?;
-    Ok((seq, task, token))
+    decode_with(row, known, &ALL)
+}
+
+/// The columns a claim returns: all but the seven it has just set itself
+/// (tenant, status, agent, lease expiry, cancel flag, update and start times).
+const CLAIMED_COLUMNS: &str = "seq, id, priority, payload, capabilities, affinity_key, idempotency_key, parent_id, \
+     attempt, max_attempts, timeout_ms, run_at, lease_token, result, error, created_at, completed_at, dead_lettered_at";
+
+/// Decodes a row that a claim returned with [`CLAIMED_COLUMNS`]. Every
+/// returned column is copied out of SQLite and handed across sqlx's worker
+/// thread, so a claim does not return the seven columns it has just set.
+fn decode_claimed(row: &SqliteRow, request: &ClaimRequest, now: Timestamp) -> Result<(i64, Task, Option<LeaseToken>)> {
+    let known = Known {
+        tenant: request.tenant.clone(),
+        status: TaskStatus::Assigned,
+        agent: Some(request.agent.clone()),
+        lease_expires_at: Some(now + request.lease_for),
+        cancel_requested: false,
+        updated_at: now,
+        started_at: None,
+    };
+    decode_with(row, known, &CLAIMED)
+}
+
+/// The columns of a task that [`decode_with`] does not read.
+struct Known {
+    tenant: TenantId,
+    status: TaskStatus,
+    agent: Option<AgentId>,
+    lease_expires_at: Option<Timestamp>,
+    cancel_requested: bool,
+    updated_at: Timestamp,
+    started_at: Option<Timestamp>,
+}
+
+/// Where [`decode_with`] finds each column it reads.
+struct Layout {
+    seq: usize,
+    id: usize,
+    priority: usize,
+    payload: usize,
+    capabilities: usize,
+    affinity_key: usize,
+    idempotency_key: usize,
+    parent_id: usize,
+    attempt: usize,
+    max_attempts: usize,
+    timeout_ms: usize,
+    run_at: usize,
+    lease_token: usize,
+    result: usize,
+    error: usize,
+    created_at: usize,
+    completed_at: usize,
+    dead_lettered_at: usize,
+}
+
+/// The columns of [`COLUMNS`].
+const ALL: Layout = Layout {
+    seq: 0,
+    id: 1,
+    priority: 3,
+    payload: 5,
+    capabilities: 6,
+    affinity_key: 7,
+    idempotency_key: 8,
+    parent_id: 9,
+    attempt: 10,
+    max_attempts: 11,
+    timeout_ms: 12,
+    run_at: 13,
+    lease_token: 15,
+    result: 18,
+    error: 19,
+    created_at: 20,
+    completed_at: 23,
+    dead_lettered_at: 24,
+};
+
+/// The columns of [`CLAIMED_COLUMNS`].
+const CLAIMED: Layout = Layout {
+    seq: 0,
+    id: 1,
+    priority: 2,
+    payload: 3,
+    capabilities: 4,
+    affinity_key: 5,
+    idempotency_key: 6,
+    parent_id: 7,
+    attempt: 8,
+    max_attempts: 9,
+    timeout_ms: 10,
+    run_at: 11,
+    lease_token: 12,
+    result: 13,
+    error: 14,
+    created_at: 15,
+    completed_at: 16,
+    dead_lettered_at: 17,
+};
+
+/// Decodes the rest of a task from `row`, laid out as `at` says.
+fn decode_with(row: &SqliteRow, known: Known, at: &Layout) -> Result<(i64, Task, Option<LeaseToken>)> {
+    let text = |i: usize| -> Result<Option<&str>> { row.try_get::<Option<&str>, _>(i).map_err(db_err) };
+    let required =
+        |i: usize, name: &'static str| -> Result<&str> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
+    let int = |i: usize| -> Result<i64> { row.try_get(i).map_err(db_err) };
+    let capabilities = match required(at.capabilities, "capabilities")? {
+        // Most tasks need no capability; skip the parser for them.
+        "[]" => Vec::new(),
+        caps => json(caps, "capabilities")?,
+    };
+    let task = Task {
+        id: parse_column(required(at.id, "id")?, "id")?,
+        tenant: known.tenant,
+        priority: priority_from_rank(int(at.priority)?)?,
+        status: known.status,
+        payload: json(required(at.payload, "payload")?, "payload")?,
+        capabilities,
+        affinity_key: text(at.affinity_key)?.map(str::to_owned),
+        idempotency_key: text(at.idempotency_key)?.map(str::to_owned),
+        parent: text(at.parent_id)?.map(|s| parse_column(s, "parent_id")).transpose()?,
+        attempt: row.try_get(at.attempt).map_err(db_err)?,
+        max_attempts: row.try_get(at.max_attempts).map_err(db_err)?,
+        timeout: row.try_get::<Option<i64>, _>(at.timeout_ms).map_err(db_err)?.map(timeout_from_ms),
+        run_at: Timestamp::from_millis(int(at.run_at)?),
+        agent: known.agent,
+        lease_expires_at: known.lease_expires_at,
+        cancel_requested: known.cancel_requested,
+        result: text(at.result)?.map(|s| json(s, "result")).transpose()?,
+        error: text(at.error)?.map(|s| json(s, "error")).transpose()?,
+        created_at: Timestamp::from_millis(int(at.created_at)?),
+        updated_at: known.updated_at,
+        started_at: known.started_at,
+        completed_at: timestamp(row, at.completed_at)?,
+        dead_lettered_at: timestamp(row, at.dead_lettered_at)?,
+    };
+    let token = text(at.lease_token)?.map(|s| parse_column(s, "lease_token")).transpose()?;
+    Ok((int(at.seq)?, task, token))
+}
+
+/// A nullable time column.
+fn timestamp(row: &SqliteRow, i: usize) -> Result<Option<Timestamp>> {
+    Ok(row.try_get::<Option<i64>, _>(i).map_err(db_err)?.map(Timestamp::from_millis))
 }
 
 fn json<T: serde::de::DeserializeOwned>(value: &str, column: &str) -> Result<T> {
@@ -858,5 +1413,74 @@ fn db_err(e: sqlx::Error) -> StoreError {
         StoreError::Unavailable { backend: BACKEND, source: Box::new(e) }
     } else {
         StoreError::Backend { backend: BACKEND, source: Box::new(e) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plans SQLite picks for the batched statements: each walks the batch
+    /// and looks tasks up by id. A plan that scans `tasks` instead (every
+    /// leased task, searching the batch for each) is correct but slow.
+    /// Each layout names the positions of its column list.
+    #[test]
+    fn layouts_match_their_column_lists() {
+        for (columns, layout) in [(COLUMNS, &ALL), (CLAIMED_COLUMNS, &CLAIMED)] {
+            let at = |name: &str| columns.split(", ").position(|c| c == name).unwrap();
+            let expected = [
+                (layout.seq, "seq"),
+                (layout.id, "id"),
+                (layout.priority, "priority"),
+                (layout.payload, "payload"),
+                (layout.capabilities, "capabilities"),
+                (layout.affinity_key, "affinity_key"),
+                (layout.idempotency_key, "idempotency_key"),
+                (layout.parent_id, "parent_id"),
+                (layout.attempt, "attempt"),
+                (layout.max_attempts, "max_attempts"),
+                (layout.timeout_ms, "timeout_ms"),
+                (layout.run_at, "run_at"),
+                (layout.lease_token, "lease_token"),
+                (layout.result, "result"),
+                (layout.error, "error"),
+                (layout.created_at, "created_at"),
+                (layout.completed_at, "completed_at"),
+                (layout.dead_lettered_at, "dead_lettered_at"),
+            ];
+            for (i, name) in expected {
+                assert_eq!(i, at(name), "{name} in {columns}");
+            }
+        }
+        // The columns `decode_task` reads itself.
+        let known =
+            [(2, "tenant"), (4, "status"), (14, "agent_id"), (16, "lease_expires_at"), (17, "cancel_requested")];
+        for (i, name) in known.into_iter().chain([(21, "updated_at"), (22, "started_at")]) {
+            assert_eq!(COLUMNS.split(", ").nth(i), Some(name));
+        }
+    }
+
+    /// The server opens stores inside spawned tasks.
+    #[test]
+    fn opening_is_send() {
+        fn send<T: Send + 'static>(_: T) {}
+        send(async { SqliteStore::open(Path::new("never-opened.db")).await });
+    }
+
+    #[tokio::test]
+    async fn batched_statements_look_tasks_up_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("plans.db")).await.unwrap();
+        for quiet in [true, false] {
+            let sql = format!("EXPLAIN QUERY PLAN {}", write_sql(quiet));
+            let rows = sqlx::query(&sql).fetch_all(&mut *store.writer().await.unwrap()).await.unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>(3)).collect();
+            assert!(plan.iter().any(|p| p.starts_with("SCAN batch") || p.starts_with("SCAN json_each")), "{plan:#?}");
+            assert!(!plan.iter().any(|p| p.starts_with("SCAN tasks")), "{plan:#?}");
+            let lookups =
+                plan.iter().filter(|p| p.starts_with("SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (id=?)"));
+            assert_eq!(lookups.count(), if quiet { 2 } else { 1 }, "{plan:#?}");
+        }
+        store.close().await;
     }
 }

@@ -239,16 +239,20 @@ async fn a_timeout_kills_the_whole_process_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_kill_stop_running_tasks_fast() {
     let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default()).capacity(3)], fast_config()).await;
-    let mut events = h.orchestrator.subscribe(vec!["task.started".parse().unwrap()]);
+    let mut events = h.orchestrator.subscribe(vec!["task.started".parse().unwrap(), "task.output".parse().unwrap()]);
     h.start();
     let polite = h.orchestrator.submit(shell("sleep 60.8081")).await.unwrap();
-    // This one ignores SIGTERM: cancel escalates to SIGKILL after the grace period.
-    let stubborn = h.orchestrator.submit(shell("trap '' TERM; sleep 60.8082")).await.unwrap();
-    let killed = h.orchestrator.submit(shell("trap '' TERM; sleep 60.8083")).await.unwrap();
-    let mut started = 0;
-    while started < 3 {
-        if matches!(events.recv().await.unwrap().event.kind, EventKind::TaskStarted { .. }) {
-            started += 1;
+    // These ignore SIGTERM: cancel escalates to SIGKILL after the grace period.
+    let stubborn = h.orchestrator.submit(shell("trap '' TERM; echo trapped; sleep 60.8082")).await.unwrap();
+    let killed = h.orchestrator.submit(shell("trap '' TERM; echo trapped; sleep 60.8083")).await.unwrap();
+    // A task counts as started before its process runs, so also wait for the
+    // traps: a SIGTERM that beat one would end its shell at once.
+    let (mut started, mut trapped) = (0, 0);
+    while started < 3 || trapped < 2 {
+        match &events.recv().await.unwrap().event.kind {
+            EventKind::TaskStarted { .. } => started += 1,
+            EventKind::TaskOutput { data, .. } if data.contains("trapped") => trapped += 1,
+            _ => {}
         }
     }
     let t0 = tokio::time::Instant::now();

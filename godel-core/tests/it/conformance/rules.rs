@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godel_core::store::{
-    CancelOutcome, Claim, ClaimRequest, Completion, Cursor, FailOutcome, Failure, Lease, OutputChunk, OutputStream,
-    Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery,
+    CancelOutcome, Claim, ClaimRequest, Completion, Cursor, FailOutcome, Failure, Lease, LeaseWrite, OutputChunk,
+    OutputStream, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
 };
 use godel_core::{
     AgentId, Backoff, LeaseToken, NewTask, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskStatus, TenantId,
@@ -786,6 +786,197 @@ pub(crate) async fn batches_are_atomic_and_fenced_per_task(store: Db) {
     assert!(store.claim(&claimer(&t, "a", 0), T0).await.unwrap().is_empty());
 }
 
+fn start_of(lease: &Lease, agent: &AgentId) -> LeaseWrite {
+    LeaseWrite::Start { lease: lease.clone(), agent: agent.clone() }
+}
+
+fn completion_of(lease: &Lease, result: serde_json::Value) -> LeaseWrite {
+    LeaseWrite::Complete(Completion { lease: lease.clone(), result })
+}
+
+/// A batch write acts like one `start` or `complete` per entry: fenced per
+/// entry, reporting cancel requests to starters, outcomes in input order.
+pub(crate) async fn write_batch_is_fenced_per_entry(store: Db) {
+    use WriteOutcome::*;
+    let t = tenant("acme");
+    store.enqueue_batch(&t, (0..5).map(|i| NewTask::prompt(format!("t{i}"))).collect(), T0).await.unwrap();
+    let claims = store.claim(&claimer(&t, "claimer", 5), T0).await.unwrap();
+    assert_eq!(claims.len(), 5);
+    // claims[1] is already finished, claims[2] has a cancel request, claims[4] runs already.
+    store.complete(&claims[1].lease, json!("early"), T0).await.unwrap();
+    store.cancel(&t, claims[2].task.id, T0).await.unwrap();
+    store.start(&claims[4].lease, &agent(), T0).await.unwrap();
+    let runner = AgentId::new("runner").unwrap();
+    let now = T0 + secs(1);
+    let writes = [
+        start_of(&claims[0].lease, &runner),
+        start_of(&claims[1].lease, &runner),
+        start_of(&claims[2].lease, &runner),
+        completion_of(&claims[4].lease, json!({"n": 4})),
+        start_of(&claims[3].lease, &runner),
+        // Forged: a random token, and a real lease presented under another tenant.
+        completion_of(&Lease { token: LeaseToken::random(), ..claims[3].lease.clone() }, json!("forged")),
+        start_of(&Lease { tenant: tenant("intruder"), ..claims[0].lease.clone() }, &agent()),
+    ];
+    let outcomes = store.write_batch(&writes, now).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            Started { cancel_requested: false },
+            LeaseLost,
+            Started { cancel_requested: true },
+            Completed,
+            Started { cancel_requested: false },
+            LeaseLost,
+            LeaseLost,
+        ]
+    );
+    for i in [0, 2, 3] {
+        let task = store.get(&t, claims[i].task.id).await.unwrap();
+        assert_eq!(
+            (task.status, task.started_at, task.agent.clone()),
+            (TaskStatus::Running, Some(now), Some(runner.clone()))
+        );
+        assert_eq!(task.lease_expires_at, Some(T0 + LEASE), "a start keeps the lease");
+        let last = store.history(&t, task.id).await.unwrap().pop().unwrap();
+        assert_eq!((last.status, last.at, last.agent), (TaskStatus::Running, now, Some(runner.clone())));
+    }
+    let finished = store.get(&t, claims[1].task.id).await.unwrap();
+    assert_eq!((finished.status, finished.result), (TaskStatus::Completed, Some(json!("early"))));
+    let done = store.get(&t, claims[4].task.id).await.unwrap();
+    assert_eq!(
+        (done.status, done.result.clone(), done.completed_at),
+        (TaskStatus::Completed, Some(json!({"n": 4})), Some(now))
+    );
+    assert_eq!((done.started_at, done.agent, done.lease_expires_at), (Some(T0), Some(agent()), None));
+    assert!(is_lease_lost(store.heartbeat(&claims[4].lease, LEASE, now).await), "a completion spends the lease");
+
+    // A batch in which every lease holds and nothing is cancelled: starting
+    // again is harmless (the first start time stays), then complete.
+    let later = now + secs(1);
+    let writes = [start_of(&claims[0].lease, &agent()), completion_of(&claims[3].lease, json!(3))];
+    assert_eq!(store.write_batch(&writes, later).await.unwrap(), [Started { cancel_requested: false }, Completed]);
+    let task = store.get(&t, claims[0].task.id).await.unwrap();
+    assert_eq!((task.status, task.started_at, task.agent), (TaskStatus::Running, Some(now), Some(agent())));
+    assert_eq!(store.get(&t, claims[3].task.id).await.unwrap().result, Some(json!(3)));
+    assert!(store.write_batch(&[], later).await.unwrap().is_empty());
+}
+
+/// Entries of one batch that name the same task act one after the other, in
+/// input order, as if written one by one.
+pub(crate) async fn repeated_batch_entries_act_in_turn(store: Db) {
+    let t = tenant("acme");
+    let task = enqueue(&store, &t, NewTask::prompt("once")).await;
+    let first = claim_one(&store, &t, T0).await;
+    let later = T0 + LEASE + secs(1);
+    store.reclaim_expired(later, 10).await.unwrap();
+    let second = claim_one(&store, &t, later).await;
+    assert_eq!(second.task.id, task.id);
+    // A stale lease, then the fresh one twice: the stale one loses, starting
+    // twice is harmless; a start then a completion of one lease both apply.
+    let writes = [
+        start_of(&first.lease, &agent()),
+        start_of(&second.lease, &agent()),
+        start_of(&second.lease, &agent()),
+        completion_of(&second.lease, json!("winner")),
+        completion_of(&second.lease, json!("too late")),
+    ];
+    let outcomes = store.write_batch(&writes, later).await.unwrap();
+    let (started, done, lost) =
+        (WriteOutcome::Started { cancel_requested: false }, WriteOutcome::Completed, WriteOutcome::LeaseLost);
+    assert_eq!(outcomes, [lost, started, started, done, lost]);
+    assert_eq!(store.get(&t, task.id).await.unwrap().result, Some(json!("winner")));
+
+    // The same with a second task through complete_batch.
+    let task = enqueue(&store, &t, NewTask::prompt("twice")).await;
+    let first = claim_one(&store, &t, later).await;
+    let later = later + LEASE + secs(1);
+    store.reclaim_expired(later, 10).await.unwrap();
+    let second = claim_one(&store, &t, later).await;
+    store.start(&second.lease, &agent(), later).await.unwrap();
+
+    // The stale lease, then the fresh one twice with different results: only the first fresh one completes.
+    let completions = [
+        Completion { lease: first.lease.clone(), result: json!("zombie") },
+        Completion { lease: second.lease.clone(), result: json!("winner") },
+        Completion { lease: second.lease.clone(), result: json!("too late") },
+    ];
+    let done = store.complete_batch(&completions, later).await.unwrap();
+    assert_eq!(done.completed, [task.id]);
+    assert_eq!(done.lease_lost, [task.id, task.id]);
+    let task = store.get(&t, task.id).await.unwrap();
+    assert_eq!((task.status, task.result, task.attempt), (TaskStatus::Completed, Some(json!("winner")), 2));
+    let statuses: Vec<TaskStatus> = store.history(&t, task.id).await.unwrap().iter().map(|h| h.status).collect();
+    use TaskStatus::*;
+    assert_eq!(statuses, [Pending, Assigned, Pending, Assigned, Running, Completed]);
+}
+
+/// Batches far larger than a backend's statement size behave like small
+/// ones: all or nothing, in order, idempotency keys kept across the batch.
+pub(crate) async fn large_batches_keep_order_and_keys(store: Db) {
+    let t = tenant("acme");
+    let existing = enqueue(&store, &t, NewTask::prompt("existing").idempotency_key("key-0")).await;
+    let n = 2_500;
+    let batch: Vec<NewTask> = (0..n)
+        .map(|i| {
+            let task = NewTask::prompt(format!("t{i}"));
+            // Keys repeat every 1,200 tasks, so repeats span any chunking by
+            // 1,000 or less; key-0 exists already.
+            if i % 3 == 0 { task.idempotency_key(format!("key-{}", i % 1_200)) } else { task }
+        })
+        .collect();
+    let out = store.enqueue_batch(&t, batch, T0).await.unwrap();
+    assert_eq!(out.len(), n);
+    let mut created = 0;
+    for (i, e) in out.iter().enumerate() {
+        if i % 3 == 0 && (i >= 1_200 || i == 0) {
+            assert!(!e.created, "task {i} reused a key");
+            let first = if i % 1_200 == 0 { existing.id } else { out[i % 1_200].task.id };
+            assert_eq!(e.task.id, first, "task {i} returned the first task holding its key");
+        } else {
+            assert!(e.created, "task {i}");
+            assert_eq!(prompt_of(&e.task), format!("t{i}"));
+            created += 1;
+        }
+    }
+    let listed = store.list(&t, &TaskQuery { limit: 1_000, ..TaskQuery::default() }).await.unwrap();
+    assert_eq!(listed.items[0].id, existing.id);
+    assert_eq!(listed.items[1].id, out[1].task.id, "submission order is kept");
+    assert_eq!(store.depth(&t, T0).await.unwrap().total(), created + 1);
+
+    let claims = store.claim(&claimer(&t, "a", n), T0).await.unwrap();
+    assert_eq!(claims.len() as u64, created + 1);
+    // Starts for every other task, with completions for the rest: mixed in one batch.
+    let writes: Vec<LeaseWrite> = claims
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i % 2 == 0 { start_of(&c.lease, &agent()) } else { completion_of(&c.lease, json!(i)) })
+        .collect();
+    let outcomes = store.write_batch(&writes, T0).await.unwrap();
+    assert_eq!(outcomes.len(), claims.len());
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let expected =
+            if i % 2 == 0 { WriteOutcome::Started { cancel_requested: false } } else { WriteOutcome::Completed };
+        assert_eq!(*outcome, expected, "outcomes follow the input");
+    }
+    let counts = store.counts(&t, T0).await.unwrap();
+    assert_eq!(
+        (counts.status(TaskStatus::Running), counts.status(TaskStatus::Completed)),
+        (claims.len().div_ceil(2) as u64, claims.len() as u64 / 2)
+    );
+    let claims: Vec<&Claim> = claims.iter().step_by(2).collect();
+    let completions: Vec<Completion> =
+        claims.iter().map(|c| Completion { lease: c.lease.clone(), result: json!(prompt_of(&c.task)) }).collect();
+    let done = store.complete_batch(&completions, T0).await.unwrap();
+    assert_eq!((done.completed.len(), done.lease_lost.len()), (claims.len(), 0));
+    assert_eq!(done.completed, claims.iter().map(|c| c.task.id).collect::<Vec<_>>());
+    let counts = store.counts(&t, T0).await.unwrap();
+    assert_eq!(counts.status(TaskStatus::Completed), created + 1);
+    assert_eq!(counts.status(TaskStatus::Running), 0);
+    let last = claims.last().unwrap();
+    assert_eq!(store.get(&t, last.task.id).await.unwrap().result, Some(json!(prompt_of(&last.task))));
+}
+
 /// Counts for health agree with what happened.
 pub(crate) async fn counts_for_health_are_exact(store: Db) {
     let t = tenant("acme");
@@ -840,6 +1031,15 @@ pub(crate) async fn task_fields_round_trip(store: Db) {
         (0, TaskStatus::Pending, None, None)
     );
     assert_eq!(store.get(&t, task.id).await.unwrap(), task);
+    // A batch returns its tasks exactly as they read back, too.
+    let mut odd = new.clone().idempotency_key("key-2").timeout(Duration::from_micros(1_500_700));
+    odd.payload.extra.insert("float".into(), json!([0.1, 1e-7, 123456.789012345, -0.0]));
+    let batch = vec![odd, NewTask::prompt("plain").priority(Priority::Critical)];
+    for e in store.enqueue_batch(&t, batch, T0).await.unwrap() {
+        assert!(e.created);
+        assert_eq!(store.get(&t, e.task.id).await.unwrap(), e.task);
+        store.cancel(&t, e.task.id, T0).await.unwrap();
+    }
 
     let mut request = claimer(&t, "host:agent-9", 10);
     request.capabilities = vec!["rust".into(), "git".into()];
@@ -871,8 +1071,10 @@ pub(crate) async fn sessions_are_saved_and_scoped(store: Db) {
     first.transition(SessionState::Initializing, T0 + secs(2)).unwrap();
     first.transition(SessionState::Ready, T0 + secs(2)).unwrap();
     first.task = Some(TaskId::new());
+    // Listed twice in one call, a session ends in its later state.
+    let stale = second.clone();
     second.transition(SessionState::Cancelled, T0 + secs(3)).unwrap();
-    store.save_sessions(&[first.clone(), second.clone()]).await.unwrap();
+    store.save_sessions(&[first.clone(), stale, second.clone()]).await.unwrap();
     assert_eq!(store.get_session(&t, first.id).await.unwrap(), first);
     assert_eq!(store.get_session(&t, second.id).await.unwrap(), second);
 
