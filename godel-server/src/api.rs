@@ -274,8 +274,11 @@ fn task_query(params: &Params) -> ApiResult<TaskQuery> {
 async fn create_task(state: Arc<AppState>, body: Bytes) -> ApiResult {
     let request: CreateTask = parse_body(&body)?;
     let new = request.into_new_task(Timestamp::now())?;
-    let task = state.orchestrator.submit(new).await?;
-    let mut reply = json_with(StatusCode::CREATED, &TaskDto::from(&task));
+    let enqueued = state.orchestrator.enqueue(new).await?;
+    let task = enqueued.task;
+    // A repeated idempotency key returns the first task: 200, not 201.
+    let status = if enqueued.created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut reply = json_with(status, &TaskDto::from(&task));
     let location = format!("/api/v1/tasks/{}", task.id);
     reply.headers_mut().insert(header::LOCATION, header::HeaderValue::from_str(&location).expect("ascii"));
     Ok(reply)

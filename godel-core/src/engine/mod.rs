@@ -194,13 +194,19 @@ impl Orchestrator {
     /// Queues a task and wakes the dispatcher. With an idempotency key already
     /// used, returns the first task unchanged.
     pub async fn submit(&self, task: NewTask) -> Result<Task, StoreError> {
+        Ok(self.enqueue(task).await?.task)
+    }
+
+    /// Like [`Orchestrator::submit`], saying whether the task is new or an
+    /// earlier one returned for its idempotency key.
+    pub async fn enqueue(&self, task: NewTask) -> Result<crate::store::Enqueued, StoreError> {
         let inner = &self.inner;
         let enqueued = inner.store.enqueue(&inner.config.tenant, task, inner.clock.now()).await?;
         if enqueued.created {
             inner.publish(EventKind::TaskCreated { task: enqueued.task.id, priority: enqueued.task.priority });
             inner.wake.notify_one();
         }
-        Ok(enqueued.task)
+        Ok(enqueued)
     }
 
     /// Queues many tasks in one transaction.

@@ -135,7 +135,7 @@ async fn scenario(api: &mut Api<'_>) {
         .await;
     let done = id_of(&done);
     let again =
-        api.call(POST, "/api/v1/tasks", Some(json!({"command": ["true"], "idempotency_key": "done-1"})), 201).await;
+        api.call(POST, "/api/v1/tasks", Some(json!({"command": ["true"], "idempotency_key": "done-1"})), 200).await;
     assert_eq!(id_of(&again), done, "an idempotency key returns the first task");
     let out =
         api.call(POST, "/api/v1/tasks", Some(json!({"command": ["sh", "-c", "echo out; echo err >&2"]})), 201).await;
