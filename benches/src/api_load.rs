@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use argh::FromArgs;
 use futures::{SinkExt, StreamExt};
+use godel_benches::{percentile, short};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -100,9 +101,9 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "event delivery (POST sent -> task.created received over /events), {} samples: p50 {} p99 {} max {}",
         latencies.len(),
-        ms(percentile(&latencies, 0.50)),
-        ms(percentile(&latencies, 0.99)),
-        ms(*latencies.last().expect("samples"))
+        short(percentile(&latencies, 0.50)),
+        short(percentile(&latencies, 0.99)),
+        short(*latencies.last().expect("samples"))
     );
 
     shutdown.cancel();
@@ -182,19 +183,8 @@ fn report(name: &str, latencies: &[Duration], seconds: u64) {
     println!(
         "{name}: {:.0} req/s, p50 {} p99 {} ({} requests)",
         latencies.len() as f64 / seconds as f64,
-        ms(percentile(latencies, 0.50)),
-        ms(percentile(latencies, 0.99)),
+        short(percentile(latencies, 0.50)),
+        short(percentile(latencies, 0.99)),
         latencies.len()
     );
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }

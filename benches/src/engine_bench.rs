@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use argh::FromArgs;
+use godel_benches::{percentile, short, thousands};
 use godel_core::adapter::NoopAdapter;
 use godel_core::bus::RecvError;
 use godel_core::event::EventKind;
@@ -256,34 +257,6 @@ async fn measure(orchestrator: &Orchestrator, args: &Args) -> anyhow::Result<Rep
     })
 }
 
-/// The nearest-rank percentile of sorted `samples`.
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let rank = (p * samples.len() as f64).ceil() as usize;
-    samples[rank.clamp(1, samples.len()) - 1]
-}
-
 fn verdict(what: &str, met: bool) -> String {
     format!("{what} {}", if met { "met" } else { "MISSED" })
-}
-
-/// A short duration for the table: `41.3 µs` below a millisecond, `6.83 ms` above.
-fn short(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{:.1} µs", d.as_secs_f64() * 1e6)
-    } else {
-        format!("{:.2} ms", d.as_secs_f64() * 1e3)
-    }
-}
-
-/// A rate rounded to a whole number with thousands separators, e.g. `1,234,567`.
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use argh::FromArgs;
+use godel_benches::{percentile, short, thousands};
 use godel_core::store::{ClaimRequest, Completion, MemoryStore, SqliteStore};
 use godel_core::{AgentId, NewTask, Store, TenantId, Timestamp};
 use serde_json::json;
@@ -373,12 +374,6 @@ fn result() -> serde_json::Value {
     json!({"exit_code": 0, "summary": "ok"})
 }
 
-/// The nearest-rank percentile of sorted `timings`.
-fn percentile(timings: &[Duration], p: f64) -> Duration {
-    let rank = (p * timings.len() as f64).ceil() as usize;
-    timings[rank.clamp(1, timings.len()) - 1]
-}
-
 fn print_throughput(workload: &str, t: &Throughput, target: Option<f64>) {
     let verdict = match target {
         Some(target) if t.per_second() >= target => format!(">= {} met", thousands(target)),
@@ -393,26 +388,4 @@ fn print_throughput(workload: &str, t: &Throughput, target: Option<f64>) {
         thousands(t.per_second())
     );
     println!("{}", line.trim_end());
-}
-
-/// A short duration for the table: `41.3 µs` below a millisecond, `6.83 ms` above.
-fn short(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{:.1} µs", d.as_secs_f64() * 1e6)
-    } else {
-        format!("{:.2} ms", d.as_secs_f64() * 1e3)
-    }
-}
-
-/// A rate rounded to a whole number with thousands separators, e.g. `1,234,567`.
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
