@@ -422,6 +422,35 @@ pub struct Task {
 }
 
 impl Task {
+    /// A task as first stored: pending, never claimed, ready at its `run_at` (or `now`).
+    pub fn pending(id: TaskId, tenant: TenantId, new: NewTask, now: Timestamp) -> Self {
+        Self {
+            id,
+            tenant,
+            priority: new.priority,
+            status: TaskStatus::Pending,
+            payload: new.payload,
+            capabilities: new.capabilities,
+            affinity_key: new.affinity_key,
+            idempotency_key: new.idempotency_key,
+            parent: new.parent,
+            attempt: 0,
+            max_attempts: new.max_attempts,
+            timeout: new.timeout,
+            run_at: new.run_at.unwrap_or(now),
+            agent: None,
+            lease_expires_at: None,
+            cancel_requested: false,
+            result: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            dead_lettered_at: None,
+        }
+    }
+
     /// True if it is pending and its `run_at` has come.
     pub fn is_ready(&self, now: Timestamp) -> bool {
         self.status == TaskStatus::Pending && self.run_at <= now

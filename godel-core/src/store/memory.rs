@@ -133,31 +133,7 @@ impl State {
         }
         self.next_seq += 1;
         let seq = self.next_seq;
-        let task = Task {
-            id: TaskId::new(),
-            tenant: tenant.clone(),
-            priority: new.priority,
-            status: TaskStatus::Pending,
-            payload: new.payload,
-            capabilities: new.capabilities,
-            affinity_key: new.affinity_key,
-            idempotency_key: new.idempotency_key,
-            parent: new.parent,
-            attempt: 0,
-            max_attempts: new.max_attempts,
-            timeout: new.timeout,
-            run_at: new.run_at.unwrap_or(now),
-            agent: None,
-            lease_expires_at: None,
-            cancel_requested: false,
-            result: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            completed_at: None,
-            dead_lettered_at: None,
-        };
+        let task = Task::pending(TaskId::new(), tenant.clone(), new, now);
         if let Some(key) = &task.idempotency_key {
             queue.idempotency.insert(key.clone(), seq);
         }

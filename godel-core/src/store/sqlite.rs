@@ -867,32 +867,11 @@ async fn insert_tasks(
         if inserted.as_ref().is_some_and(|set| !set.contains(id)) {
             continue;
         }
-        let task = Task {
-            id: *id,
-            tenant: tenant.clone(),
-            priority: new.priority,
-            status: TaskStatus::Pending,
-            // Read back from the very text stored, as `get` will.
-            payload: json(&row.2, "payload")?,
-            capabilities: new.capabilities.clone(),
-            affinity_key: new.affinity_key.clone(),
-            idempotency_key: new.idempotency_key.clone(),
-            parent: new.parent,
-            attempt: 0,
-            max_attempts: new.max_attempts,
-            timeout: row.8.map(timeout_from_ms),
-            run_at: Timestamp::from_millis(row.9),
-            agent: None,
-            lease_expires_at: None,
-            cancel_requested: false,
-            result: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            completed_at: None,
-            dead_lettered_at: None,
-        };
+        let mut task = Task::pending(*id, tenant.clone(), new.clone(), now);
+        // Read back from the very text stored, as `get` will.
+        task.payload = json(&row.2, "payload")?;
+        task.timeout = row.8.map(timeout_from_ms);
+        task.run_at = Timestamp::from_millis(row.9);
         created.insert(*id, task);
     }
     Ok(created)
