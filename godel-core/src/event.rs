@@ -48,7 +48,8 @@ impl FromStr for OutputStream {
 }
 
 /// What happened.
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EventKind {
     /// `task.created`
@@ -129,8 +130,10 @@ impl EventKind {
     }
 }
 
-/// An event with its tenant and time.
-#[derive(Clone, PartialEq, Debug)]
+/// An event with its tenant and time. Serializable so that nodes sharing a
+/// store can pass events to each other (see [`crate::store::ClusterMessage`]);
+/// the API's wire shape lives in the server.
+#[derive(Clone, PartialEq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// Whose event it is; subscribers only see their tenant's.
     pub tenant: TenantId,

@@ -15,7 +15,7 @@ use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::session::Session;
 use crate::store::{
     BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    HistoryEntry, Lease, LeaseStatus, LeaseWrite, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed,
+    HistoryEntry, Lease, LeaseStatus, LeaseWrite, Member, MemberKind, Micros, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed,
     Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskStatus};
@@ -46,6 +46,8 @@ struct State {
     tenants: HashMap<TenantId, TenantQueue>,
     /// Lease expiry index across tenants, for `reclaim_expired`.
     leases: BTreeSet<(Timestamp, i64, TenantId)>,
+    members: BTreeMap<(TenantId, MemberKind, String), Member>,
+    spend: HashMap<(TenantId, String), Micros>,
 }
 
 #[derive(Debug, Default)]
@@ -614,6 +616,35 @@ impl Store for MemoryStore {
             }
         }
         Ok(n)
+    }
+
+    async fn put_member(&self, member: &Member) -> Result<()> {
+        member.validate()?;
+        let key = (member.tenant.clone(), member.kind, member.id.clone());
+        self.lock().members.insert(key, member.clone());
+        Ok(())
+    }
+
+    async fn remove_member(&self, tenant: &TenantId, kind: MemberKind, id: &str) -> Result<bool> {
+        Ok(self.lock().members.remove(&(tenant.clone(), kind, id.to_owned())).is_some())
+    }
+
+    async fn members(&self, tenant: &TenantId, kind: MemberKind, now: Timestamp) -> Result<Vec<Member>> {
+        let state = self.lock();
+        let from = (tenant.clone(), kind, String::new());
+        let rows = state.members.range(from..).take_while(|((t, k, _), _)| t == tenant && *k == kind);
+        Ok(rows.map(|(_, m)| m).filter(|m| m.expires_at > now).cloned().collect())
+    }
+
+    async fn add_spend(&self, tenant: &TenantId, period: &str, amount: Micros) -> Result<Micros> {
+        let mut state = self.lock();
+        let total = state.spend.entry((tenant.clone(), period.to_owned())).or_default();
+        *total = total.saturating_add(amount);
+        Ok(*total)
+    }
+
+    async fn spend(&self, tenant: &TenantId, period: &str) -> Result<Micros> {
+        Ok(self.lock().spend.get(&(tenant.clone(), period.to_owned())).copied().unwrap_or(0))
     }
 }
 

@@ -5,6 +5,7 @@
 //! Every backend keeps the ten rules written on [`Store`]; the conformance
 //! suite in `godel-core/tests/it/conformance` proves them for each one.
 
+mod cluster;
 mod cursor;
 mod error;
 pub mod memory;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub use crate::event::OutputStream;
+pub use crate::store::cluster::{ClusterMessage, Envelope, Member, MemberKind, Micros, NodeId};
 pub use crate::store::cursor::{Cursor, SortOrder};
 pub use crate::store::error::{BoxError, StoreError};
 pub use crate::store::memory::MemoryStore;
@@ -194,6 +196,36 @@ pub trait Store: Send + Sync + Debug {
         reason: &str,
         now: Timestamp,
     ) -> Result<u64>;
+
+    /// Messages from the other nodes sharing this store (never this handle's
+    /// own), for as long as the receiver lives. `None` when the backend has no
+    /// channel (memory, SQLite) or runs poll-only. A receiver that lags loses
+    /// messages: that costs latency, never correctness.
+    fn cluster_messages(&self) -> Option<tokio::sync::broadcast::Receiver<ClusterMessage>> {
+        None
+    }
+
+    /// Sends `message` to the other nodes sharing this store; nothing without a channel.
+    async fn broadcast(&self, message: &ClusterMessage) -> Result<()> {
+        let _ = message;
+        Ok(())
+    }
+
+    /// Announces a registry row, replacing the one with its (tenant, kind, id).
+    async fn put_member(&self, member: &Member) -> Result<()>;
+
+    /// Removes a registry row; false if there was none.
+    async fn remove_member(&self, tenant: &TenantId, kind: MemberKind, id: &str) -> Result<bool>;
+
+    /// The registry rows of `kind` not expired at `now`, by id.
+    async fn members(&self, tenant: &TenantId, kind: MemberKind, now: Timestamp) -> Result<Vec<Member>>;
+
+    /// Adds `amount` to the tenant's spend in `period` (e.g. `2026-11`) and
+    /// returns the new total, atomically, so budgets hold across nodes.
+    async fn add_spend(&self, tenant: &TenantId, period: &str, amount: Micros) -> Result<Micros>;
+
+    /// The tenant's spend in `period`; 0 if nothing was spent.
+    async fn spend(&self, tenant: &TenantId, period: &str) -> Result<Micros>;
 }
 
 /// Which sessions [`Store::list_sessions`] returns. Empty and `None` match everything.

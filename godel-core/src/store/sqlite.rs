@@ -34,8 +34,8 @@ use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::session::Session;
 use crate::store::{
     BatchCompletion, BoxError, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    HistoryEntry, Lease, LeaseStatus, LeaseWrite, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed,
-    Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
+    HistoryEntry, Lease, LeaseStatus, LeaseWrite, Member, MemberKind, Micros, OutputChunk, OutputRecord, Page,
+    QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -733,6 +733,89 @@ impl Store for SqliteStore {
         qb.push(")");
         let done = qb.build().execute(&mut *self.writer().await?).await.map_err(db_err)?;
         Ok(done.rows_affected())
+    }
+
+    async fn put_member(&self, member: &Member) -> Result<()> {
+        member.validate()?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO members (tenant, kind, id, node, doc, updated_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(member.tenant.as_str())
+        .bind(member.kind.as_str())
+        .bind(&member.id)
+        .bind(&member.node)
+        .bind(member.doc.to_string())
+        .bind(member.updated_at.as_millis())
+        .bind(member.expires_at.as_millis())
+        .execute(&mut *self.writer().await?)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, tenant: &TenantId, kind: MemberKind, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM members WHERE tenant = ? AND kind = ? AND id = ?")
+            .bind(tenant.as_str())
+            .bind(kind.as_str())
+            .bind(id)
+            .execute(&mut *self.writer().await?)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn members(&self, tenant: &TenantId, kind: MemberKind, now: Timestamp) -> Result<Vec<Member>> {
+        let rows = sqlx::query(
+            "SELECT id, node, doc, updated_at, expires_at FROM members \
+             WHERE tenant = ? AND kind = ? AND expires_at > ? ORDER BY id",
+        )
+        .bind(tenant.as_str())
+        .bind(kind.as_str())
+        .bind(now.as_millis())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let doc: String = row.try_get(2).map_err(db_err)?;
+                Ok(Member {
+                    tenant: tenant.clone(),
+                    kind,
+                    id: row.try_get(0).map_err(db_err)?,
+                    node: row.try_get(1).map_err(db_err)?,
+                    doc: serde_json::from_str(&doc).map_err(backend_err)?,
+                    updated_at: Timestamp::from_millis(row.try_get(3).map_err(db_err)?),
+                    expires_at: Timestamp::from_millis(row.try_get(4).map_err(db_err)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn add_spend(&self, tenant: &TenantId, period: &str, amount: Micros) -> Result<Micros> {
+        let amount = i64::try_from(amount).map_err(|_| InvalidInput::new("amount", "too large"))?;
+        let total: i64 = sqlx::query_scalar(
+            "INSERT INTO spend (tenant, period, micros) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (tenant, period) DO UPDATE SET micros = min(micros + ?3, 9223372036854775807) \
+             RETURNING micros",
+        )
+        .bind(tenant.as_str())
+        .bind(period)
+        .bind(amount)
+        .fetch_one(&mut *self.writer().await?)
+        .await
+        .map_err(db_err)?;
+        Ok(total.unsigned_abs())
+    }
+
+    async fn spend(&self, tenant: &TenantId, period: &str) -> Result<Micros> {
+        let total: Option<i64> = sqlx::query_scalar("SELECT micros FROM spend WHERE tenant = ? AND period = ?")
+            .bind(tenant.as_str())
+            .bind(period)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_err)?;
+        Ok(total.unwrap_or(0).unsigned_abs())
     }
 }
 

@@ -13,17 +13,20 @@ use tempfile::TempDir;
 /// A store for one test, and whatever must live as long as it does.
 pub(crate) struct Fixture {
     pub(crate) store: Arc<dyn Store>,
+    /// A second handle on the same namespace, as another node would open it;
+    /// `None` for single-node backends.
+    pub(crate) peer: Option<Arc<dyn Store>>,
     _dir: Option<TempDir>,
 }
 
 pub(crate) async fn memory() -> Option<Fixture> {
-    Some(Fixture { store: Arc::new(MemoryStore::new()), _dir: None })
+    Some(Fixture { store: Arc::new(MemoryStore::new()), peer: None, _dir: None })
 }
 
 pub(crate) async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(&dir.path().join("godel.db")).await.expect("open sqlite store");
-    Some(Fixture { store: Arc::new(store), _dir: Some(dir) })
+    Some(Fixture { store: Arc::new(store), peer: None, _dir: Some(dir) })
 }
 
 /// Stamps out one `#[tokio::test]` per rule for a backend. A fixture that
@@ -57,7 +60,14 @@ macro_rules! conformance {
                 task_fields_round_trip,
                 sessions_are_saved_and_scoped,
                 history_records_every_transition,
+                registry_members_expire_and_are_scoped,
+                spend_adds_up_per_tenant_and_period,
             );
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster_messages_reach_other_nodes_only() {
+                let Some(fixture) = $fixture().await else { return };
+                crate::conformance::rules::cluster_messages_reach_other_nodes_only(fixture.store.clone(), fixture.peer.clone()).await;
+            }
         }
     };
     (@rules $fixture:path; $($rule:ident),* $(,)?) => {

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godel_core::store::{
-    CancelOutcome, Claim, ClaimRequest, Completion, Cursor, FailOutcome, Failure, Lease, LeaseWrite, OutputChunk,
-    OutputStream, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
+    CancelOutcome, Claim, ClaimRequest, ClusterMessage, Completion, Cursor, FailOutcome, Failure, Lease, LeaseWrite,
+    Member, MemberKind, OutputChunk, OutputStream, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
 };
 use godel_core::{
     AgentId, Backoff, LeaseToken, NewTask, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskStatus, TenantId,
     Timestamp,
 };
-use godel_core::{Session, SessionState};
+use godel_core::{Event, EventKind, Session, SessionState};
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -22,6 +22,10 @@ type Db = Arc<dyn Store>;
 /// An arbitrary fixed "now" for every test.
 const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 const LEASE: Duration = Duration::from_secs(30);
+
+fn at(millis: i64) -> Timestamp {
+    Timestamp::from_millis(millis)
+}
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -1147,4 +1151,111 @@ pub(crate) async fn history_records_every_transition(store: Db) {
     store.complete(&claim.lease, json!(1), T0 + secs(9)).await.unwrap();
     store.purge(&t, task.id).await.unwrap();
     assert!(matches!(store.history(&t, task.id).await, Err(StoreError::NotFound(_))));
+}
+
+pub(crate) async fn registry_members_expire_and_are_scoped(store: Db) {
+    let acme = tenant("acme");
+    let globex = tenant("globex");
+    let member = |tenant: &TenantId, kind: MemberKind, id: &str, expires: i64| Member {
+        tenant: tenant.clone(),
+        kind,
+        id: id.to_owned(),
+        node: "node-a".to_owned(),
+        doc: json!({"id": id, "capabilities": ["rust"]}),
+        updated_at: at(0),
+        expires_at: at(expires),
+    };
+    store.put_member(&member(&acme, MemberKind::Agent, "b-agent", 10_000)).await.unwrap();
+    store.put_member(&member(&acme, MemberKind::Agent, "a-agent", 5_000)).await.unwrap();
+    store.put_member(&member(&acme, MemberKind::Instance, "gw-1", 10_000)).await.unwrap();
+    store.put_member(&member(&globex, MemberKind::Agent, "g-agent", 10_000)).await.unwrap();
+
+    let agents = store.members(&acme, MemberKind::Agent, at(1)).await.unwrap();
+    assert_eq!(agents.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["a-agent", "b-agent"], "sorted by id");
+    assert_eq!(agents[1], member(&acme, MemberKind::Agent, "b-agent", 10_000), "round trip");
+    assert_eq!(store.members(&acme, MemberKind::Instance, at(1)).await.unwrap().len(), 1);
+    assert_eq!(store.members(&globex, MemberKind::Agent, at(1)).await.unwrap().len(), 1, "tenant wall");
+
+    // Expiry, then renewal by replacing the row.
+    assert_eq!(store.members(&acme, MemberKind::Agent, at(5_000)).await.unwrap().len(), 1, "expires_at is exclusive");
+    let mut renewed = member(&acme, MemberKind::Agent, "a-agent", 20_000);
+    renewed.node = "node-b".to_owned();
+    renewed.updated_at = at(6_000);
+    store.put_member(&renewed).await.unwrap();
+    let agents = store.members(&acme, MemberKind::Agent, at(12_000)).await.unwrap();
+    assert_eq!(agents, vec![renewed], "replaced, and b-agent expired");
+
+    assert!(store.remove_member(&acme, MemberKind::Agent, "a-agent").await.unwrap());
+    assert!(!store.remove_member(&acme, MemberKind::Agent, "a-agent").await.unwrap(), "second remove finds nothing");
+    assert!(!store.remove_member(&acme, MemberKind::Agent, "g-agent").await.unwrap(), "other tenant's row untouched");
+    assert_eq!(store.members(&globex, MemberKind::Agent, at(1)).await.unwrap().len(), 1);
+
+    let mut bad = member(&acme, MemberKind::Agent, "", 1);
+    assert!(matches!(store.put_member(&bad).await, Err(StoreError::InvalidInput(_))));
+    bad.id = "x".repeat(257);
+    assert!(matches!(store.put_member(&bad).await, Err(StoreError::InvalidInput(_))));
+}
+
+pub(crate) async fn spend_adds_up_per_tenant_and_period(store: Db) {
+    let acme = tenant("acme");
+    let globex = tenant("globex");
+    assert_eq!(store.spend(&acme, "2026-11").await.unwrap(), 0);
+    assert_eq!(store.add_spend(&acme, "2026-11", 1_500).await.unwrap(), 1_500);
+    assert_eq!(store.add_spend(&acme, "2026-11", 250).await.unwrap(), 1_750);
+    assert_eq!(store.add_spend(&acme, "2026-12", 7).await.unwrap(), 7);
+    assert_eq!(store.add_spend(&globex, "2026-11", 1).await.unwrap(), 1);
+    assert_eq!(store.spend(&acme, "2026-11").await.unwrap(), 1_750);
+
+    // Concurrent adds from many callers lose nothing.
+    let mut adders = JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let acme = acme.clone();
+        adders.spawn(async move {
+            for _ in 0..25 {
+                store.add_spend(&acme, "2026-11", 10).await.unwrap();
+            }
+        });
+    }
+    adders.join_all().await;
+    assert_eq!(store.spend(&acme, "2026-11").await.unwrap(), 1_750 + 8 * 25 * 10);
+    assert_eq!(store.spend(&globex, "2026-11").await.unwrap(), 1);
+}
+
+/// Multi-node backends carry messages to every other handle and never echo
+/// a handle's own; single-node backends have no channel and accept broadcasts.
+pub(crate) async fn cluster_messages_reach_other_nodes_only(store: Db, peer: Option<Db>) {
+    let acme = tenant("acme");
+    let Some(peer) = peer else {
+        assert!(store.cluster_messages().is_none(), "{} is single-node", store.backend());
+        store.broadcast(&ClusterMessage::Wake { tenant: acme }).await.unwrap();
+        return;
+    };
+    let mut mine = store.cluster_messages().expect("a multi-node backend has a channel");
+    let mut theirs = peer.cluster_messages().expect("a multi-node backend has a channel");
+    let event = Event {
+        tenant: acme.clone(),
+        at: at(42),
+        kind: EventKind::TaskOutput {
+            task: TaskId::new(),
+            attempt: 1,
+            stream: OutputStream::Stdout,
+            // Bigger than a PostgreSQL NOTIFY payload: the backend must carry it anyway.
+            data: "é".repeat(6_000),
+        },
+    };
+    let sent = ClusterMessage::Event { event };
+    store.broadcast(&sent).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), theirs.recv()).await.expect("delivered").unwrap();
+    assert_eq!(got, sent);
+
+    // An enqueue on one node wakes the other.
+    enqueue(&store, &acme, NewTask::prompt("wake up")).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), theirs.recv()).await.expect("woken").unwrap();
+    assert_eq!(got, ClusterMessage::Wake { tenant: acme.clone() });
+
+    // Nothing of its own comes back to the sender.
+    peer.broadcast(&ClusterMessage::Wake { tenant: tenant("from-peer") }).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), mine.recv()).await.expect("delivered").unwrap();
+    assert_eq!(got, ClusterMessage::Wake { tenant: tenant("from-peer") }, "no echo of its own broadcast or wake");
 }

@@ -1,0 +1,1 @@
+//! A fake OpenAI-compatible chat-completions endpoint (to be written).

@@ -1,0 +1,1 @@
+//! A fake OpenClaw gateway (to be written).
