@@ -29,6 +29,22 @@ pub(crate) async fn sqlite() -> Option<Fixture> {
     Some(Fixture { store: Arc::new(store), peer: None, _dir: Some(dir) })
 }
 
+/// The URL of a service the suite needs: `var` if set, else `default`.
+pub(crate) fn service_url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// What to do when a service does not answer: locally, skip with a printed
+/// reason; under `GODEL_TEST_REQUIRE_SERVICES=1` (CI), fail.
+#[allow(clippy::print_stderr, reason = "a skipped test says why on the test's output")]
+pub(crate) fn service_missing<T>(service: &str, why: impl std::fmt::Display) -> Option<T> {
+    if std::env::var("GODEL_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+        panic!("{service} is required (GODEL_TEST_REQUIRE_SERVICES=1) but unavailable: {why}");
+    }
+    eprintln!("skipping: {service} unavailable: {why}");
+    None
+}
+
 /// Stamps out one `#[tokio::test]` per rule for a backend. A fixture that
 /// returns `None` (its service is missing) skips the test after printing why.
 macro_rules! conformance {
