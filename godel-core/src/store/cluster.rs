@@ -34,10 +34,11 @@ pub enum ClusterMessage {
         /// Whose queue changed.
         tenant: TenantId,
     },
-    /// An event raised on another node, for this node's subscribers.
-    Event {
-        /// The event.
-        event: Event,
+    /// Events raised on another node, in order, for this node's subscribers.
+    /// Nodes send them in small batches to keep the channel's cost per event low.
+    Events {
+        /// The events, oldest first.
+        events: Vec<Event>,
     },
 }
 

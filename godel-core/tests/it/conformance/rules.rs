@@ -1244,7 +1244,7 @@ pub(crate) async fn cluster_messages_reach_other_nodes_only(store: Db, peer: Opt
             data: "é".repeat(6_000),
         },
     };
-    let sent = ClusterMessage::Event { event };
+    let sent = ClusterMessage::Events { events: vec![event] };
     store.broadcast(&sent).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), theirs.recv()).await.expect("delivered").unwrap();
     assert_eq!(got, sent);
