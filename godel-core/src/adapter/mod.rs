@@ -7,7 +7,9 @@
 //! events. To stop a run, the engine calls [`AgentSession::abort`] while `run`
 //! is still pending (both take `&self`), then waits for `run` to return.
 
+pub mod http;
 pub mod noop;
+pub mod openclaw;
 pub mod process;
 
 use std::fmt::Debug;
@@ -20,7 +22,11 @@ use crate::event::OutputStream;
 use crate::store::OutputChunk;
 use crate::task::{Task, TaskError};
 
+pub use crate::adapter::http::{HttpAdapter, HttpConfig, Price};
 pub use crate::adapter::noop::NoopAdapter;
+pub use crate::adapter::openclaw::{
+    DeviceIdentity, GatewayAuth, GatewayConfig, GatewaySnapshot, GatewayState, OpenclawAdapter, OpenclawRegistry,
+};
 pub use crate::adapter::process::{Cleanup, ProcessAdapter, ProcessConfig, WorkDir};
 
 /// A runtime that can run tasks.
