@@ -119,8 +119,8 @@ fn main() -> ExitCode {
             log_format: serve.log_format,
         });
     }
-    if !command_tail.is_empty() && !matches!(command, Command::Submit(_)) {
-        output::err("godel: only `submit` takes a command after `--`");
+    if !command_tail.is_empty() && !matches!(command, Command::Submit(_) | Command::Worker(_)) {
+        output::err("godel: only `submit` and `worker` take a command after `--`");
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -131,6 +131,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if let Command::Worker(worker) = command {
+            // The worker handles signals itself: the first drains.
+            return commands::worker(cli.server, worker, command_tail).await;
+        }
         tokio::select! {
             result = commands::run(cli.server, command, command_tail) => result,
             _ = tokio::signal::ctrl_c() => Err(Failure { code: 130, message: "interrupted".into() }),
@@ -148,7 +152,9 @@ fn main() -> ExitCode {
 /// Splits `submit … -- argv…` into the options and the command to run.
 fn split_command(args: &[String]) -> (Vec<String>, Vec<String>) {
     match args.iter().position(|a| a == "--") {
-        Some(i) if args.iter().take(i).any(|a| a == "submit") => (args[..i].to_vec(), args[i + 1..].to_vec()),
+        Some(i) if args.iter().take(i).any(|a| a == "submit" || a == "worker") => {
+            (args[..i].to_vec(), args[i + 1..].to_vec())
+        }
         _ => (args.to_vec(), Vec::new()),
     }
 }

@@ -47,8 +47,9 @@ impl fmt::Display for AgentStatus {
     }
 }
 
-/// Something that can run tasks.
-#[derive(Clone, PartialEq, Debug)]
+/// Something that can run tasks. Serializable so that nodes sharing a store
+/// can list each other's agents (see [`crate::store::Member`]).
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Agent {
     /// Its id.
     pub id: AgentId,

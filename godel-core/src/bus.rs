@@ -19,6 +19,9 @@ pub struct Published {
     pub seq: u64,
     /// The event.
     pub event: Event,
+    /// True if it was raised on another node sharing the store and relayed
+    /// here (see [`EventBus::publish_relayed`]); such events are not relayed on.
+    pub relayed: bool,
 }
 
 /// Why [`Subscription::recv`] returned no event.
@@ -70,14 +73,24 @@ impl EventBus {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Publishes an event; returns its sequence number.
+    /// Publishes an event raised here; returns its sequence number.
     pub fn publish(&self, event: Event) -> u64 {
+        self.push(event, false)
+    }
+
+    /// Publishes an event raised on another node sharing the store; returns
+    /// its sequence number on this bus.
+    pub fn publish_relayed(&self, event: Event) -> u64 {
+        self.push(event, true)
+    }
+
+    fn push(&self, event: Event, relayed: bool) -> u64 {
         // Numbering, keeping and sending happen under one lock, so every
         // subscriber sees events in sequence order and a replay never misses
         // or repeats one at the seam with the live stream.
         let mut state = self.lock();
         state.seq += 1;
-        let published = Arc::new(Published { seq: state.seq, event });
+        let published = Arc::new(Published { seq: state.seq, event, relayed });
         if state.limit > 0 {
             if state.kept.len() == state.limit {
                 state.kept.pop_front();

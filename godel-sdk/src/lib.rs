@@ -67,6 +67,7 @@ mod client;
 mod error;
 mod events;
 mod types;
+pub mod worker;
 
 pub use crate::client::{Client, ClientOptions, DEFAULT_SERVER, ListSessions};
 pub use crate::error::{Error, ErrorCode, Result};

@@ -422,9 +422,12 @@ pub struct Agent {
     /// Region.
     #[serde(default)]
     pub region: Option<String>,
-    /// Tasks it runs now.
+    /// Tasks it runs now (on this node; agents of other nodes list none).
     #[serde(default)]
     pub active_tasks: Vec<String>,
+    /// The server node that runs it (several servers may share a store).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// A local process agent to register on the server.

@@ -119,6 +119,14 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(s())
         .then(|id, s| respond(agent_heartbeat(s, id)));
+    let drain =
+        warp::path!("agents" / String / "drain").and(warp::post()).and(s()).then(|id, s| respond(drain_agent(s, id)));
+    let workers = warp::path!("workers" / "connect").and(warp::ws()).and(s()).map(
+        |ws: warp::ws::Ws, state: Arc<AppState>| -> Response {
+            let tracker = state.connections.clone();
+            ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state))).into_response()
+        },
+    );
 
     let sessions =
         warp::path!("sessions").and(warp::get()).and(s()).and(raw_query()).then(|s, q| respond(list_sessions(s, q)));
@@ -133,7 +141,8 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let tasks = tasks.or(kill).unify().or(retry).unify().or(get).unify().or(delete).unify();
     let queue = depth.or(queue_health).unify();
     let dlq = dlq_replay_bulk.or(dlq_export).unify().or(dlq_list).unify().or(dlq_replay_one).unify();
-    let agents = agents.or(register).unify().or(heartbeat).unify().or(agent).unify().or(deregister).unify();
+    let agents = agents.or(register).unify().or(heartbeat).unify().or(drain).unify().or(agent).unify();
+    let agents = agents.or(deregister).unify().or(workers).unify();
     let sessions = sessions.or(terminate).unify().or(session).unify();
     tasks.or(queue).unify().or(dlq).unify().or(agents).unify().or(sessions).unify().boxed()
 }
@@ -519,17 +528,43 @@ async fn export_dead(state: Arc<AppState>, query: String) -> ApiResult {
     Ok(reply)
 }
 
+/// This node's agents, live, then those other nodes sharing the store announced.
+async fn all_agents(state: &AppState) -> ApiResult<Vec<AgentDto>> {
+    let node = &state.orchestrator.config().node;
+    let mut items: Vec<AgentDto> = state
+        .orchestrator
+        .agents()
+        .iter()
+        .map(|a| AgentDto::new(a, &state.orchestrator.active_tasks(&a.id), node))
+        .collect();
+    for other in state.orchestrator.cluster_agents().await? {
+        if other.node != *node {
+            items.push(AgentDto::new(&other.agent, &[], &other.node));
+        }
+    }
+    Ok(items)
+}
+
 async fn list_agents(state: Arc<AppState>) -> ApiResult {
-    let items: Vec<AgentDto> =
-        state.orchestrator.agents().iter().map(|a| AgentDto::new(a, &state.orchestrator.active_tasks(&a.id))).collect();
-    ok(&json!({ "items": items }))
+    ok(&json!({ "items": all_agents(&state).await? }))
 }
 
 async fn get_agent(state: Arc<AppState>, id: String) -> ApiResult {
     let id = agent_id(&id)?;
+    let agent = all_agents(&state).await?.into_iter().find(|a| a.id() == id.as_str());
+    ok(&agent.ok_or_else(|| ApiError::not_found(format!("agent {id} not found")))?)
+}
+
+/// Stops giving an agent of this node work; it finishes what it runs. A
+/// connected worker is also told to leave once it is done.
+async fn drain_agent(state: Arc<AppState>, id: String) -> ApiResult {
+    let id = agent_id(&id)?;
     let agent = state.orchestrator.agents().into_iter().find(|a| a.id == id);
-    let agent = agent.ok_or_else(|| ApiError::not_found(format!("agent {id} not found")))?;
-    ok(&AgentDto::new(&agent, &state.orchestrator.active_tasks(&id)))
+    let agent = agent.ok_or_else(|| ApiError::not_found(format!("agent {id} is not on this node")))?;
+    state.orchestrator.remove_agent(&id).map_err(|e| ApiError::not_found(e.reason))?;
+    let worker = state.workers.drain(&id);
+    let active: Vec<String> = state.orchestrator.active_tasks(&id).iter().map(ToString::to_string).collect();
+    Ok(json_with(StatusCode::ACCEPTED, &json!({ "id": agent.id, "draining": true, "worker": worker, "active_tasks": active })))
 }
 
 async fn register_agent(state: Arc<AppState>, body: Bytes) -> ApiResult {
@@ -553,7 +588,7 @@ async fn register_agent(state: Arc<AppState>, body: Bytes) -> ApiResult {
     // The configuration was checked above, so a refusal here can only be a
     // registration of the same id that won a race with this one.
     let agent = state.orchestrator.add_agent(config).map_err(|_| taken())?;
-    let mut reply = json_with(StatusCode::CREATED, &AgentDto::new(&agent, &[]));
+    let mut reply = json_with(StatusCode::CREATED, &AgentDto::new(&agent, &[], &state.orchestrator.config().node));
     let location = format!("/api/v1/agents/{id}");
     reply.headers_mut().insert(header::LOCATION, header::HeaderValue::from_str(&location).expect("valid id"));
     Ok(reply)

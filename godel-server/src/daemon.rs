@@ -88,7 +88,9 @@ async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stdout, human-readable or as JSON lines, filtered by `GODEL_LOG`
+/// (default `info`); shared with `godel worker`.
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GODEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,warp=warn,hyper=warn,sqlx=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 mod error;
 mod events;
+mod workers;
 mod metrics;
 mod wire;
 
@@ -44,6 +45,8 @@ pub(crate) struct AppState {
     shutdown: CancellationToken,
     /// Open WebSocket connections, awaited at shutdown.
     connections: TaskTracker,
+    /// Remote workers connected to this node.
+    workers: workers::Workers,
 }
 
 const STARTING: u8 = 0;
@@ -98,6 +101,7 @@ pub async fn run(
         epoch: godel_core::SessionId::new().to_string(),
         shutdown: CancellationToken::new(),
         connections: TaskTracker::new(),
+        workers: workers::Workers::default(),
     });
 
     let log_state = state.clone();

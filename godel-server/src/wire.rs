@@ -209,10 +209,11 @@ pub(crate) struct AgentDto {
     last_heartbeat: Option<String>,
     region: Option<String>,
     active_tasks: Vec<String>,
+    node: String,
 }
 
 impl AgentDto {
-    pub(crate) fn new(agent: &Agent, active: &[TaskId]) -> Self {
+    pub(crate) fn new(agent: &Agent, active: &[TaskId], node: &str) -> Self {
         Self {
             id: agent.id.to_string(),
             name: agent.name.clone(),
@@ -224,7 +225,12 @@ impl AgentDto {
             last_heartbeat: opt_ts(agent.last_heartbeat),
             region: agent.region.clone(),
             active_tasks: active.iter().map(ToString::to_string).collect(),
+            node: node.to_owned(),
         }
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.id
     }
 }
 

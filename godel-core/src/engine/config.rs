@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::InvalidInput;
 use crate::adapter::Adapter;
 use crate::agent::AgentKind;
+use crate::engine::budget::Budgets;
 use crate::ids::{AgentId, TenantId};
 use crate::retry::Backoff;
 use crate::task::validate_capability;
@@ -164,6 +165,11 @@ pub struct EngineConfig {
     pub agent_offline_after: Duration,
     /// Timeout for tasks that set none, when their agent sets none either.
     pub default_timeout: Option<Duration>,
+    /// Spending limits per tenant (see `engine/budget.rs`); none by default.
+    pub budgets: Budgets,
+    /// This node's name in the cluster registry (agents it announces carry
+    /// it). Defaults to `<hostname>-<pid>`.
+    pub node: String,
 }
 
 impl Default for EngineConfig {
@@ -182,8 +188,21 @@ impl Default for EngineConfig {
             agent_health_interval: Duration::from_secs(5),
             agent_offline_after: Duration::from_secs(30),
             default_timeout: None,
+            budgets: Budgets::default(),
+            node: default_node_name(),
         }
     }
+}
+
+/// `<hostname>-<pid>`: unique among the processes of a cluster.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 impl EngineConfig {
@@ -203,6 +222,10 @@ impl EngineConfig {
                 return Err(InvalidInput::new(field, "expected a positive duration"));
             }
         }
+        if self.node.is_empty() || self.node.len() > 128 {
+            return Err(InvalidInput::new("node", format!("expected 1 to 128 bytes, got {}", self.node.len())));
+        }
+        self.budgets.validate()?;
         if self.heartbeat_interval >= self.lease {
             return Err(InvalidInput::new(
                 "heartbeat_interval",

@@ -18,6 +18,8 @@
 //! - **One tenant per orchestrator.** It serves `EngineConfig::tenant`.
 
 mod batch;
+pub(crate) mod budget;
+mod cluster;
 mod config;
 mod execute;
 mod scheduler;
@@ -30,6 +32,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
+pub use crate::engine::cluster::ClusterAgent;
+pub use crate::engine::budget::{Budget, Budgets};
 pub use crate::engine::config::{AgentConfig, EngineConfig, SchedulingPolicy};
 
 use crate::InvalidInput;
@@ -65,6 +69,8 @@ struct Inner {
     config: EngineConfig,
     scheduler: Mutex<Scheduler>,
     wake: Notify,
+    /// Agents were added or removed: announce them now.
+    agents_changed: Notify,
     /// Control channels of the executions running in this process.
     running: Mutex<HashMap<TaskId, Running>>,
     /// Session changes waiting to be written in one batch.
@@ -151,6 +157,7 @@ impl OrchestratorBuilder {
                 scheduler: Mutex::new(Scheduler::new(self.config.policy, agents)),
                 config: self.config,
                 wake: Notify::new(),
+            agents_changed: Notify::new(),
                 running: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Vec::new()),
                 writes: Batcher::new(),
@@ -201,6 +208,7 @@ impl Orchestrator {
     /// earlier one returned for its idempotency key.
     pub async fn enqueue(&self, task: NewTask) -> Result<crate::store::Enqueued, StoreError> {
         let inner = &self.inner;
+        inner.check_budget().await?;
         let enqueued = inner.store.enqueue(&inner.config.tenant, task, inner.clock.now()).await?;
         if enqueued.created {
             inner.publish(EventKind::TaskCreated { task: enqueued.task.id, priority: enqueued.task.priority });
@@ -212,6 +220,7 @@ impl Orchestrator {
     /// Queues many tasks in one transaction.
     pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError> {
         let inner = &self.inner;
+        inner.check_budget().await?;
         let enqueued = inner.store.enqueue_batch(&inner.config.tenant, tasks, inner.clock.now()).await?;
         for e in enqueued.iter().filter(|e| e.created) {
             inner.publish(EventKind::TaskCreated { task: e.task.id, priority: e.task.priority });
@@ -273,6 +282,7 @@ impl Orchestrator {
         };
         self.inner.publish(EventKind::AgentConnected { agent: id });
         self.inner.wake.notify_one();
+        self.inner.agents_changed.notify_one();
         Ok(snapshot)
     }
 
@@ -282,7 +292,15 @@ impl Orchestrator {
             return Err(InvalidInput::new("agent id", format!("no agent {agent} is registered")));
         }
         self.inner.publish(EventKind::AgentDisconnected { agent: agent.clone(), reason: "deregistered".into() });
+        self.inner.agents_changed.notify_one();
         Ok(())
+    }
+
+    /// Every agent announced by the nodes sharing the store (this one
+    /// included; see `engine/cluster.rs`), by node and agent id. Announcements
+    /// are renewed every few seconds, so load and status may be that old.
+    pub async fn cluster_agents(&self) -> Result<Vec<ClusterAgent>, StoreError> {
+        self.inner.cluster_agents().await
     }
 
     /// Tasks running on `agent` in this process.
@@ -351,6 +369,10 @@ impl Orchestrator {
             let (inner, stop) = (self.inner.clone(), stop_flusher.clone());
             async move { inner.flush_writes(&stop).await }
         });
+        // Announcements and the cluster channel, until the very end.
+        let stop_cluster = CancellationToken::new();
+        let mut cluster = JoinSet::new();
+        cluster.spawn(self.inner.clone().run_cluster(stop_cluster.clone()));
 
         let mut executions = JoinSet::new();
         let mut poll = tokio::time::interval(cfg.poll_interval);
@@ -402,6 +424,10 @@ impl Orchestrator {
         }
         inner.flush_sessions().await;
         inner.publish(EventKind::System { name: "stopped".into(), message: "engine stopped".into() });
+        stop_cluster.cancel();
+        while let Some(joined) = cluster.join_next().await {
+            log_join(joined);
+        }
         Ok(())
     }
 

@@ -1,0 +1,426 @@
+//! A remote worker: connects to a Godel server over a WebSocket, registers as
+//! an agent, and runs the tasks the server pushes to it with the process
+//! adapter on this machine (what `godel worker` runs).
+//!
+//! The worker keeps its runs across connection drops: it reconnects with
+//! backoff, tells the server which runs it still has, and reports outcomes
+//! that finished while it was away. The server waits for it up to its lease;
+//! after that the tasks go to other agents. See `docs/workers.md`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use godel_core::adapter::{AbortMode, Adapter, OutputSink, ProcessAdapter, ProcessConfig};
+use godel_core::{
+    CancellationToken, NewTask, Outcome, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskPayload, TaskStatus,
+    TenantId, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::error::{Error, Result};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long to wait for the server's `welcome`.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a worker presents itself and runs tasks.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// The server, e.g. `http://10.0.0.5:7373`.
+    pub server: String,
+    /// Its agent id on the server (1 to 128 characters from `A-Z a-z 0-9 _ - . :`).
+    pub name: String,
+    /// What it can do; tasks needing other capabilities go elsewhere.
+    pub capabilities: Vec<String>,
+    /// How many tasks it runs at once (1 to 1024).
+    pub concurrency: u32,
+    /// Where it runs, for region-aware routing.
+    pub region: Option<String>,
+    /// How tasks run here: the command template (`{prompt}`, `{task_id}`,
+    /// `{attempt}`, `{workdir}`), or the task's own command without one.
+    pub process: ProcessConfig,
+}
+
+/// Why [`Worker::run`] returned.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WorkerExit {
+    /// It drained (asked by the server or by the caller) and left.
+    Drained,
+}
+
+/// A worker, ready to connect.
+#[derive(Debug)]
+pub struct Worker {
+    options: WorkerOptions,
+    adapter: Arc<ProcessAdapter>,
+    ws_url: String,
+}
+
+/// A run as the server names it.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct RunRef {
+    task: TaskId,
+    attempt: u32,
+}
+
+/// What the server sends.
+#[derive(Deserialize, Debug)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum FromServer {
+    Welcome {
+        agent: String,
+        heartbeat_ms: u64,
+    },
+    Assign {
+        task: Assignment,
+    },
+    Abort {
+        task: TaskId,
+        attempt: u32,
+        mode: String,
+    },
+    Drain,
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+#[derive(Deserialize, Debug)]
+struct Assignment {
+    id: TaskId,
+    attempt: u32,
+    priority: Priority,
+    payload: TaskPayload,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    timeout_ms: Option<u64>,
+}
+
+impl Assignment {
+    fn into_task(self) -> Task {
+        let now = Timestamp::now();
+        let mut task = Task::pending(self.id, TenantId::default_tenant(), NewTask::prompt(""), now);
+        task.payload = self.payload;
+        task.priority = self.priority;
+        task.capabilities = self.capabilities;
+        task.attempt = self.attempt;
+        task.timeout = self.timeout_ms.map(Duration::from_millis);
+        task.status = TaskStatus::Running;
+        task.started_at = Some(now);
+        task
+    }
+}
+
+/// Runs this worker has that the server has not yet heard the end of, with
+/// the switch that aborts each.
+type Active = Arc<Mutex<HashMap<RunRef, watch::Sender<Option<AbortMode>>>>>;
+
+fn lock(active: &Active) -> MutexGuard<'_, HashMap<RunRef, watch::Sender<Option<AbortMode>>>> {
+    active.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A frame for the server; `finished` frames end a run's life here once sent.
+#[derive(Debug)]
+struct Outgoing {
+    frame: Value,
+    finishes: Option<RunRef>,
+}
+
+impl Worker {
+    /// Checks the options. Bad input (server URL, name, concurrency, command
+    /// template) is refused here, before any connection.
+    pub fn new(options: WorkerOptions) -> Result<Self> {
+        let invalid = |message: String| Error::InvalidUrl { url: options.server.clone(), message };
+        let base = options.server.trim_end_matches('/');
+        let ws_url = if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}/api/v1/workers/connect")
+        } else if base.starts_with("https://") {
+            return Err(invalid("https:// is not supported by the worker yet; use http:// behind a TLS tunnel".into()));
+        } else {
+            return Err(invalid("expected http://host:port".into()));
+        };
+        godel_core::AgentId::new(&options.name).map_err(|e| Error::Protocol {
+            url: options.server.clone(),
+            message: format!("invalid worker name {:?}: {}", options.name, e.reason),
+        })?;
+        if !(1..=1024).contains(&options.concurrency) {
+            return Err(Error::Protocol {
+                url: options.server.clone(),
+                message: format!("concurrency must be 1 to 1024, got {}", options.concurrency),
+            });
+        }
+        let adapter = ProcessAdapter::new(options.process.clone()).map_err(|e| Error::Protocol {
+            url: options.server.clone(),
+            message: format!("invalid command template: {}", e.reason),
+        })?;
+        Ok(Self { options, adapter: Arc::new(adapter), ws_url })
+    }
+
+    /// Connects and works until drained: by the server (`drain`) or by
+    /// cancelling `drain` (e.g. on SIGTERM). Draining finishes the runs in
+    /// hand, takes nothing new, says `bye` and returns. Connection losses are
+    /// retried with backoff forever; a refusal by the server (bad name, name
+    /// taken) is returned as an error.
+    pub async fn run(&self, drain: CancellationToken) -> Result<WorkerExit> {
+        let active: Active = Arc::default();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
+        let mut runs = JoinSet::new();
+        let mut pending: Vec<Outgoing> = Vec::new();
+        let mut draining = false;
+        let mut failures = 0u32;
+        loop {
+            if failures > 0 {
+                let delay = (BACKOFF_MIN * (1 << (failures - 1).min(8))).min(BACKOFF_MAX);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = drain.cancelled(), if !draining => draining = true,
+                }
+            }
+            let mut session = match self.connect(&active).await {
+                Ok(session) => session,
+                Err(Refused::Fatal(e)) => return Err(e),
+                Err(Refused::Retry(why)) => {
+                    tracing::warn!(server = %self.options.server, error = %why, "cannot connect; retrying");
+                    failures += 1;
+                    continue;
+                }
+            };
+            failures = 0;
+            if draining {
+                let _ = send(&mut session.socket, &json!({"type": "drain"})).await;
+            }
+            // Outcomes that ended while disconnected go first.
+            let mut lost = false;
+            let mut unsent = std::mem::take(&mut pending).into_iter();
+            while let Some(outgoing) = unsent.next() {
+                if send(&mut session.socket, &outgoing.frame).await.is_err() {
+                    pending.push(outgoing);
+                    pending.extend(unsent.by_ref());
+                    lost = true;
+                    break;
+                }
+                if let Some(run) = outgoing.finishes {
+                    lock(&active).remove(&run);
+                }
+            }
+            if lost {
+                failures += 1;
+                continue;
+            }
+            let mut ping = tokio::time::interval(session.heartbeat);
+            ping.reset();
+            let mut silent_ticks = 0;
+            let ended = loop {
+                if draining && runs.is_empty() && lock(&active).is_empty() {
+                    let _ = send(&mut session.socket, &json!({"type": "bye"})).await;
+                    let _ = session.socket.close(None).await;
+                    return Ok(WorkerExit::Drained);
+                }
+                tokio::select! {
+                    () = drain.cancelled(), if !draining => {
+                        tracing::info!("draining: finishing the runs in hand, taking nothing new");
+                        draining = true;
+                        if send(&mut session.socket, &json!({"type": "drain"})).await.is_err() {
+                            break "send failed";
+                        }
+                    }
+                    Some(joined) = runs.join_next() => {
+                        if let Err(e) = joined {
+                            tracing::error!(error = %e, "a run panicked");
+                        }
+                    }
+                    Some(outgoing) = out_rx.recv() => {
+                        if send(&mut session.socket, &outgoing.frame).await.is_err() {
+                            pending.push(outgoing);
+                            break "send failed";
+                        }
+                        if let Some(run) = outgoing.finishes {
+                            lock(&active).remove(&run);
+                        }
+                    }
+                    _ = ping.tick() => {
+                        silent_ticks += 1;
+                        if silent_ticks > 3 {
+                            break "the server stopped answering";
+                        }
+                        if session.socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                            break "ping failed";
+                        }
+                    }
+                    incoming = session.socket.next() => {
+                        silent_ticks = 0;
+                        let text = match incoming {
+                            None | Some(Err(_)) => break "connection closed",
+                            Some(Ok(Message::Text(text))) => text,
+                            Some(Ok(Message::Close(_))) => break "closed by the server",
+                            Some(Ok(_)) => continue,
+                        };
+                        match serde_json::from_str::<FromServer>(&text) {
+                            Ok(FromServer::Assign { task }) => {
+                                let run = RunRef { task: task.id, attempt: task.attempt };
+                                if draining {
+                                    // Assigned before the server saw our drain: give it back as retryable.
+                                    let _ = out_tx.send(finished(run, &Outcome::Failed {
+                                        error: TaskError::new(TaskErrorKind::Aborted, "the worker is draining"),
+                                        retryable: true,
+                                    }));
+                                    lock(&active).insert(run, watch::channel(None).0);
+                                    continue;
+                                }
+                                let (control, watch) = watch::channel(None);
+                                lock(&active).insert(run, control);
+                                runs.spawn(execute(self.adapter.clone(), task.into_task(), watch, out_tx.clone()));
+                            }
+                            Ok(FromServer::Abort { task, attempt, mode }) => {
+                                let mode = if mode == "force" { AbortMode::Force } else { AbortMode::Graceful };
+                                if let Some(control) = lock(&active).get(&RunRef { task, attempt }) {
+                                    control.send_replace(Some(mode));
+                                }
+                            }
+                            Ok(FromServer::Drain) => {
+                                if !draining {
+                                    tracing::info!("the server asked this worker to drain");
+                                }
+                                draining = true;
+                            }
+                            Ok(FromServer::Error { code, message }) => {
+                                tracing::warn!(code, message, "the server reported an error");
+                            }
+                            Ok(FromServer::Welcome { .. }) => {}
+                            Err(e) => tracing::warn!(error = %e, frame = %text, "unexpected frame from the server"),
+                        }
+                    }
+                }
+            };
+            tracing::warn!(reason = ended, runs = lock(&active).len(), "lost the server; reconnecting");
+            failures += 1;
+        }
+    }
+
+    async fn connect(&self, active: &Active) -> std::result::Result<Session, Refused> {
+        let (mut socket, _) = tokio_tungstenite::connect_async(self.ws_url.as_str())
+            .await
+            .map_err(|e| Refused::Retry(e.to_string()))?;
+        let running: Vec<RunRef> = lock(active).keys().copied().collect();
+        let hello = json!({
+            "type": "hello",
+            "name": self.options.name,
+            "capabilities": self.options.capabilities,
+            "concurrency": self.options.concurrency,
+            "region": self.options.region,
+            "version": env!("CARGO_PKG_VERSION"),
+            "running": running,
+        });
+        send(&mut socket, &hello).await.map_err(|e| Refused::Retry(e.to_string()))?;
+        let welcome = tokio::time::timeout(WELCOME_TIMEOUT, async {
+            while let Some(message) = socket.next().await {
+                match message {
+                    Ok(Message::Text(text)) => return serde_json::from_str::<FromServer>(&text).ok(),
+                    Ok(Message::Close(_)) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+            None
+        })
+        .await;
+        match welcome {
+            Ok(Some(FromServer::Welcome { agent, heartbeat_ms })) => {
+                tracing::info!(server = %self.options.server, agent, "connected");
+                Ok(Session { socket, heartbeat: Duration::from_millis(heartbeat_ms.max(100)) })
+            }
+            // Another connection by this name may still be closing on the server: retry.
+            Ok(Some(FromServer::Error { code, message })) if code == "conflict" => Err(Refused::Retry(message)),
+            Ok(Some(FromServer::Error { message, .. })) => Err(Refused::Fatal(Error::Protocol {
+                url: self.options.server.clone(),
+                message: format!("the server refused this worker: {message}"),
+            })),
+            Ok(_) => Err(Refused::Retry("no welcome from the server".into())),
+            Err(_) => Err(Refused::Retry("no welcome within 10 s".into())),
+        }
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Session {
+    socket: Socket,
+    heartbeat: Duration,
+}
+
+enum Refused {
+    Retry(String),
+    Fatal(Error),
+}
+
+async fn send(socket: &mut Socket, frame: &Value) -> std::result::Result<(), tokio_tungstenite::tungstenite::Error> {
+    socket.send(Message::text(frame.to_string())).await
+}
+
+fn finished(run: RunRef, outcome: &Outcome) -> Outgoing {
+    let outcome = match outcome {
+        Outcome::Completed { result } => json!({"status": "completed", "result": result}),
+        Outcome::Failed { error, retryable } => json!({"status": "failed", "error": error, "retryable": retryable}),
+    };
+    Outgoing {
+        frame: json!({"type": "finished", "task": run.task, "attempt": run.attempt, "outcome": outcome}),
+        finishes: Some(run),
+    }
+}
+
+/// Runs one task with the process adapter, streaming its output, obeying
+/// aborts, and queueing its outcome for the server.
+async fn execute(
+    adapter: Arc<ProcessAdapter>,
+    task: Task,
+    mut control: watch::Receiver<Option<AbortMode>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+) {
+    let run = RunRef { task: task.id, attempt: task.attempt };
+    let session = match adapter.open_session(&task).await {
+        Ok(session) => session,
+        Err(e) => {
+            let error = TaskError::new(TaskErrorKind::Error, e.message);
+            let _ = out.send(finished(run, &Outcome::Failed { error, retryable: e.retryable }));
+            return;
+        }
+    };
+    let (sink, mut chunks) = OutputSink::channel(64);
+    let forward = async {
+        while let Some(chunk) = chunks.recv().await {
+            let frame = json!({
+                "type": "output", "task": run.task, "attempt": run.attempt,
+                "stream": chunk.stream, "data": chunk.data,
+            });
+            let _ = out.send(Outgoing { frame, finishes: None });
+        }
+    };
+    let drive = async {
+        let mut running = std::pin::pin!(session.run(&task, sink));
+        loop {
+            tokio::select! {
+                outcome = &mut running => return outcome,
+                changed = control.changed() => match changed {
+                    Ok(()) => {
+                        let mode = *control.borrow_and_update();
+                        if let Some(mode) = mode {
+                            session.abort(mode).await;
+                        }
+                    }
+                    // The worker is going away without asking: let the run end on its own.
+                    Err(_) => return running.await,
+                },
+            }
+        }
+    };
+    let ((), outcome) = tokio::join!(forward, drive);
+    session.close(&outcome).await;
+    let _ = out.send(finished(run, &outcome));
+}

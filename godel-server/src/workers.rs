@@ -1,0 +1,504 @@
+//! Remote workers: `godel worker` processes on other machines, connected over
+//! a WebSocket at `/api/v1/workers/connect`, each one an engine agent of kind
+//! `worker` whose sessions run on the worker's machine.
+//!
+//! The protocol (JSON text frames, `type` tells them apart; docs/workers.md):
+//!
+//! - worker → server: `hello` (first, within 10 s: name, capabilities,
+//!   concurrency, and the runs it still has after a reconnect), `output`,
+//!   `finished`, `drain` (it wants to stop), `bye` (it is leaving for good);
+//! - server → worker: `welcome`, `assign` (pushed the moment the engine picks
+//!   the worker: no polling), `abort`, `drain` (finish what you have, take
+//!   nothing new, then leave), `error`.
+//!
+//! A run belongs to the engine, not to the connection: when a worker's
+//! connection drops, its runs wait up to the engine's lease for it to come
+//! back and report; if it does not, they fail as retryable ("worker
+//! vanished") and the engine retries them elsewhere. If the server itself
+//! dies, the leases lapse and another node reclaims the tasks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::{SinkExt, StreamExt};
+use godel_core::adapter::{AbortMode, AdapterError, AgentSession, OutputSink};
+use godel_core::event::OutputStream;
+use godel_core::{Adapter, AgentConfig, AgentId, AgentKind, Outcome, Task, TaskError, TaskErrorKind, TaskId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, oneshot};
+use warp::ws::{Message, WebSocket};
+
+use crate::AppState;
+
+/// How long a new connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the server pings a worker; a worker silent for three of these is gone.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// Most concurrent tasks a worker may ask for.
+const MAX_CONCURRENCY: u32 = 1_024;
+
+/// What a worker sends.
+#[derive(Deserialize, Debug)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum FromWorker {
+    Hello {
+        name: String,
+        #[serde(default)]
+        capabilities: Vec<String>,
+        concurrency: u32,
+        #[serde(default)]
+        region: Option<String>,
+        version: String,
+        /// Runs it still has, after a reconnect.
+        #[serde(default)]
+        running: Vec<RunRef>,
+    },
+    Output {
+        task: TaskId,
+        attempt: u32,
+        stream: OutputStream,
+        data: String,
+    },
+    Finished {
+        task: TaskId,
+        attempt: u32,
+        outcome: WireOutcome,
+    },
+    Drain,
+    Bye,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[serde(deny_unknown_fields)]
+struct RunRef {
+    task: TaskId,
+    attempt: u32,
+}
+
+/// How a run ended, on the wire.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+enum WireOutcome {
+    Completed { result: Value },
+    Failed { error: TaskError, retryable: bool },
+}
+
+impl From<WireOutcome> for Outcome {
+    fn from(outcome: WireOutcome) -> Self {
+        match outcome {
+            WireOutcome::Completed { result } => Outcome::Completed { result },
+            WireOutcome::Failed { error, retryable } => Outcome::Failed { error, retryable },
+        }
+    }
+}
+
+/// The connected workers, by agent id.
+#[derive(Debug, Default)]
+pub(crate) struct Workers {
+    links: Mutex<HashMap<AgentId, Arc<Link>>>,
+}
+
+impl Workers {
+    fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, Arc<Link>>> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells a connected worker to drain (finish its runs, then leave); false
+    /// if no worker by that id is connected. The caller stops the engine
+    /// giving it work.
+    pub(crate) fn drain(&self, agent: &AgentId) -> bool {
+        match self.lock().get(agent) {
+            Some(link) => link.send(json!({"type": "drain"})),
+            None => false,
+        }
+    }
+}
+
+/// A worker's connection as the engine's sessions see it; it outlives one
+/// WebSocket so that a worker can reconnect and report its runs.
+#[derive(Debug)]
+struct Link {
+    agent: AgentId,
+    state: Mutex<LinkState>,
+    /// Fired when the connection comes or goes.
+    changed: Notify,
+    /// How long runs wait for a vanished worker to come back.
+    grace: Duration,
+}
+
+#[derive(Debug, Default)]
+struct LinkState {
+    /// Frames for the current connection; `None` while disconnected.
+    outbox: Option<mpsc::UnboundedSender<Value>>,
+    /// Counts connections, so an old connection's cleanup cannot undo a new one.
+    generation: u64,
+    disconnected_at: Option<Instant>,
+    runs: HashMap<RunRef, Run>,
+}
+
+#[derive(Debug)]
+struct Run {
+    output: OutputSink,
+    done: oneshot::Sender<Outcome>,
+}
+
+impl Link {
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends a frame if connected; frames to a disconnected worker are dropped
+    /// (the reconnect's `hello` reconciles runs).
+    fn send(&self, frame: Value) -> bool {
+        self.lock().outbox.as_ref().is_some_and(|outbox| outbox.send(frame).is_ok())
+    }
+
+    fn connected(&self) -> bool {
+        self.lock().outbox.is_some()
+    }
+
+    /// Ends a run with `outcome`, if it is still waiting.
+    fn finish(&self, run: RunRef, outcome: Outcome) {
+        if let Some(run) = self.lock().runs.remove(&run) {
+            let _ = run.done.send(outcome);
+        }
+    }
+}
+
+/// The engine's adapter for one worker.
+#[derive(Debug)]
+struct WorkerAdapter {
+    link: Arc<Link>,
+}
+
+#[async_trait]
+impl Adapter for WorkerAdapter {
+    async fn open_session(&self, task: &Task) -> Result<Box<dyn AgentSession>, AdapterError> {
+        if !self.link.connected() {
+            return Err(AdapterError::transient(format!("worker {} is not connected", self.link.agent)));
+        }
+        Ok(Box::new(WorkerSession { link: self.link.clone(), run: RunRef { task: task.id, attempt: task.attempt } }))
+    }
+
+    async fn health(&self) -> Result<(), AdapterError> {
+        if self.link.connected() {
+            Ok(())
+        } else {
+            Err(AdapterError::transient(format!("worker {} is disconnected", self.link.agent)))
+        }
+    }
+}
+
+struct WorkerSession {
+    link: Arc<Link>,
+    run: RunRef,
+}
+
+#[async_trait]
+impl AgentSession for WorkerSession {
+    async fn run(&self, task: &Task, output: OutputSink) -> Outcome {
+        let (done, mut outcome) = oneshot::channel();
+        self.link.lock().runs.insert(self.run, Run { output, done });
+        let assign = json!({
+            "type": "assign",
+            "task": {
+                "id": task.id,
+                "attempt": task.attempt,
+                "priority": task.priority,
+                "payload": task.payload,
+                "capabilities": task.capabilities,
+                "timeout_ms": task.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            },
+        });
+        self.link.send(assign);
+        loop {
+            let changed = self.link.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let gone_at = self.link.lock().disconnected_at.map(|at| at + self.link.grace);
+            let vanished = async {
+                match gone_at {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = &mut outcome => {
+                    return result.unwrap_or_else(|_| vanished_outcome(&self.link.agent, "its connection closed"));
+                }
+                () = changed => {}
+                () = vanished => {
+                    self.link.lock().runs.remove(&self.run);
+                    return vanished_outcome(&self.link.agent, "it did not reconnect within the lease");
+                }
+            }
+        }
+    }
+
+    async fn abort(&self, mode: AbortMode) {
+        let mode = match mode {
+            AbortMode::Graceful => "graceful",
+            AbortMode::Force => "force",
+        };
+        self.link.send(json!({"type": "abort", "task": self.run.task, "attempt": self.run.attempt, "mode": mode}));
+    }
+
+    async fn close(&self, _outcome: &Outcome) {
+        self.link.lock().runs.remove(&self.run);
+    }
+}
+
+fn vanished_outcome(agent: &AgentId, why: &str) -> Outcome {
+    Outcome::Failed {
+        error: TaskError::new(TaskErrorKind::Error, format!("worker {agent} vanished: {why}")),
+        retryable: true,
+    }
+}
+
+fn error_frame(code: &str, message: &str) -> Value {
+    json!({"type": "error", "code": code, "message": message})
+}
+
+/// Serves one worker connection until it leaves or the server shuts down.
+pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>) {
+    let (mut tx, mut rx) = socket.split();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut rx)).await {
+        Ok(Some(Ok(FromWorker::Hello { name, capabilities, concurrency, region, version, running }))) => {
+            Hello { name, capabilities, concurrency, region, version, running }
+        }
+        Ok(Some(Ok(_))) => return refuse(&mut tx, "invalid_request", "the first frame must be hello").await,
+        Ok(Some(Err(e))) => return refuse(&mut tx, "invalid_request", &e).await,
+        Ok(None) => return,
+        Err(_) => return refuse(&mut tx, "invalid_request", "no hello within 10 s").await,
+    };
+    let (link, generation, outbox_rx) = match attach(&state, &hello) {
+        Ok(attached) => attached,
+        Err((code, message)) => return refuse(&mut tx, code, &message).await,
+    };
+    tracing::info!(worker = %link.agent, version = hello.version, generation, "worker connected");
+    let welcome = json!({
+        "type": "welcome",
+        "agent": link.agent,
+        "heartbeat_ms": u64::try_from(PING_EVERY.as_millis()).unwrap_or(u64::MAX),
+        "grace_ms": u64::try_from(link.grace.as_millis()).unwrap_or(u64::MAX),
+    });
+    if tx.send(Message::text(welcome.to_string())).await.is_err() {
+        detach(&state, &link, generation).await;
+        return;
+    }
+    reconcile(&link, &hello.running);
+    let left = pump(&state, &link, tx, rx, outbox_rx).await;
+    if left {
+        tracing::info!(worker = %link.agent, "worker left");
+        state.workers.lock().remove(&link.agent);
+        let _ = state.orchestrator.remove_agent(&link.agent);
+        for (run, _) in std::mem::take(&mut link.lock().runs) {
+            link.finish(run, vanished_outcome(&link.agent, "it left"));
+        }
+        link.lock().outbox = None;
+        link.changed.notify_waiters();
+    } else {
+        detach(&state, &link, generation).await;
+    }
+}
+
+struct Hello {
+    name: String,
+    capabilities: Vec<String>,
+    concurrency: u32,
+    region: Option<String>,
+    version: String,
+    running: Vec<RunRef>,
+}
+
+async fn refuse(tx: &mut futures::stream::SplitSink<WebSocket, Message>, code: &str, message: &str) {
+    let _ = tx.send(Message::text(error_frame(code, message).to_string())).await;
+    let _ = tx.send(Message::close_with(1008u16, "refused")).await;
+}
+
+/// Registers a new worker as an agent, or reattaches a reconnecting one.
+#[allow(clippy::type_complexity, reason = "a private helper's tuple of three named results")]
+fn attach(
+    state: &Arc<AppState>,
+    hello: &Hello,
+) -> Result<(Arc<Link>, u64, mpsc::UnboundedReceiver<Value>), (&'static str, String)> {
+    let agent = AgentId::new(&hello.name).map_err(|e| ("invalid_request", format!("invalid name: {}", e.reason)))?;
+    if !(1..=MAX_CONCURRENCY).contains(&hello.concurrency) {
+        return Err(("invalid_request", format!("concurrency must be 1 to {MAX_CONCURRENCY}, got {}", hello.concurrency)));
+    }
+    let (outbox, outbox_rx) = mpsc::unbounded_channel();
+    let mut links = state.workers.lock();
+    if let Some(link) = links.get(&agent).cloned() {
+        let mut link_state = link.lock();
+        if link_state.outbox.is_some() {
+            return Err(("conflict", format!("a worker named {agent} is already connected")));
+        }
+        link_state.outbox = Some(outbox);
+        link_state.generation += 1;
+        link_state.disconnected_at = None;
+        let generation = link_state.generation;
+        drop(link_state);
+        link.changed.notify_waiters();
+        let _ = state.orchestrator.agent_heartbeat(&agent);
+        return Ok((link, generation, outbox_rx));
+    }
+    let link = Arc::new(Link {
+        agent: agent.clone(),
+        state: Mutex::new(LinkState { outbox: Some(outbox), generation: 1, ..LinkState::default() }),
+        changed: Notify::new(),
+        grace: state.orchestrator.config().lease,
+    });
+    let mut config = AgentConfig::new(agent.clone(), AgentKind::Worker, Arc::new(WorkerAdapter { link: link.clone() }))
+        .capacity(hello.concurrency);
+    config.capabilities = hello.capabilities.clone();
+    config.region = hello.region.clone();
+    state.orchestrator.add_agent(config).map_err(|e| ("conflict", e.reason))?;
+    links.insert(agent, link.clone());
+    Ok((link, 1, outbox_rx))
+}
+
+/// After a reconnect: runs the server waits for but the worker no longer has
+/// are lost (it restarted); runs the worker has but the server forgot (the
+/// server restarted, or gave up on them) are aborted.
+fn reconcile(link: &Link, running: &[RunRef]) {
+    let lost: Vec<RunRef> = link.lock().runs.keys().filter(|r| !running.contains(r)).copied().collect();
+    for run in lost {
+        link.finish(run, vanished_outcome(&link.agent, "it restarted and lost the run"));
+    }
+    let unknown: Vec<RunRef> = {
+        let state = link.lock();
+        running.iter().filter(|r| !state.runs.contains_key(r)).copied().collect()
+    };
+    for run in unknown {
+        link.send(json!({"type": "abort", "task": run.task, "attempt": run.attempt, "mode": "force"}));
+    }
+}
+
+/// Moves frames both ways until the connection ends. True if the worker
+/// said `bye` (it left for good), false if the connection was lost.
+async fn pump(
+    state: &Arc<AppState>,
+    link: &Arc<Link>,
+    mut tx: futures::stream::SplitSink<WebSocket, Message>,
+    mut rx: futures::stream::SplitStream<WebSocket>,
+    mut outbox: mpsc::UnboundedReceiver<Value>,
+) -> bool {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => {
+                let _ = tx.send(Message::close_with(1001u16, "server shutting down")).await;
+                return false;
+            }
+            frame = outbox.recv() => match frame {
+                Some(frame) => {
+                    if tx.send(Message::text(frame.to_string())).await.is_err() {
+                        return false;
+                    }
+                }
+                None => return false,
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > 3 * PING_EVERY {
+                    tracing::warn!(worker = %link.agent, "worker stopped answering pings");
+                    let _ = tx.send(Message::close_with(1001u16, "no pong")).await;
+                    return false;
+                }
+                if tx.send(Message::ping(Vec::new())).await.is_err() {
+                    return false;
+                }
+            }
+            incoming = next_frame(&mut rx) => {
+                last_heard = Instant::now();
+                let _ = state.orchestrator.agent_heartbeat(&link.agent);
+                match incoming {
+                    None => return false,
+                    Some(Err(e)) => {
+                        let _ = tx.send(Message::text(error_frame("invalid_request", &e).to_string())).await;
+                    }
+                    Some(Ok(FromWorker::Hello { .. })) => {
+                        let _ = tx.send(Message::text(error_frame("invalid_request", "hello was already sent").to_string())).await;
+                    }
+                    Some(Ok(FromWorker::Output { task, attempt, stream, data })) => {
+                        let sink = link.lock().runs.get(&RunRef { task, attempt }).map(|r| r.output.clone());
+                        if let Some(sink) = sink {
+                            sink.send(stream, data).await;
+                        }
+                    }
+                    Some(Ok(FromWorker::Finished { task, attempt, outcome })) => {
+                        link.finish(RunRef { task, attempt }, outcome.into());
+                    }
+                    Some(Ok(FromWorker::Drain)) => {
+                        tracing::info!(worker = %link.agent, "worker is draining");
+                        let _ = state.orchestrator.remove_agent(&link.agent);
+                    }
+                    Some(Ok(FromWorker::Bye)) => return true,
+                }
+            }
+        }
+    }
+}
+
+/// The next frame from the worker: `None` when the connection ended, `Err`
+/// with a message for a frame that is not a valid worker frame. Pings and
+/// pongs count as life but yield nothing; warp answers pings itself.
+async fn next_frame(rx: &mut futures::stream::SplitStream<WebSocket>) -> Option<Result<FromWorker, String>> {
+    loop {
+        let message = match rx.next().await? {
+            Ok(message) => message,
+            Err(_) => return None,
+        };
+        if message.is_close() {
+            return None;
+        }
+        if message.is_ping() || message.is_pong() {
+            continue;
+        }
+        let Ok(text) = message.to_str() else {
+            return Some(Err("send JSON text frames, not binary".to_owned()));
+        };
+        return Some(serde_json::from_str(text).map_err(|e| format!("invalid frame: {e}")));
+    }
+}
+
+/// The connection was lost: mark the worker disconnected so its runs start
+/// their grace period, then wait out that period for a reconnect; if none
+/// comes, the worker is deregistered.
+async fn detach(state: &Arc<AppState>, link: &Arc<Link>, generation: u64) {
+    {
+        let mut link_state = link.lock();
+        if link_state.generation != generation {
+            return; // a newer connection took over
+        }
+        link_state.outbox = None;
+        link_state.disconnected_at = Some(Instant::now());
+    }
+    link.changed.notify_waiters();
+    tracing::warn!(worker = %link.agent, grace = ?link.grace, "worker disconnected; waiting for it to come back");
+    let back = async {
+        loop {
+            let changed = link.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if link.lock().generation != generation {
+                return;
+            }
+            changed.await;
+        }
+    };
+    tokio::select! {
+        () = back => {}
+        () = tokio::time::sleep(link.grace) => {
+            if link.lock().generation == generation {
+                tracing::warn!(worker = %link.agent, "worker did not come back; deregistering it");
+                state.workers.lock().remove(&link.agent);
+                let _ = state.orchestrator.remove_agent(&link.agent);
+            }
+        }
+        () = state.shutdown.cancelled() => {}
+    }
+}
