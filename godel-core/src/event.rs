@@ -8,6 +8,7 @@ use crate::InvalidInput;
 use crate::agent::AgentStatus;
 use crate::ids::{AgentId, SessionId, TaskId, TenantId};
 use crate::session::SessionState;
+use crate::store::Micros;
 use crate::task::{Priority, TaskError};
 use crate::time::Timestamp;
 
@@ -86,6 +87,9 @@ pub enum EventKind {
     SessionError { session: SessionId, message: String },
     /// `system.<name>`, e.g. `system.started`.
     System { name: String, message: String },
+    /// `budget.exceeded`: the tenant's spend in `period` (a UTC month, `2026-11`)
+    /// reached its soft or (`hard: true`) hard limit; amounts in micros.
+    BudgetExceeded { period: String, spent_micros: Micros, limit_micros: Micros, hard: bool },
 }
 
 impl EventKind {
@@ -108,6 +112,7 @@ impl EventKind {
             EventKind::SessionStateChanged { .. } => "session.state_changed",
             EventKind::SessionClosed { .. } => "session.closed",
             EventKind::SessionError { .. } => "session.error",
+            EventKind::BudgetExceeded { .. } => "budget.exceeded",
             EventKind::System { name, .. } => return format!("system.{name}"),
         };
         fixed.to_owned()

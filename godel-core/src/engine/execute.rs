@@ -119,6 +119,9 @@ impl Execution {
         let mut control = self.control.clone();
         let (stop, outcome) = self.supervise(adapter_session.as_ref(), &mut control).await;
         adapter_session.close(&outcome).await;
+        // Spent is spent, whatever happens to the lease next; recorded before
+        // settling so that whoever sees the task complete sees its cost.
+        inner.record_spend(&outcome).await;
 
         match (stop, outcome) {
             (Some(Stop::LeaseLost), _) => {

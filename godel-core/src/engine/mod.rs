@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
 pub use crate::engine::cluster::ClusterAgent;
-pub use crate::engine::budget::{Budget, Budgets};
+pub use crate::engine::budget::{Budget, Budgets, format_micros, micros_from_units};
 pub use crate::engine::config::{AgentConfig, EngineConfig, SchedulingPolicy};
 
 use crate::InvalidInput;
