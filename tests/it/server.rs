@@ -11,3 +11,4 @@ mod events;
 mod harness;
 mod lifecycle;
 mod ordering;
+mod workers;

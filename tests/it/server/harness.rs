@@ -83,13 +83,26 @@ pub(crate) struct Launch {
     dir: PathBuf,
     config: String,
     bind: String,
+    store: Option<String>,
     pid_file: Option<PathBuf>,
 }
 
 impl Launch {
     /// A server in `dir` with `config` as its `godel.toml`, over `dir/godel.db`.
     pub(crate) fn new(dir: &Path, config: &str) -> Self {
-        Self { dir: dir.to_path_buf(), config: config.to_owned(), bind: "127.0.0.1:0".to_owned(), pid_file: None }
+        Self {
+            dir: dir.to_path_buf(),
+            config: config.to_owned(),
+            bind: "127.0.0.1:0".to_owned(),
+            store: None,
+            pid_file: None,
+        }
+    }
+
+    /// Uses the store at `url` instead of `dir/godel.db`.
+    pub(crate) fn store(mut self, url: &str) -> Self {
+        self.store = Some(url.to_owned());
+        self
     }
 
     /// Listens on `addr` instead of a free port.
@@ -150,7 +163,7 @@ impl Launch {
             .arg("--bind")
             .arg(&self.bind)
             .arg("--store")
-            .arg(format!("sqlite://{}", Launch::store_path(&self.dir).display()))
+            .arg(self.store.unwrap_or_else(|| format!("sqlite://{}", Launch::store_path(&self.dir).display())))
             .args(["--log-format", "json"]);
         if let Some(pid_file) = &self.pid_file {
             command.arg("--pid-file").arg(pid_file);
@@ -450,34 +463,49 @@ pub(crate) fn gated(gate: &Path, then: &str, arg: &str) -> Value {
     serde_json::json!(["sh", "-c", script, "sh", gate, arg])
 }
 
-/// The `godel-server` binary to test.
+/// The `godel-server` binary to test (`GODEL_SERVER_BIN` overrides it).
 fn binary() -> Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let found = BINARY.get_or_init(|| match std::env::var_os("GODEL_SERVER_BIN") {
+    locate(&BINARY, "godel-server", "godel-server", "GODEL_SERVER_BIN")
+}
+
+/// The `godel` CLI binary to test (`GODEL_CLI_BIN` overrides it).
+pub(crate) fn cli_binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    locate(&BINARY, "godel", "godel-cli", "GODEL_CLI_BIN")
+}
+
+fn locate(
+    cache: &'static OnceLock<Result<PathBuf, String>>,
+    name: &str,
+    package: &str,
+    var: &str,
+) -> Result<PathBuf> {
+    let found = cache.get_or_init(|| match std::env::var_os(var) {
         Some(path) => Ok(PathBuf::from(path)),
-        None => built_binary().map_err(|e| format!("{e:#}")),
+        None => built_binary(name, package, var).map_err(|e| format!("{e:#}")),
     });
     found.clone().map_err(anyhow::Error::msg)
 }
 
-/// `target/<profile>/godel-server`, checked to exist and to be newer than its sources.
-fn built_binary() -> Result<PathBuf> {
+/// `target/<profile>/<name>`, checked to exist and to be newer than its sources.
+fn built_binary(name: &str, package: &str, var: &str) -> Result<PathBuf> {
     // The test runs as target/<profile>/deps/e2e-<hash>.
     let exe = std::env::current_exe().context("locate the test executable")?;
     let dir = exe.parent().and_then(Path::parent).context("the test executable is not in target/<profile>/deps")?;
-    let binary = dir.join(format!("godel-server{}", std::env::consts::EXE_SUFFIX));
+    let binary = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     let built = match std::fs::metadata(&binary) {
         Ok(meta) => meta.modified()?,
         Err(_) => bail!(
-            "{} is missing: run `cargo build -p godel-server` (`cargo test --workspace` builds it), \
-             or point GODEL_SERVER_BIN at a godel-server binary",
+            "{} is missing: run `cargo build -p {package}` (`cargo test --workspace` builds it), \
+             or point {var} at a {name} binary",
             binary.display()
         ),
     };
-    if let Some(source) = newer_source(&dir.join("godel-server.d"), built)? {
+    if let Some(source) = newer_source(&dir.join(format!("{name}.d")), built)? {
         bail!(
-            "{} is older than {}: run `cargo build -p godel-server` (`cargo test --workspace` builds it), \
-             or point GODEL_SERVER_BIN at a godel-server binary",
+            "{} is older than {}: run `cargo build -p {package}` (`cargo test --workspace` builds it), \
+             or point {var} at a {name} binary",
             binary.display(),
             source.display()
         );
