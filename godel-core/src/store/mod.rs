@@ -9,6 +9,7 @@ mod cluster;
 mod cursor;
 mod error;
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
 use std::fmt::Debug;
@@ -24,6 +25,7 @@ pub use crate::store::cluster::{ClusterMessage, Envelope, Member, MemberKind, Mi
 pub use crate::store::cursor::{Cursor, SortOrder};
 pub use crate::store::error::{BoxError, StoreError};
 pub use crate::store::memory::MemoryStore;
+pub use crate::store::redis::{RedisOptions, RedisStore};
 pub use crate::store::sqlite::SqliteStore;
 
 use crate::InvalidInput;
@@ -264,8 +266,10 @@ impl SessionQuery {
 }
 
 /// Opens the store a URL names: `memory://`, `sqlite://path/to/file.db`
-/// (relative) or `sqlite:///abs/path.db`. The only place that matches on
-/// the backend kind.
+/// (relative), `sqlite:///abs/path.db`, or
+/// `redis://[user:password@]host[:port][/db][?prefix=godel&pool_size=8&timeout=5s]`
+/// (see [`RedisOptions::parse`]; `rediss://` is refused: this build has no
+/// TLS for Redis). The only place that matches on the backend kind.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         InvalidInput::new("store url", format!("expected scheme://…, e.g. sqlite://.godel/godel.db; got {url:?}"))
@@ -283,6 +287,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
             }
             Ok(Arc::new(SqliteStore::open(Path::new(path)).await?))
         }
+        "redis" | "rediss" => crate::store::redis::open_shared(url).await,
         other => Err(InvalidInput::new(
             "store url",
             format!("unsupported backend {other:?} (this build supports memory:// and sqlite://)"),

@@ -4,4 +4,5 @@
 
 mod conformance;
 mod engine;
+mod redis;
 mod sqlite;

@@ -7,7 +7,7 @@ mod rules;
 
 use std::sync::Arc;
 
-use godel_core::store::{MemoryStore, SqliteStore, Store};
+use godel_core::store::{MemoryStore, RedisStore, SqliteStore, Store};
 use tempfile::TempDir;
 
 /// A store for one test, and whatever must live as long as it does.
@@ -27,6 +27,64 @@ pub(crate) async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(&dir.path().join("godel.db")).await.expect("open sqlite store");
     Some(Fixture { store: Arc::new(store), peer: None, _dir: Some(dir) })
+}
+
+/// The Redis server the suite uses: `GODEL_TEST_REDIS_URL`, or the local default.
+pub(crate) fn redis_url() -> String {
+    service_url("GODEL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// Deletes the keys of test prefixes older than ten minutes, once per test
+/// process, so that they do not pile up in the shared test server (the
+/// suite's fixtures have no teardown).
+async fn delete_stale_redis_prefixes(url: &str) {
+    use deadpool_redis::redis;
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let Ok(client) = redis::Client::open(url.split('?').next().unwrap_or(url)) else { return };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut cursor = 0u64;
+        loop {
+            let Ok((next, keys)): Result<(u64, Vec<String>), _> =
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("godel-t-*").arg("COUNT").arg(1_000).query_async(&mut conn).await
+            else {
+                return;
+            };
+            let stale: Vec<&String> = keys
+                .iter()
+                .filter(|k| k.split('-').nth(2).and_then(|s| s.parse::<u64>().ok()).is_some_and(|born| now.saturating_sub(born) > 600))
+                .collect();
+            if !stale.is_empty() {
+                let _: Result<i64, _> = redis::cmd("UNLINK").arg(&stale).query_async(&mut conn).await;
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    })
+    .await;
+}
+
+/// Two handles (two nodes) on a fresh key prefix of the test Redis server,
+/// `godel-t-<unix seconds>-<random>`: the time lets a later run delete what
+/// an earlier run left behind.
+pub(crate) async fn redis() -> Option<Fixture> {
+    let base = redis_url();
+    delete_stale_redis_prefixes(&base).await;
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}prefix=godel-t-{secs}-{:08x}", rand::random::<u32>());
+    let store = match RedisStore::open(&url).await {
+        Ok(store) => store,
+        Err(e @ (godel_core::StoreError::Unavailable { .. } | godel_core::StoreError::Open { .. })) => {
+            return service_missing("Redis", e);
+        }
+        Err(e) => panic!("opening the Redis store failed: {e}"),
+    };
+    let peer = RedisStore::open(&url).await.expect("open a second Redis handle");
+    Some(Fixture { store: Arc::new(store), peer: Some(Arc::new(peer)), _dir: None })
 }
 
 /// The URL of a service the suite needs: `var` if set, else `default`.
@@ -99,3 +157,4 @@ macro_rules! conformance {
 
 conformance!(memory => crate::conformance::memory);
 conformance!(sqlite => crate::conformance::sqlite);
+conformance!(redis => crate::conformance::redis);
