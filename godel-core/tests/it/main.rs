@@ -4,5 +4,6 @@
 
 mod conformance;
 mod engine;
+mod http_adapter;
 mod redis;
 mod sqlite;
