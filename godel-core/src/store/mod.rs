@@ -9,6 +9,7 @@ mod cluster;
 mod cursor;
 mod error;
 pub mod memory;
+pub mod postgres;
 pub mod redis;
 pub mod sqlite;
 
@@ -25,6 +26,7 @@ pub use crate::store::cluster::{ClusterMessage, Envelope, Member, MemberKind, Mi
 pub use crate::store::cursor::{Cursor, SortOrder};
 pub use crate::store::error::{BoxError, StoreError};
 pub use crate::store::memory::MemoryStore;
+pub use crate::store::postgres::PostgresStore;
 pub use crate::store::redis::{RedisOptions, RedisStore};
 pub use crate::store::sqlite::SqliteStore;
 
@@ -266,7 +268,10 @@ impl SessionQuery {
 }
 
 /// Opens the store a URL names: `memory://`, `sqlite://path/to/file.db`
-/// (relative), `sqlite:///abs/path.db`, or
+/// (relative), `sqlite:///abs/path.db`,
+/// `postgres://user@host/db?schema=godel&max_connections=10` (also
+/// `postgresql://`; Godel's query parameters are listed on
+/// [`PostgresStore::open`] and in docs/store.md), or
 /// `redis://[user:password@]host[:port][/db][?prefix=godel&pool_size=8&timeout=5s]`
 /// (see [`RedisOptions::parse`]; `rediss://` is refused: this build has no
 /// TLS for Redis). The only place that matches on the backend kind.
@@ -287,6 +292,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
             }
             Ok(Arc::new(SqliteStore::open(Path::new(path)).await?))
         }
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::open(url).await?)),
         "redis" | "rediss" => crate::store::redis::open_shared(url).await,
         other => Err(InvalidInput::new(
             "store url",

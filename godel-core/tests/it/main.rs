@@ -5,5 +5,6 @@
 mod conformance;
 mod engine;
 mod http_adapter;
+mod postgres;
 mod redis;
 mod sqlite;

@@ -7,7 +7,7 @@ mod rules;
 
 use std::sync::Arc;
 
-use godel_core::store::{MemoryStore, RedisStore, SqliteStore, Store};
+use godel_core::store::{MemoryStore, PostgresStore, RedisStore, SqliteStore, Store};
 use tempfile::TempDir;
 
 /// A store for one test, and whatever must live as long as it does.
@@ -27,6 +27,63 @@ pub(crate) async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(&dir.path().join("godel.db")).await.expect("open sqlite store");
     Some(Fixture { store: Arc::new(store), peer: None, _dir: Some(dir) })
+}
+
+/// The PostgreSQL server the suite uses: `GODEL_TEST_POSTGRES_URL`, or the local default.
+pub(crate) fn postgres_url() -> String {
+    service_url("GODEL_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+}
+
+/// `url` with one more query parameter.
+pub(crate) fn with_param(url: &str, key: &str, value: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{key}={value}")
+}
+
+/// A fresh schema name for one test, `godel_t_<unix seconds>_<random>`: the
+/// time lets a later run drop what an earlier run left behind.
+pub(crate) fn fresh_schema() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("godel_t_{secs}_{:08x}", rand::random::<u32>())
+}
+
+/// Drops the test schemas older than ten minutes, once per test process, so
+/// that schemas do not pile up in the shared test database (a fixture cannot
+/// drop its own: the suite's fixtures have no teardown).
+pub(crate) async fn drop_stale_schemas(url: &str) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let Ok(pool) = sqlx::PgPool::connect(url).await else { return };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'godel\\_t\\_%'")
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+        for name in names {
+            let born = name.split('_').nth(2).and_then(|s| s.parse::<u64>().ok()).unwrap_or(now);
+            if now.saturating_sub(born) > 600 {
+                // Another process may be dropping it too; either way it goes.
+                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(&pool).await;
+            }
+        }
+        pool.close().await;
+    })
+    .await;
+}
+
+/// Two handles (two nodes) on a fresh schema of the test PostgreSQL server.
+pub(crate) async fn postgres() -> Option<Fixture> {
+    let base = postgres_url();
+    drop_stale_schemas(&base).await;
+    let url = with_param(&base, "schema", &fresh_schema());
+    let store = match PostgresStore::open(&url).await {
+        Ok(store) => store,
+        Err(e @ godel_core::StoreError::Open { .. }) => return service_missing("PostgreSQL", e),
+        Err(e) => panic!("opening the PostgreSQL store failed: {e}"),
+    };
+    let peer = PostgresStore::open(&url).await.expect("open a second PostgreSQL handle");
+    Some(Fixture { store: Arc::new(store), peer: Some(Arc::new(peer)), _dir: None })
 }
 
 /// The Redis server the suite uses: `GODEL_TEST_REDIS_URL`, or the local default.
@@ -157,4 +214,5 @@ macro_rules! conformance {
 
 conformance!(memory => crate::conformance::memory);
 conformance!(sqlite => crate::conformance::sqlite);
+conformance!(postgres => crate::conformance::postgres);
 conformance!(redis => crate::conformance::redis);
