@@ -863,7 +863,13 @@ impl Inner {
             // A repeated key: the existing run, never a second one.
             return Ok(Some(match &run.final_frame {
                 Some((true, payload)) => payload.clone(),
-                Some((false, _)) | None => {
+                Some((false, error)) => {
+                    let frame = json!({"type": "res", "id": req, "ok": false, "error": error}).to_string();
+                    drop(state);
+                    self.send_to(conn, frame);
+                    return Ok(None);
+                }
+                None => {
                     json!({"runId": run_id, "sessionKey": run.session_key, "agentId": run.agent_id, "status": "in_flight"})
                 }
             }));

@@ -230,13 +230,15 @@ impl AgentSession for OpenclawSession {
                         generation = c.generation;
                         lost_at = None;
                         tracing::info!(run = %run.run_id, gateway = %shared.config.name, "reconnected; reconciling the run");
-                        if !run.accepted {
-                            // The gateway may never have seen the request; the same
-                            // idempotency key makes re-sending safe.
-                            responses = self.send_agent().ok();
-                        } else {
+                        if run.accepted {
                             waiter = self.send_wait_now(&run);
                         }
+                        // The final response of the first request is lost with its
+                        // connection. Re-sending under the same idempotency key
+                        // returns the existing run (or its cached result) rather
+                        // than starting a second one; only a gateway that lost the
+                        // run (a restart) starts it again, under the same run id.
+                        responses = self.send_agent().ok();
                         if abort_wanted {
                             self.send_abort(&run).await;
                         }
@@ -257,11 +259,11 @@ impl AgentSession for OpenclawSession {
                 }
                 () = sleep_until(settle_at) => {
                     self.drain(&mut run, &mut events, &output).await;
-                    return run.from_events();
+                    return run.by_events();
                 }
                 () = sleep_until(error_at) => {
                     self.drain(&mut run, &mut events, &output).await;
-                    return run.from_events();
+                    return run.by_events();
                 }
                 () = sleep_until(abort_at) => {
                     return Outcome::Failed {
@@ -322,7 +324,7 @@ impl OpenclawSession {
             }
             "error" => {
                 run.error.get_or_insert_with(|| str_at(p, "error").unwrap_or("the run failed").to_owned());
-                Some(run.from_events())
+                Some(run.by_events())
             }
             "timeout" => {
                 if str_at(p, "stopReason") == Some("aborted") {
@@ -378,7 +380,7 @@ impl RunState {
         match resp.result {
             Ok(p) => {
                 let status = str_at(&p, "status").unwrap_or("");
-                if status == "accepted" {
+                if matches!(status, "accepted" | "in_flight" | "started") {
                     self.accepted = true;
                     if let Some(id) = str_at(&p, "runId") {
                         self.run_id = id.to_owned();
@@ -543,7 +545,7 @@ impl RunState {
     }
 
     /// The outcome the events alone describe.
-    fn from_events(&self) -> Outcome {
+    fn by_events(&self) -> Outcome {
         if self.aborted {
             return aborted();
         }

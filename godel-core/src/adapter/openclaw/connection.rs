@@ -63,7 +63,7 @@ pub(crate) struct Status {
 #[derive(Clone, PartialEq, Debug, thiserror::Error)]
 pub(crate) enum RequestError {
     #[error("the gateway answered {0}")]
-    Gateway(GatewayError),
+    Gateway(Box<GatewayError>),
     #[error("the connection to the gateway is not ready")]
     NotReady,
     #[error("the connection to the gateway was lost before the answer")]
@@ -199,18 +199,19 @@ impl Shared {
         let mut rx = self.send(method, params)?;
         match tokio::time::timeout(timeout, rx.recv()).await {
             Ok(Some(Response { result: Ok(v), .. })) => Ok(v),
-            Ok(Some(Response { result: Err(e), .. })) => Err(RequestError::Gateway(e)),
+            Ok(Some(Response { result: Err(e), .. })) => Err(RequestError::Gateway(Box::new(e))),
             Ok(None) => Err(RequestError::Lost),
             Err(_) => Err(RequestError::Timeout(timeout)),
         }
     }
 
-    fn on_frame(&self, text: &str) -> Option<Duration> {
+    /// Handles a frame; returns whether it was a tick, and the reconnect delay a `shutdown` asked for.
+    fn on_frame(&self, text: &str) -> (bool, Option<Duration>) {
         let frame = match Incoming::parse(text) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(gateway = %self.config.name, error = %e, "ignoring a bad frame from the gateway");
-                return None;
+                return (false, None);
             }
         };
         match frame {
@@ -242,12 +243,13 @@ impl Shared {
                     let after = payload.get("restartExpectedMs").and_then(Value::as_u64).map(Duration::from_millis);
                     self.conn.send_modify(|c| c.ready = false);
                     self.set_state(GatewayState::Degraded, Some(format!("the gateway is shutting down: {reason}")));
-                    return Some(after.unwrap_or(self.config.timing.backoff_initial));
+                    return (false, Some(after.unwrap_or(self.config.timing.backoff_initial)));
                 }
+                "tick" => return (true, None),
                 _ => {}
             },
         }
-        None
+        (false, None)
     }
 
     fn lost(&self, message: String, state: GatewayState) {
@@ -543,7 +545,7 @@ impl Connection {
         shared.conn.send_replace(ConnState { generation, ready: true });
         let (mut sink, mut stream) = socket.split();
         let tick = hello.tick_interval;
-        let mut last_seen = Instant::now();
+        let (mut last_tick, mut last_pong) = (Instant::now(), Instant::now());
         let mut watchdog = tokio::time::interval_at(Instant::now() + tick / 2, tick / 2);
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry_after = None;
@@ -563,13 +565,17 @@ impl Connection {
                     None => return Lost { message: "stopped".into(), retry_after: None },
                 },
                 msg = stream.next() => {
-                    last_seen = Instant::now();
                     match msg {
                         Some(Ok(Message::Text(t))) => {
-                            if let Some(after) = shared.on_frame(t.as_str()) {
-                                retry_after = Some(after);
+                            let (tick, after) = shared.on_frame(t.as_str());
+                            if tick {
+                                last_tick = Instant::now();
+                            }
+                            if after.is_some() {
+                                retry_after = after;
                             }
                         }
+                        Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
                         Some(Ok(Message::Close(frame))) => {
                             let why = frame.map_or_else(|| "no close code".to_owned(), |f| format!("code {}", u16::from(f.code)));
                             return Lost { message: format!("the gateway closed the connection ({why})"), retry_after };
@@ -580,9 +586,11 @@ impl Connection {
                     }
                 }
                 _ = watchdog.tick() => {
-                    if last_seen.elapsed() > tick * 2 {
+                    // Ticks prove the gateway's event loop is alive; pongs prove the socket is.
+                    let silent = last_tick.elapsed().max(last_pong.elapsed());
+                    if silent > tick * 2 {
                         return Lost {
-                            message: format!("no tick from the gateway for {:?} (interval {tick:?}); reconnecting", last_seen.elapsed()),
+                            message: format!("no tick or pong from the gateway for {silent:?} (tick interval {tick:?}); reconnecting"),
                             retry_after: Some(Duration::ZERO),
                         };
                     }
