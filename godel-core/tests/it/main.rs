@@ -5,6 +5,7 @@
 mod conformance;
 mod engine;
 mod http_adapter;
+mod openclaw;
 mod postgres;
 mod redis;
 mod sqlite;
