@@ -4,14 +4,17 @@
 //! Every key is checked: an unknown key, a wrong type or a bad duration is an
 //! error that names the key (and, for the file, the line).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use godel_core::adapter::{Cleanup, ProcessAdapter, ProcessConfig, WorkDir};
-use godel_core::{AgentConfig, AgentId, AgentKind, Backoff, EngineConfig, SchedulingPolicy};
+use godel_core::adapter::{Cleanup, HttpAdapter, HttpConfig, Price, ProcessAdapter, ProcessConfig, WorkDir};
+use godel_core::engine::{Budget, Budgets, format_micros, micros_from_units};
+use godel_core::adapter::openclaw::{Autostart, GatewayAuth, GatewayConfig};
+use godel_core::{AgentConfig, AgentId, AgentKind, Backoff, EngineConfig, SchedulingPolicy, TenantId};
 use serde::Deserialize;
 
 /// Where the server listens unless configured otherwise.
@@ -59,6 +62,10 @@ pub struct ServerConfig {
     pub agents: Vec<AgentConfig>,
     /// Events kept for WebSocket clients that reconnect with `since`.
     pub replay_window: usize,
+    /// OpenClaw gateways (`[[gateways]]`), one engine agent each.
+    pub gateways: Vec<GatewayConfig>,
+    /// Where Godel keeps state such as its OpenClaw device key (`state_dir`, default `.godel`).
+    pub state_dir: PathBuf,
 }
 
 /// The file's shape. All keys are optional.
@@ -74,11 +81,19 @@ struct File {
     events: EventsFile,
     #[serde(default)]
     agents: Vec<AgentFile>,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    gateways: Vec<GatewayFile>,
+    #[serde(default)]
+    prices: BTreeMap<String, PriceFile>,
+    #[serde(default)]
+    budgets: BudgetsFile,
 }
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct EngineFile {
+    node: Option<String>,
     policy: Option<String>,
     lease: Option<String>,
     heartbeat_interval: Option<String>,
@@ -120,6 +135,15 @@ struct AgentFile {
     region: Option<String>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, String>,
+    /// `process` (default) or `http`; the keys below are for `http`.
+    kind: Option<String>,
+    url: Option<String>,
+    api_key_env: Option<String>,
+    models: Option<Vec<String>>,
+    stream: Option<bool>,
+    system_prompt: Option<String>,
+    request_timeout: Option<String>,
+    max_retry_after: Option<String>,
 }
 
 impl ServerConfig {
@@ -154,6 +178,9 @@ impl ServerConfig {
 
         let e = file.engine;
         let mut engine = EngineConfig::default();
+        if let Some(node) = env("GODEL_NODE").or(e.node) {
+            engine.node = node;
+        }
         let policy = env("GODEL_POLICY").or(e.policy);
         if let Some(p) = policy {
             engine.policy =
@@ -200,18 +227,24 @@ impl ServerConfig {
             backoff.jitter = j;
         }
         engine.backoff = backoff;
+        engine.budgets = budgets(&file.budgets)?;
         engine.validate().map_err(|err| anyhow!("invalid engine.{}: {}", err.field, err.reason))?;
+        let prices = prices(&file.prices)?;
+        let budgeted = engine.budgets != Budgets::default();
+        let http = HttpContext { prices: &prices, budgeted, env };
 
         let agents = if file.agents.is_empty() {
             vec![default_agent()?]
         } else {
-            file.agents.into_iter().enumerate().map(|(i, a)| agent(i, a)).collect::<anyhow::Result<_>>()?
+            file.agents.into_iter().enumerate().map(|(i, a)| agent(i, a, &http)).collect::<anyhow::Result<_>>()?
         };
         let replay_window = file.events.replay_window.unwrap_or(10_000);
         if replay_window == 0 {
             bail!("invalid events.replay_window: expected at least 1");
         }
-        Ok(Self { bind, store_url, log_format, engine, agents, replay_window })
+        let state_dir = env("GODEL_STATE_DIR").map(PathBuf::from).or(file.state_dir).unwrap_or_else(|| ".godel".into());
+        let gateways = gateways(file.gateways, env)?;
+        Ok(Self { bind, store_url, log_format, engine, agents, replay_window, gateways, state_dir })
     }
 }
 
@@ -233,9 +266,14 @@ fn default_agent() -> anyhow::Result<AgentConfig> {
     Ok(AgentConfig::new(AgentId::new("local")?, AgentKind::Process, Arc::new(adapter)).capacity(slots))
 }
 
-fn agent(index: usize, a: AgentFile) -> anyhow::Result<AgentConfig> {
+fn agent(index: usize, a: AgentFile, http: &HttpContext<'_>) -> anyhow::Result<AgentConfig> {
     let key = |field: &str| format!("agents[{index}].{field}");
     let id = AgentId::new(&a.id).map_err(|e| anyhow!("invalid {}: {}", key("id"), e.reason))?;
+    match a.kind.as_deref() {
+        None | Some("process") => only_for_http(index, &a)?,
+        Some("http") => return http_agent(index, id, a, http),
+        Some(other) => bail!("invalid {}: expected process or http, got {other:?}", key("kind")),
+    }
     let cleanup = match a.cleanup.as_deref() {
         None | Some("always") => Cleanup::Always,
         Some("on-success") => Cleanup::OnSuccess,
@@ -270,6 +308,250 @@ fn agent(index: usize, a: AgentFile) -> anyhow::Result<AgentConfig> {
     Ok(config)
 }
 
+/// A model's prices in the file: currency units per million tokens.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct PriceFile {
+    input_per_million: f64,
+    output_per_million: f64,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct BudgetsFile {
+    default: Option<BudgetFile>,
+    #[serde(default)]
+    tenants: BTreeMap<String, BudgetFile>,
+}
+
+/// A budget in the file: currency units per calendar month.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct BudgetFile {
+    soft: Option<f64>,
+    hard: Option<f64>,
+}
+
+/// What building an http agent needs besides its own keys.
+struct HttpContext<'a> {
+    prices: &'a BTreeMap<String, Price>,
+    /// Budgets are set, so every model needs a price.
+    budgeted: bool,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// An amount in currency units from the file, in micros.
+fn money(key: &str, units: f64) -> anyhow::Result<u64> {
+    micros_from_units(units).ok_or_else(|| {
+        anyhow!("invalid {key}: expected a non-negative amount with at most 6 decimals (a micro), got {units}")
+    })
+}
+
+fn prices(file: &BTreeMap<String, PriceFile>) -> anyhow::Result<BTreeMap<String, Price>> {
+    file.iter()
+        .map(|(model, p)| {
+            let key = |field: &str| format!("prices.{model:?}.{field}");
+            let price = Price {
+                input_per_million: money(&key("input_per_million"), p.input_per_million)?,
+                output_per_million: money(&key("output_per_million"), p.output_per_million)?,
+            };
+            Ok((model.clone(), price))
+        })
+        .collect()
+}
+
+fn budgets(file: &BudgetsFile) -> anyhow::Result<Budgets> {
+    let budget = |key: &str, b: &BudgetFile| -> anyhow::Result<Budget> {
+        let soft = b.soft.map(|v| money(&format!("{key}.soft"), v)).transpose()?;
+        let hard = b.hard.map(|v| money(&format!("{key}.hard"), v)).transpose()?;
+        if let (Some(soft), Some(hard)) = (soft, hard) {
+            if soft > hard {
+                bail!(
+                    "invalid {key}: soft ({}) is above hard ({}); the soft limit warns before the hard one refuses",
+                    format_micros(soft),
+                    format_micros(hard)
+                );
+            }
+        }
+        Ok(Budget { soft, hard })
+    };
+    let mut budgets = Budgets::default();
+    if let Some(default) = &file.default {
+        budgets.default = budget("budgets.default", default)?;
+    }
+    for (tenant, b) in &file.tenants {
+        let key = format!("budgets.tenants.{tenant:?}");
+        let id = TenantId::new(tenant).map_err(|e| anyhow!("invalid {key}: {}", e.reason))?;
+        budgets.tenants.insert(id, budget(&key, b)?);
+    }
+    Ok(budgets)
+}
+
+/// Refuses the http-only keys on a process agent.
+fn only_for_http(index: usize, a: &AgentFile) -> anyhow::Result<()> {
+    let set = [
+        ("url", a.url.is_some()),
+        ("api_key_env", a.api_key_env.is_some()),
+        ("models", a.models.is_some()),
+        ("stream", a.stream.is_some()),
+        ("system_prompt", a.system_prompt.is_some()),
+        ("request_timeout", a.request_timeout.is_some()),
+        ("max_retry_after", a.max_retry_after.is_some()),
+    ];
+    match set.iter().find(|(_, set)| *set) {
+        Some((field, _)) => bail!("invalid agents[{index}].{field}: only agents with kind = \"http\" take it"),
+        None => Ok(()),
+    }
+}
+
+/// An agent of kind `http`: an OpenAI-compatible endpoint and its chain of models.
+fn http_agent(index: usize, id: AgentId, a: AgentFile, http: &HttpContext<'_>) -> anyhow::Result<AgentConfig> {
+    let key = |field: &str| format!("agents[{index}].{field}");
+    let process_only = [
+        ("command", a.command.is_some()),
+        ("isolation", a.isolation.is_some()),
+        ("workdir", a.workdir.is_some()),
+        ("repo", a.repo.is_some()),
+        ("cleanup", a.cleanup.is_some()),
+        ("env", !a.env.is_empty()),
+    ];
+    if let Some((field, _)) = process_only.iter().find(|(_, set)| *set) {
+        bail!("invalid {}: agents with kind = \"http\" run no process", key(field));
+    }
+    let url = a.url.ok_or_else(|| anyhow!("{} is required with kind = \"http\"", key("url")))?;
+    let models = a.models.ok_or_else(|| anyhow!("{} is required with kind = \"http\"", key("models")))?;
+    let mut config = HttpConfig::new(url, models);
+    if let Some(var) = a.api_key_env {
+        let value = (http.env)(&var).filter(|v| !v.is_empty());
+        let value = value.ok_or_else(|| {
+            anyhow!("invalid {}: the environment variable {var} is not set (it holds the API key)", key("api_key_env"))
+        })?;
+        config.api_key = Some(value);
+    }
+    if let Some(stream) = a.stream {
+        config.stream = stream;
+    }
+    config.system_prompt = a.system_prompt;
+    if let Some(t) = a.request_timeout {
+        config.request_timeout = duration(&key("request_timeout"), &t)?;
+    }
+    if let Some(t) = a.max_retry_after {
+        config.max_retry_after = duration(&key("max_retry_after"), &t)?;
+    }
+    for model in &config.models {
+        match http.prices.get(model) {
+            Some(price) => {
+                config.prices.insert(model.clone(), *price);
+            }
+            None if http.budgeted => bail!(
+                "invalid {}: model {model:?} has no [prices.{model:?}] entry, and budgets are set: its spend could not be counted",
+                key("models")
+            ),
+            None => {}
+        }
+    }
+    let adapter = HttpAdapter::new(config).map_err(|e| anyhow!("invalid {}: {}", key(e.field), e.reason))?;
+    let mut agent = AgentConfig::new(id, AgentKind::Http, Arc::new(adapter));
+    agent.name = a.name.unwrap_or_else(|| a.id.clone());
+    agent.capabilities = a.capabilities;
+    agent.max_capacity = a.capacity.unwrap_or(1);
+    agent.region = a.region;
+    if let Some(t) = a.default_timeout {
+        agent.default_timeout = Some(duration(&key("default_timeout"), &t)?);
+    }
+    Ok(agent)
+}
+
+/// One `[[gateways]]` entry: an OpenClaw gateway (see docs/openclaw.md).
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    name: String,
+    url: String,
+    token: Option<String>,
+    token_env: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    #[serde(default)]
+    agents: Vec<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    max_sessions: Option<u32>,
+    region: Option<String>,
+    autostart: Option<AutostartFile>,
+    connect_timeout: Option<String>,
+    reconnect_max: Option<String>,
+    reconcile_timeout: Option<String>,
+    abort_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct AutostartFile {
+    command: Vec<String>,
+    probe_initial: Option<String>,
+    probe_max: Option<String>,
+}
+
+fn gateways(files: Vec<GatewayFile>, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Vec<GatewayConfig>> {
+    let mut out: Vec<GatewayConfig> = Vec::new();
+    for (i, g) in files.into_iter().enumerate() {
+        let key = |field: &str| format!("gateways[{i}].{field}");
+        let secret = |value: Option<String>, var: Option<String>, field: &str| -> anyhow::Result<Option<String>> {
+            match (value, var) {
+                (Some(_), Some(_)) => bail!("invalid {}: give {field} or {field}_env, not both", key(field)),
+                (Some(v), None) => Ok(Some(v)),
+                (None, Some(var)) => match env(&var) {
+                    Some(v) if !v.is_empty() => Ok(Some(v)),
+                    _ => bail!("invalid {}: the environment variable {var} is not set", key(&format!("{field}_env"))),
+                },
+                (None, None) => Ok(None),
+            }
+        };
+        let auth = match (secret(g.token, g.token_env, "token")?, secret(g.password, g.password_env, "password")?) {
+            (Some(_), Some(_)) => bail!("invalid {}: give a token or a password, not both", key("token")),
+            (Some(t), None) => GatewayAuth::Token(t),
+            (None, Some(p)) => GatewayAuth::Password(p),
+            (None, None) => GatewayAuth::None,
+        };
+        let mut config = GatewayConfig::new(g.name, g.url);
+        config.auth = auth;
+        config.agents = g.agents;
+        config.capabilities = g.capabilities;
+        config.region = g.region;
+        if let Some(n) = g.max_sessions {
+            config.max_sessions = n;
+        }
+        let t = &mut config.timing;
+        let durations = [
+            ("connect_timeout", g.connect_timeout, &mut t.connect_timeout),
+            ("reconnect_max", g.reconnect_max, &mut t.backoff_max),
+            ("reconcile_timeout", g.reconcile_timeout, &mut t.reconcile_timeout),
+            ("abort_timeout", g.abort_timeout, &mut t.abort_timeout),
+        ];
+        for (field, value, slot) in durations {
+            if let Some(v) = value {
+                *slot = duration(&key(field), &v)?;
+            }
+        }
+        if let Some(a) = g.autostart {
+            if let Some(v) = a.probe_initial {
+                config.timing.backoff_initial = duration(&key("autostart.probe_initial"), &v)?;
+            }
+            if let Some(v) = a.probe_max {
+                config.timing.backoff_max = duration(&key("autostart.probe_max"), &v)?;
+            }
+            config.autostart = Some(Autostart { command: a.command });
+        }
+        config.validate().map_err(|e| anyhow!("invalid {}: {}", key(e.field), e.reason))?;
+        if out.iter().any(|o| o.name == config.name) {
+            bail!("invalid {}: a gateway named {:?} is configured twice", key("name"), config.name);
+        }
+        out.push(config);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +578,31 @@ mod tests {
     }
 
     #[test]
+    fn gateways_are_parsed_and_checked() {
+        let env = |k: &str| (k == "OC_TOKEN").then(|| "secret".to_owned());
+        let text = "[[gateways]]\nname = \"home\"\nurl = \"ws://127.0.0.1:18789\"\ntoken_env = \"OC_TOKEN\"\n\
+                    agents = [\"main\", \"coder\"]\nmax_sessions = 20\nregion = \"eu\"\nreconcile_timeout = \"10s\"\n\
+                    autostart = { command = [\"openclaw\", \"gateway\", \"run\"], probe_max = \"5s\" }";
+        let config = ServerConfig::from_toml(text, &env).unwrap();
+        let g = &config.gateways[0];
+        assert_eq!(g.auth, GatewayAuth::Token("secret".into()));
+        assert_eq!(g.capacity(), 18);
+        assert_eq!(g.timing.reconcile_timeout, Duration::from_secs(10));
+        assert_eq!(g.timing.backoff_max, Duration::from_secs(5));
+        assert_eq!(g.routing_capabilities(), ["agent:coder", "agent:main", "region:eu"]);
+        assert_eq!(config.state_dir, PathBuf::from(".godel"));
+        let err = |text: &str| ServerConfig::from_toml(text, &no_env).unwrap_err().to_string();
+        let one = "[[gateways]]\nname = \"a\"\nurl = \"ws://127.0.0.1:1\"\n";
+        assert!(err("[[gateways]]\nname = \"a\"\nurl = \"http://x\"").contains("gateways[0].url"));
+        assert!(err(&format!("{one}tokn = \"x\"")).contains("unknown field `tokn`"));
+        assert!(err(&format!("{one}token_env = \"NOPE\"")).contains("gateways[0].token_env"));
+        assert!(err(&format!("{one}token = \"a\"\npassword = \"b\"")).contains("gateways[0].token"));
+        assert!(err(&format!("{one}max_sessions = 0")).contains("gateways[0].max_sessions"));
+        assert!(err(&format!("{one}{one}")).contains("gateways[1].name"));
+        assert!(err(&format!("{one}reconnect_max = \"soon\"")).contains("gateways[0].reconnect_max"));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let err = |text: &str| ServerConfig::from_toml(text, &no_env).unwrap_err().to_string();
         assert!(err("bnd = \"x\"").contains("unknown field `bnd`"));
@@ -307,5 +614,67 @@ mod tests {
         assert!(err("[[agents]]\nid = \"a\"\nisolation = \"worktree\"").contains("agents[0].repo"));
         assert!(err("bind = \"localhost\"").contains("invalid bind"));
         assert!(err("[engine]\nmax_output_bytes = \"big\"").contains("max_output_bytes"));
+    }
+
+    const HTTP_AGENT: &str = "[[agents]]\nid = \"llm\"\nkind = \"http\"\nurl = \"http://127.0.0.1:8080/v1\"\n\
+                              models = [\"gpt-a\", \"gpt-b\"]\n";
+
+    #[test]
+    fn http_agents_prices_and_budgets() {
+        let env = |k: &str| (k == "LLM_KEY").then(|| "sk-from-env".to_owned());
+        let text = format!(
+            "{HTTP_AGENT}api_key_env = \"LLM_KEY\"\nstream = false\nsystem_prompt = \"Be brief.\"\n\
+             request_timeout = \"20s\"\nmax_retry_after = \"2s\"\ncapacity = 8\n\
+             [prices.\"gpt-a\"]\ninput_per_million = 2.5\noutput_per_million = 10\n\
+             [prices.\"gpt-b\"]\ninput_per_million = 0.15\noutput_per_million = 0.6\n\
+             [budgets]\ndefault = {{ soft = 10.0, hard = 20.0 }}\n\
+             [budgets.tenants.\"acme\"]\nhard = 100.000001\n"
+        );
+        let config = ServerConfig::from_toml(&text, &env).unwrap();
+        let agent = &config.agents[0];
+        assert_eq!((agent.kind, agent.max_capacity), (AgentKind::Http, 8));
+        let budgets = &config.engine.budgets;
+        assert_eq!(budgets.default, Budget { soft: Some(10_000_000), hard: Some(20_000_000) });
+        let acme = TenantId::new("acme").unwrap();
+        assert_eq!(budgets.tenants[&acme], Budget { soft: None, hard: Some(100_000_001) });
+        let debug = format!("{:?}", agent.adapter);
+        assert!(!debug.contains("sk-from-env"), "the key stays out of logs: {debug}");
+        assert!(debug.contains("input_per_million: 150000") && debug.contains("output_per_million: 10000000"));
+        assert!(debug.contains("stream: false") && debug.contains("max_retry_after: 2s"), "{debug}");
+        // Without budgets a model may go unpriced.
+        assert!(ServerConfig::from_toml(HTTP_AGENT, &no_env).is_ok());
+    }
+
+    #[test]
+    fn http_and_budget_errors_name_the_key() {
+        let err = |text: &str| ServerConfig::from_toml(text, &no_env).unwrap_err().to_string();
+        let prices = "[prices.\"gpt-a\"]\ninput_per_million = 1\noutput_per_million = 1\n\
+                      [prices.\"gpt-b\"]\ninput_per_million = 1\noutput_per_million = 1\n";
+        assert!(err("[[agents]]\nid = \"a\"\nkind = \"gpu\"").contains("agents[0].kind"));
+        assert!(err("[[agents]]\nid = \"a\"\nkind = \"http\"\nmodels = [\"m\"]").contains("agents[0].url"));
+        assert!(err("[[agents]]\nid = \"a\"\nkind = \"http\"\nurl = \"http://x/v1\"").contains("agents[0].models"));
+        assert!(err("[[agents]]\nid = \"a\"\nurl = \"http://x/v1\"").contains("agents[0].url"));
+        assert!(err(&format!("{HTTP_AGENT}command = [\"x\"]")).contains("agents[0].command"));
+        assert!(err(&format!("{HTTP_AGENT}api_key_env = \"NOPE\"")).contains("agents[0].api_key_env"));
+        assert!(err(&format!("{HTTP_AGENT}request_timeout = \"0s\"")).contains("agents[0].request_timeout"));
+        assert!(err(&format!("{HTTP_AGENT}request_timeout = \"soon\"")).contains("agents[0].request_timeout"));
+        assert!(err(&HTTP_AGENT.replace("http://127.0.0.1:8080/v1", "ftp://x")).contains("agents[0].url"));
+        assert!(err(&HTTP_AGENT.replace("\"gpt-b\"", "\"\"")).contains("agents[0].models"));
+        assert!(err(&format!("{HTTP_AGENT}stream = \"yes\"")).contains("stream"));
+        let negative = "[prices.\"gpt-x\"]\ninput_per_million = -1\noutput_per_million = 1\n";
+        assert!(err(negative).contains("prices.\"gpt-x\".input_per_million"));
+        let fine = "[prices.\"gpt-x\"]\ninput_per_million = 1\noutput_per_million = 0.0000001\n";
+        assert!(err(fine).contains("prices.\"gpt-x\".output_per_million"));
+        assert!(err("[prices.\"gpt-x\"]\ninput_per_million = 1\n").contains("output_per_million"));
+        assert!(err("[prices.\"gpt-x\"]\ninput = 1\n").contains("unknown field `input`"));
+        assert!(err("[budgets]\ndefault = { soft = 30.0, hard = 20.0 }").contains("budgets.default"));
+        assert!(err("[budgets]\ndefault = { hard = -2 }").contains("budgets.default.hard"));
+        assert!(err("[budgets]\ndefault = { sfot = 1 }").contains("unknown field `sfot`"));
+        assert!(err("[budgets.tenants.\"a b\"]\nhard = 1").contains("budgets.tenants.\"a b\""));
+        assert!(err("[budgets.tenants.\"acme\"]\nsoft = 2\nhard = 1").contains("budgets.tenants.\"acme\""));
+        // Budgets need every model priced, or spend would go uncounted.
+        let budgeted = format!("{HTTP_AGENT}[budgets]\ndefault = {{ hard = 1 }}\n");
+        assert!(err(&budgeted).contains("agents[0].models") && err(&budgeted).contains("gpt-a"));
+        assert!(ServerConfig::from_toml(&format!("{budgeted}{prices}"), &no_env).is_ok());
     }
 }

@@ -6,6 +6,7 @@
 //! on a fixed sleep.
 
 mod cancel;
+mod cluster;
 mod errors;
 mod events;
 mod harness;
