@@ -47,6 +47,10 @@ pub(crate) struct AppState {
     connections: TaskTracker,
     /// Remote workers connected to this node.
     workers: workers::Workers,
+    /// The OpenClaw gateways (`[[gateways]]`), when any are configured: list
+    /// them with `OpenclawRegistry::list`, add or remove them at runtime with
+    /// `attach` / `detach`.
+    gateways: Option<Arc<godel_core::adapter::OpenclawRegistry>>,
 }
 
 const STARTING: u8 = 0;
@@ -91,6 +95,21 @@ pub async fn run(
     for agent in config.agents.clone() {
         builder = builder.agent(agent);
     }
+    // One engine agent per OpenClaw gateway; the registry owns their connections.
+    let gateways = if config.gateways.is_empty() {
+        None
+    } else {
+        let device = godel_core::adapter::DeviceIdentity::load_or_create(&config.state_dir)
+            .context("cannot prepare Godel's OpenClaw device identity")?;
+        let registry = Arc::new(godel_core::adapter::OpenclawRegistry::new(device));
+        for gateway in config.gateways.clone() {
+            let name = gateway.name.clone();
+            let agent = registry.add(gateway).with_context(|| format!("invalid gateway {name}"))?;
+            builder = builder.agent(agent);
+        }
+        tracing::info!(gateways = config.gateways.len(), device = registry.device_id(), "openclaw gateways configured");
+        Some(registry)
+    };
     let orchestrator = builder.build().context("invalid engine configuration")?;
     let state = Arc::new(AppState {
         orchestrator: orchestrator.clone(),
@@ -102,6 +121,7 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         connections: TaskTracker::new(),
         workers: workers::Workers::default(),
+        gateways,
     });
 
     let log_state = state.clone();
@@ -158,6 +178,9 @@ pub async fn run(
             Ok(Err(e)) => tracing::error!(error = %e, "shutdown"),
             Err(e) => tracing::error!(error = %e, "a server task panicked"),
         }
+    }
+    if let Some(gateways) = &state.gateways {
+        gateways.shutdown().await;
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "godel-server stopped");
     match failure {

@@ -226,7 +226,7 @@ async fn pairing_required_tells_the_operator_then_works_once_approved() {
     fleet.two_health_checks("remote").await;
     assert_eq!(fleet.agent_status("remote"), AgentStatus::Error);
     assert_eq!(fleet.task(id).await.status, TaskStatus::Pending, "the task waits, neither failed nor lost");
-    assert!(fleet.registry.queue_reasons().iter().any(|r| r.contains("openclaw devices approve")));
+    assert!(fleet.registry.queue_reasons(1).iter().any(|r| r.contains("openclaw devices approve")));
     assert!(fake.approve(&requests[0]));
     let task = fleet.settled(id).await;
     assert_eq!(task.status, TaskStatus::Completed, "{:?}", task.error);
@@ -413,7 +413,7 @@ async fn backpressure_every_gateway_full_leaves_tasks_queued() {
     }
     assert_eq!(pending, 2, "two tasks wait in the queue");
     assert_eq!(a.active_runs() + b.active_runs(), 4);
-    let reasons = fleet.registry.queue_reasons();
+    let reasons = fleet.registry.queue_reasons(2);
     assert!(reasons.iter().any(|r| r.contains("all 2 openclaw gateways are at capacity")), "{reasons:?}");
     for id in &ids {
         fleet.orchestrator.cancel(*id).await.unwrap();

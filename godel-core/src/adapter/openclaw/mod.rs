@@ -162,7 +162,7 @@ impl GatewayConfig {
 
     /// Sessions Godel opens at most: 90% of the limit, rounded down, at least 1.
     pub fn capacity(&self) -> u32 {
-        ((f64::from(self.max_sessions) * BACKPRESSURE).floor() as u32).max(1)
+        capacity(self.max_sessions)
     }
 
     /// The capabilities the engine routes by.
@@ -297,6 +297,10 @@ pub struct GatewaySnapshot {
     pub default_agent: Option<String>,
 }
 
+fn capacity(max_sessions: u32) -> u32 {
+    ((f64::from(max_sessions) * BACKPRESSURE).floor() as u32).max(1)
+}
+
 fn snapshot(shared: &Shared) -> GatewaySnapshot {
     let cfg = &shared.config;
     let status = shared.status();
@@ -407,32 +411,27 @@ impl OpenclawRegistry {
         self.device.id()
     }
 
-    /// Why queued tasks may be waiting on gateways, in words (for queue health):
-    /// every gateway full, or some down or unusable with the operator's action.
-    pub fn queue_reasons(&self) -> Vec<String> {
+    /// Why queued tasks may be waiting on gateways, in words (for queue
+    /// health): every gateway at capacity while `ready_tasks` wait, or
+    /// gateways down or unusable, with what the operator must do.
+    pub fn queue_reasons(&self, ready_tasks: u64) -> Vec<String> {
         let all = self.list();
-        if all.is_empty() {
-            return Vec::new();
-        }
         let mut reasons = Vec::new();
         let ready: Vec<&GatewaySnapshot> = all.iter().filter(|g| g.state == GatewayState::Ready).collect();
-        let full = ready
-            .iter()
-            .filter(|g| {
-                let cap =
-                    GatewayConfig { max_sessions: g.max_sessions, ..GatewayConfig::new("x", "ws://x") }.capacity();
-                g.current_sessions >= cap
-            })
-            .count();
-        if !ready.is_empty() && full == ready.len() {
+        let full = ready.iter().filter(|g| g.current_sessions >= capacity(g.max_sessions)).count();
+        if ready_tasks > 0 && !ready.is_empty() && full == ready.len() {
             reasons.push(if ready.len() == all.len() {
-                format!("all {} openclaw gateways are at capacity (90% of their session limit)", all.len())
+                format!(
+                    "all {} openclaw gateways are at capacity (90% of their session limit); {ready_tasks} ready tasks wait",
+                    all.len()
+                )
             } else {
-                format!("every ready openclaw gateway ({} of {}) is at capacity", ready.len(), all.len())
+                format!(
+                    "every ready openclaw gateway ({} of {}) is at capacity; {ready_tasks} ready tasks wait",
+                    ready.len(),
+                    all.len()
+                )
             });
-        }
-        if ready.is_empty() {
-            reasons.push(format!("no openclaw gateway is ready ({} configured)", all.len()));
         }
         for g in all.iter().filter(|g| g.state != GatewayState::Ready) {
             let why = g.message.clone().unwrap_or_else(|| "connecting".into());
