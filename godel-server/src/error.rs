@@ -16,6 +16,7 @@ use warp::{Rejection, Reply};
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Code {
     InvalidRequest,
+    Forbidden,
     NotFound,
     Conflict,
     InternalError,
@@ -26,6 +27,7 @@ impl Code {
     fn status(self) -> StatusCode {
         match self {
             Code::InvalidRequest => StatusCode::BAD_REQUEST,
+            Code::Forbidden => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::Conflict => StatusCode::CONFLICT,
             Code::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,6 +97,8 @@ impl From<StoreError> for ApiError {
             }
             StoreError::InvalidInput(e) => e.into(),
             StoreError::Unavailable { .. } => ApiError::new(Code::ServiceUnavailable, e.to_string()),
+            // Retrying does not help until the budget is raised or the month ends.
+            StoreError::BudgetExceeded { .. } => ApiError::new(Code::Forbidden, e.to_string()),
             other => ApiError::new(Code::InternalError, other.to_string()),
         }
     }

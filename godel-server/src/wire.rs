@@ -388,6 +388,9 @@ pub(crate) fn event_json(published: &Published) -> Value {
         EventKind::SessionClosed { session, state } => json!({"session_id": session.to_string(), "state": state}),
         EventKind::SessionError { session, message } => json!({"session_id": session.to_string(), "message": message}),
         EventKind::System { message, .. } => json!({"message": message}),
+        EventKind::BudgetExceeded { period, spent_micros, limit_micros, hard } => json!({
+            "period": period, "spent_micros": spent_micros, "limit_micros": limit_micros, "hard": hard,
+        }),
         _ => json!({}),
     };
     json!({"seq": published.seq, "type": event.kind.name(), "at": ts(event.at), "data": data})

@@ -2,5 +2,6 @@
 //! Each test starts its own server in-process on a free port with a fresh
 //! store (see `support`).
 
+mod budgets;
 mod openapi;
 mod support;
