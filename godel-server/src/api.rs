@@ -63,7 +63,15 @@ pub(crate) fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
                 .into_response()
         },
     );
-    v1.or(legacy).unify().or(health).unify().or(metrics).unify().or(openapi).unify().or(events).unify().boxed()
+    // Only under /api/v1: workers are new, so the deprecated /api alias never had them.
+    let workers = warp::path!("api" / "v1" / "workers" / "connect").and(warp::ws()).and(with(state.clone())).map(
+        |ws: warp::ws::Ws, state: Arc<AppState>| -> Response {
+            let tracker = state.connections.clone();
+            ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state))).into_response()
+        },
+    );
+    let routes = workers.or(v1).unify().or(legacy).unify().or(health).unify().or(metrics).unify();
+    routes.or(openapi).unify().or(events).unify().boxed()
 }
 
 fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
@@ -121,12 +129,6 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .then(|id, s| respond(agent_heartbeat(s, id)));
     let drain =
         warp::path!("agents" / String / "drain").and(warp::post()).and(s()).then(|id, s| respond(drain_agent(s, id)));
-    let workers = warp::path!("workers" / "connect").and(warp::ws()).and(s()).map(
-        |ws: warp::ws::Ws, state: Arc<AppState>| -> Response {
-            let tracker = state.connections.clone();
-            ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state))).into_response()
-        },
-    );
 
     let sessions =
         warp::path!("sessions").and(warp::get()).and(s()).and(raw_query()).then(|s, q| respond(list_sessions(s, q)));
@@ -142,7 +144,7 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let queue = depth.or(queue_health).unify();
     let dlq = dlq_replay_bulk.or(dlq_export).unify().or(dlq_list).unify().or(dlq_replay_one).unify();
     let agents = agents.or(register).unify().or(heartbeat).unify().or(drain).unify().or(agent).unify();
-    let agents = agents.or(deregister).unify().or(workers).unify();
+    let agents = agents.or(deregister).unify();
     let sessions = sessions.or(terminate).unify().or(session).unify();
     tasks.or(queue).unify().or(dlq).unify().or(agents).unify().or(sessions).unify().boxed()
 }

@@ -69,6 +69,7 @@ async fn the_document_matches_the_server() {
 
     scenario(&mut api).await;
     events(&mut api).await;
+    workers(&mut api).await;
     api.probe_undocumented().await;
 
     // Every documented operation answered a real request with success.
@@ -115,8 +116,11 @@ async fn scenario(api: &mut Api<'_>) {
     api.call(POST, "/api/v1/agents/extra-1/heartbeat", None, 204).await;
     api.call(POST, "/api/v1/agents/ghost/heartbeat", None, 404).await;
     api.call(POST, "/api/v1/agents/a%20b/heartbeat", None, 400).await;
+    api.call(POST, "/api/v1/agents/ghost/drain", None, 404).await;
+    api.call(POST, "/api/v1/agents/a%20b/drain", None, 400).await;
+    let drained = api.call(POST, "/api/v1/agents/minimal/drain", None, 202).await;
+    assert_eq!((drained["draining"].as_bool(), drained["worker"].as_bool()), (Some(true), Some(false)));
     api.call(DELETE, "/api/v1/agents/extra-1", None, 204).await;
-    api.call(DELETE, "/api/v1/agents/minimal", None, 204).await;
     api.call(DELETE, "/api/v1/agents/extra-1", None, 404).await;
     api.call(DELETE, "/api/v1/agents/a%20b", None, 400).await;
     api.call(GET, "/api/v1/agents", None, 200).await;
@@ -392,6 +396,23 @@ async fn events(api: &mut Api<'_>) {
     for message in &messages {
         api.spec.validate(&schema, message, "a message on /events");
     }
+}
+
+/// `/api/v1/workers/connect`: the upgrade, a hello and its welcome.
+async fn workers(api: &mut Api<'_>) {
+    // Without the upgrade headers: 400. (No deprecated /api alias: workers came after it.)
+    let exchange = api.send(Method::GET, "/api/v1/workers/connect", None).await;
+    assert_eq!(exchange.status, 400, "{}", exchange.describe());
+    api.spec.check(&exchange);
+    let (mut ws, response) = tokio_tungstenite::connect_async(api.server.ws_url("/api/v1/workers/connect"))
+        .await
+        .expect("a WebSocket");
+    api.spec.validate_response("GET", "/api/v1/workers/connect", response.status().as_u16(), &Value::Null);
+    let hello = json!({"type": "hello", "name": "spec-worker", "concurrency": 1, "version": "test"});
+    ws.send(Message::text(hello.to_string())).await.expect("send hello");
+    let welcome = next_json(&mut ws).await;
+    assert_eq!((welcome["type"].as_str(), welcome["agent"].as_str()), (Some("welcome"), Some("spec-worker")));
+    ws.send(Message::text(json!({"type": "bye"}).to_string())).await.expect("send bye");
 }
 
 /// The next text frame on a WebSocket, as JSON.
