@@ -580,10 +580,11 @@ async fn agents(client: &Client, json: bool) -> CliResult {
                 format!("{}/{}", a.current_load, a.max_capacity),
                 if a.capabilities.is_empty() { "-".into() } else { a.capabilities.join(",") },
                 a.last_heartbeat.map_or_else(|| "-".into(), age),
+                a.node.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    output::out(&table(&["ID", "KIND", "STATUS", "LOAD", "CAPABILITIES", "HEARTBEAT"], &rows));
+    output::out(&table(&["ID", "KIND", "STATUS", "LOAD", "CAPABILITIES", "HEARTBEAT", "NODE"], &rows));
     Ok(())
 }
 
