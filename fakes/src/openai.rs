@@ -65,6 +65,12 @@ pub enum Reply {
     /// then never finishes; the request is counted as cancelled when the
     /// client drops it.
     Stall,
+    /// Sends this text's deltas (or the first half of a plain answer) and
+    /// ends the body early: no finishing chunk, no `[DONE]`.
+    Cut {
+        /// What gets through.
+        text: String,
+    },
 }
 
 impl Reply {
@@ -266,6 +272,21 @@ impl State {
                         "usage": usage,
                     });
                     json_response(StatusCode::OK, &body)
+                }
+            }
+            Reply::Cut { text } => {
+                if request.stream {
+                    let mut events = stream_events(&request.model, &text, None);
+                    events.truncate(events.len() - 2);
+                    let split = *self.split.lock().unwrap_or_else(PoisonError::into_inner);
+                    sse_response(Body::wrap_stream(futures::stream::iter(split_events(events, split))))
+                } else {
+                    let whole = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]});
+                    let mut whole = whole.to_string().into_bytes();
+                    whole.truncate(whole.len() / 2);
+                    let mut response = Response::new(Body::from(whole));
+                    response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+                    response
                 }
             }
             Reply::Stall => {

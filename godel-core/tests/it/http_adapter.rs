@@ -533,3 +533,101 @@ async fn a_result_without_cost_records_no_spend() {
     assert_eq!(store.spend(&TenantId::default_tenant(), &this_month()).await.unwrap(), 0);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_cut_short_falls_back_and_keeps_its_partial_output() {
+    let fake = FakeOpenAi::start(KEY).await;
+    fake.script("gpt-a", [Reply::Cut { text: "half an ans".into() }]);
+    fake.script("gpt-b", [Reply::answer("a whole answer", 12, 5)]);
+    let (store, _dir) = sqlite().await;
+    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a", "gpt-b"])), fast_config());
+    let mut events = h.subscribe();
+    h.start();
+
+    let task = h.orchestrator.submit(prompt("hi")).await.unwrap();
+    let seen =
+        events_until(&mut events, |e| matches!(e, EventKind::TaskCompleted { task: t, .. } if *t == task.id)).await;
+    let result = h.wait_terminal(task.id).await.result.unwrap();
+
+    assert_eq!(result["model"], "gpt-b");
+    assert_eq!(result["text"], "a whole answer", "only the answering model's text is the result");
+    assert_eq!(output_of(&seen, task.id, OutputStream::Stdout), "half an ansa whole answer");
+    let note = output_of(&seen, task.id, OutputStream::System);
+    assert!(note.contains("gpt-a") && note.contains("without [DONE]"), "{note}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_answer_cut_short_falls_back() {
+    let fake = FakeOpenAi::start(KEY).await;
+    fake.script("gpt-a", [Reply::Cut { text: "half".into() }]);
+    fake.script("gpt-b", [Reply::answer("whole", 12, 5)]);
+    let mut config = http_config(&fake, &["gpt-a", "gpt-b"]);
+    config.stream = false;
+    let (store, _dir) = sqlite().await;
+    let mut h = Harness::new(store, http_agent(config), fast_config());
+    h.start();
+    let task = h.orchestrator.submit(prompt("hi")).await.unwrap();
+    let result = h.wait_terminal(task.id).await.result.unwrap();
+    assert_eq!((result["model"].as_str(), result["text"].as_str()), (Some("gpt-b"), Some("whole")));
+    h.stop().await;
+}
+
+/// The fake refuses what OpenAI refuses, so the adapter's requests passing it means something.
+#[tokio::test]
+async fn the_fake_endpoint_is_as_strict_as_openai() {
+    let fake = FakeOpenAi::start(KEY).await;
+    fake.script("gpt-a", [Reply::answer("ok", 1, 1)]);
+    let http = reqwest::Client::new();
+    let url = format!("{}/chat/completions", fake.base_url());
+    let call = |key: Option<&str>, body: Value| {
+        let mut request = http.post(&url).json(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (None, json!({"model": "gpt-a", "messages": user}), 401, "API key"),
+        (Some("sk-nope"), json!({"model": "gpt-a", "messages": user}), 401, "Incorrect API key"),
+        (
+            Some(KEY),
+            json!({"model": "gpt-a", "messages": user, "colour": 1}),
+            400,
+            "Unrecognized request argument supplied: colour",
+        ),
+        (Some(KEY), json!({"messages": user}), 400, "you must provide a model parameter"),
+        (Some(KEY), json!({"model": "gpt-a"}), 400, "Missing required parameter: 'messages'"),
+        (Some(KEY), json!({"model": "gpt-a", "messages": []}), 400, "too short"),
+        (Some(KEY), json!({"model": "gpt-a", "messages": [{"role": "user"}]}), 400, "messages.0.content"),
+        (
+            Some(KEY),
+            json!({"model": "gpt-a", "messages": [{"role": "robot", "content": "x"}]}),
+            400,
+            "'robot' is not one of",
+        ),
+        (
+            Some(KEY),
+            json!({"model": "gpt-a", "messages": user, "stream_options": {"include_usage": true}}),
+            400,
+            "only allowed when 'stream' is enabled",
+        ),
+        (Some(KEY), json!({"model": "gpt-z", "messages": user}), 404, "does not exist"),
+    ];
+    for (key, body, status, message) in cases {
+        let (got, answer) = call(key, body.clone()).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        let said = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(said.contains(message), "{body}: {said}");
+        assert!(answer["error"]["type"].is_string(), "OpenAI's error shape: {answer}");
+    }
+    assert_eq!(fake.requests("gpt-a"), 0, "no refused request reached the model");
+    let (status, answer) = call(Some(KEY), json!({"model": "gpt-a", "messages": user, "temperature": 0.2})).await;
+    assert_eq!((status, answer["choices"][0]["message"]["content"].as_str()), (200, Some("ok")));
+    assert_eq!(answer["usage"]["total_tokens"], 2);
+}
