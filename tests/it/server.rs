@@ -12,4 +12,5 @@ mod events;
 mod harness;
 mod lifecycle;
 mod ordering;
+mod outage;
 mod workers;
