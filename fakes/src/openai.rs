@@ -100,7 +100,8 @@ pub struct FakeOpenAi {
 
 #[derive(Debug)]
 struct State {
-    api_key: String,
+    /// `None`: any request is authorized, as on a local server (vLLM, Ollama).
+    api_key: Option<String>,
     models: Mutex<HashMap<String, Model>>,
     /// When set, streamed bodies are written in slices of this many bytes, so
     /// that events and multi-byte characters arrive split.
@@ -119,11 +120,16 @@ struct Model {
 impl FakeOpenAi {
     /// Starts serving on a free loopback port; requests must carry `Authorization: Bearer <api_key>`.
     pub async fn start(api_key: &str) -> Self {
-        let state = Arc::new(State {
-            api_key: api_key.to_owned(),
-            models: Mutex::new(HashMap::new()),
-            split: Mutex::new(None),
-        });
+        Self::serve(Some(api_key.to_owned()))
+    }
+
+    /// Starts serving without a key, like a local inference server.
+    pub async fn start_keyless() -> Self {
+        Self::serve(None)
+    }
+
+    fn serve(api_key: Option<String>) -> Self {
+        let state = Arc::new(State { api_key, models: Mutex::new(HashMap::new()), split: Mutex::new(None) });
         let route = warp::post()
             .and(warp::path!("v1" / "chat" / "completions"))
             .and(warp::header::optional::<String>("authorization"))
@@ -193,6 +199,7 @@ impl State {
 
     fn handle(self: Arc<Self>, auth: Option<&str>, body: &[u8]) -> Response<Body> {
         match auth.and_then(|a| a.strip_prefix("Bearer ")) {
+            _ if self.api_key.is_none() => {}
             None => {
                 return error_response(
                     StatusCode::UNAUTHORIZED,
@@ -202,7 +209,7 @@ impl State {
                     None,
                 );
             }
-            Some(key) if key != self.api_key => {
+            Some(key) if Some(key) != self.api_key.as_deref() => {
                 return error_response(
                     StatusCode::UNAUTHORIZED,
                     "Incorrect API key provided.",
