@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -106,6 +107,8 @@ struct State {
     /// When set, streamed bodies are written in slices of this many bytes, so
     /// that events and multi-byte characters arrive split.
     split: Mutex<Option<usize>>,
+    /// Answer with one JSON body even when asked to stream, as servers without streaming do.
+    never_stream: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -129,7 +132,12 @@ impl FakeOpenAi {
     }
 
     fn serve(api_key: Option<String>) -> Self {
-        let state = Arc::new(State { api_key, models: Mutex::new(HashMap::new()), split: Mutex::new(None) });
+        let state = Arc::new(State {
+            api_key,
+            models: Mutex::new(HashMap::new()),
+            split: Mutex::new(None),
+            never_stream: AtomicBool::new(false),
+        });
         let route = warp::post()
             .and(warp::path!("v1" / "chat" / "completions"))
             .and(warp::header::optional::<String>("authorization"))
@@ -164,6 +172,11 @@ impl FakeOpenAi {
     /// Writes streamed bodies in slices of `bytes` (`None`: one write per event).
     pub fn split_writes(&self, bytes: Option<usize>) {
         *self.state.split.lock().unwrap_or_else(PoisonError::into_inner) = bytes.map(|b| b.max(1));
+    }
+
+    /// Answers every request with one JSON body, even those asking for a stream.
+    pub fn never_stream(&self, yes: bool) {
+        self.state.never_stream.store(yes, Ordering::Relaxed);
     }
 
     /// Requests that reached `model` (authorized and well formed).
@@ -261,7 +274,7 @@ impl State {
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
                 });
-                if request.stream {
+                if request.stream && !self.never_stream.load(Ordering::Relaxed) {
                     let events = stream_events(&request.model, &text, request.include_usage.then_some(usage));
                     let split = *self.split.lock().unwrap_or_else(PoisonError::into_inner);
                     sse_response(Body::wrap_stream(futures::stream::iter(split_events(events, split))))

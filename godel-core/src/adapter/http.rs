@@ -323,7 +323,14 @@ impl Shared {
             let message = if detail.is_empty() { format!("HTTP {code}") } else { format!("HTTP {code}: {detail}") };
             return Err(CallError { message, retryable, retry_after: if code == 429 { retry_after } else { None } });
         }
-        if cfg.stream { self.read_stream(response, output).await } else { self.read_plain(response, output).await }
+        // A server that does not stream answers with one JSON body even when asked to stream.
+        let json = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let json = json.is_some_and(|v| v.starts_with("application/json"));
+        if cfg.stream && !json {
+            self.read_stream(response, output).await
+        } else {
+            self.read_plain(response, output).await
+        }
     }
 
     /// A plain answer: `choices[0].message.content` and `usage`.

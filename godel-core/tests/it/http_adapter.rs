@@ -631,3 +631,18 @@ async fn the_fake_endpoint_is_as_strict_as_openai() {
     assert_eq!((status, answer["choices"][0]["message"]["content"].as_str()), (200, Some("ok")));
     assert_eq!(answer["usage"]["total_tokens"], 2);
 }
+
+#[tokio::test]
+async fn a_server_that_does_not_stream_is_read_as_plain() {
+    let fake = FakeOpenAi::start(KEY).await;
+    fake.script("gpt-a", [Reply::answer("all at once", 12, 5)]);
+    fake.never_stream(true);
+    let (store, _dir) = sqlite().await;
+    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a"])), fast_config());
+    h.start();
+    let task = h.orchestrator.submit(prompt("stream please")).await.unwrap();
+    let result = h.wait_terminal(task.id).await.result.unwrap();
+    assert_eq!((result["text"].as_str(), result["cost_micros"].as_u64()), (Some("all at once"), Some(COST)));
+    assert_eq!(fake.last_body("gpt-a").unwrap()["stream"], true);
+    h.stop().await;
+}
