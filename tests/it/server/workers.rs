@@ -109,7 +109,7 @@ async fn a_worker_runs_pushed_tasks_and_streams_their_output() -> Result<()> {
 async fn a_killed_worker_s_task_finishes_on_the_other() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Launch::new(dir.path(), &config()).start().await?;
-    let mut workers = vec![Worker::start(dir.path(), &server, "w1")?, Worker::start(dir.path(), &server, "w2")?];
+    let mut workers = [Worker::start(dir.path(), &server, "w1")?, Worker::start(dir.path(), &server, "w2")?];
     wait_for_agent(&server, "w1").await?;
     wait_for_agent(&server, "w2").await?;
 
