@@ -412,56 +412,70 @@ async fn pump(
                     return false;
                 }
             }
-            incoming = next_frame(&mut rx) => {
+            incoming = next_incoming(&mut rx) => {
                 last_heard = Instant::now();
                 let _ = state.orchestrator.agent_heartbeat(&link.agent);
-                match incoming {
+                let frame = match incoming {
                     None => return false,
-                    Some(Err(e)) => {
+                    Some(Incoming::Life) => continue,
+                    Some(Incoming::Frame(frame)) => frame,
+                };
+                match frame {
+                    Err(e) => {
                         let _ = tx.send(Message::text(error_frame("invalid_request", &e).to_string())).await;
                     }
-                    Some(Ok(FromWorker::Hello { .. })) => {
+                    Ok(FromWorker::Hello { .. }) => {
                         let _ = tx.send(Message::text(error_frame("invalid_request", "hello was already sent").to_string())).await;
                     }
-                    Some(Ok(FromWorker::Output { task, attempt, stream, data })) => {
+                    Ok(FromWorker::Output { task, attempt, stream, data }) => {
                         let sink = link.lock().runs.get(&RunRef { task, attempt }).map(|r| r.output.clone());
                         if let Some(sink) = sink {
                             sink.send(stream, data).await;
                         }
                     }
-                    Some(Ok(FromWorker::Finished { task, attempt, outcome })) => {
+                    Ok(FromWorker::Finished { task, attempt, outcome }) => {
                         link.finish(RunRef { task, attempt }, outcome.into());
                     }
-                    Some(Ok(FromWorker::Drain)) => {
+                    Ok(FromWorker::Drain) => {
                         tracing::info!(worker = %link.agent, "worker is draining");
                         let _ = state.orchestrator.remove_agent(&link.agent);
                     }
-                    Some(Ok(FromWorker::Bye)) => return true,
+                    Ok(FromWorker::Bye) => return true,
                 }
             }
         }
     }
 }
 
-/// The next frame from the worker: `None` when the connection ended, `Err`
-/// with a message for a frame that is not a valid worker frame. Pings and
-/// pongs count as life but yield nothing; warp answers pings itself.
+/// What arrived from the worker.
+enum Incoming {
+    /// A frame, or why it is not a valid worker frame.
+    Frame(Result<FromWorker, String>),
+    /// A ping or a pong: a sign of life and nothing else (warp answers pings itself).
+    Life,
+}
+
+/// The next thing from the worker; `None` when the connection ended.
+async fn next_incoming(rx: &mut futures::stream::SplitStream<WebSocket>) -> Option<Incoming> {
+    let message = rx.next().await?.ok()?;
+    if message.is_close() {
+        return None;
+    }
+    if message.is_ping() || message.is_pong() {
+        return Some(Incoming::Life);
+    }
+    let Ok(text) = message.to_str() else {
+        return Some(Incoming::Frame(Err("send JSON text frames, not binary".to_owned())));
+    };
+    Some(Incoming::Frame(serde_json::from_str(text).map_err(|e| format!("invalid frame: {e}"))))
+}
+
+/// The next frame, skipping signs of life.
 async fn next_frame(rx: &mut futures::stream::SplitStream<WebSocket>) -> Option<Result<FromWorker, String>> {
     loop {
-        let message = match rx.next().await? {
-            Ok(message) => message,
-            Err(_) => return None,
-        };
-        if message.is_close() {
-            return None;
+        if let Incoming::Frame(frame) = next_incoming(rx).await? {
+            return Some(frame);
         }
-        if message.is_ping() || message.is_pong() {
-            continue;
-        }
-        let Ok(text) = message.to_str() else {
-            return Some(Err("send JSON text frames, not binary".to_owned()));
-        };
-        return Some(serde_json::from_str(text).map_err(|e| format!("invalid frame: {e}")));
     }
 }
 
