@@ -358,7 +358,19 @@ impl FakeGateway {
 
     /// Starts listening again on the same port after [`FakeGateway::stop`].
     pub async fn restart(&self) -> anyhow::Result<()> {
-        let listener = TcpListener::bind(self.inner.addr).await?;
+        // The stopped listener closes when its aborted task is dropped, which
+        // happens on the runtime's next turn: retry the bind briefly.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.inner.addr).await {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 200 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Inner::listen(&self.inner, listener);
         Ok(())
     }

@@ -519,3 +519,107 @@ fn gateway_configs_are_checked() {
     let caps = GatewayConfig { agents: vec!["coder".into()], region: Some("eu".into()), ..ok }.routing_capabilities();
     assert_eq!(caps, ["agent:coder", "region:eu"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autostart_starts_a_local_gateway_when_none_answers_and_tasks_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut config =
+        GatewayConfig { timing: timing(), ..GatewayConfig::new("local", format!("ws://127.0.0.1:{port}")) };
+    let script = format!("echo started >> {}; sleep 30", marker.display());
+    config.autostart =
+        Some(godel_core::adapter::openclaw::Autostart { command: vec!["sh".into(), "-c".into(), script] });
+    let fleet = Fleet::start(vec![config]).await;
+    let id = fleet.submit(NewTask::prompt("waits")).await;
+    wait_until("the autostart", || async { marker.exists() }).await;
+    wait_until("the degraded message", || async { fleet.state("local").1.contains("started the local gateway") }).await;
+    assert_eq!(fleet.state("local").0, GatewayState::Degraded);
+    fleet.two_health_checks("local").await;
+    assert_eq!(fleet.task(id).await.status, TaskStatus::Pending, "degraded mode queues");
+    assert!(fleet.registry.queue_reasons(1).iter().any(|r| r.contains("openclaw gateway local is degraded")));
+    fleet.stop().await;
+    let starts = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(starts.lines().count(), 1, "started once while it was still running");
+}
+
+/// Opens a raw socket to a fake and returns it with the challenge's nonce.
+async fn raw(
+    url: &str,
+) -> (tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String) {
+    use futures::StreamExt;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    let v: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(v["event"], "connect.challenge", "the gateway speaks first");
+    (ws, v["payload"]["nonce"].as_str().unwrap().to_owned())
+}
+
+/// Sends one request frame and returns the response's error (code, details.code).
+async fn refused(url: &str, frame: impl FnOnce(&str) -> Value) -> (String, String) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, nonce) = raw(url).await;
+    ws.send(Message::Text(frame(&nonce).to_string().into())).await.unwrap();
+    loop {
+        let msg = ws.next().await.unwrap().unwrap();
+        let Ok(text) = msg.to_text() else { continue };
+        let v: Value = serde_json::from_str(text).unwrap();
+        if v["type"] == "res" {
+            assert_eq!(v["ok"], false, "{v}");
+            let detail = v["error"]["details"]["code"].as_str().unwrap_or("").to_owned();
+            return (v["error"]["code"].as_str().unwrap().to_owned(), detail);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_gateway_is_as_strict_as_the_real_one() {
+    let fake = FakeGateway::start(fake_config()).await.unwrap();
+    let url = fake.url();
+    let device = DeviceIdentity::generate();
+    let connect = |nonce: &str, extra: Option<(&str, Value)>, signature: &str| {
+        let mut params = serde_json::json!({
+            "minProtocol": 3, "maxProtocol": 4,
+            "client": {"id": "gateway-client", "version": "1", "platform": "linux", "mode": "backend"},
+            "role": "operator", "scopes": ["operator.write"], "caps": ["tool-events"],
+            "device": {"id": device.id(), "publicKey": device.public_key(), "signature": signature,
+                       "signedAt": 1, "nonce": nonce},
+        });
+        if let Some((k, v)) = extra {
+            params[k] = v;
+        }
+        serde_json::json!({"type": "req", "id": "c", "method": "connect", "params": params})
+    };
+    let (code, _) =
+        refused(&url, |_| serde_json::json!({"type": "req", "id": "1", "method": "health", "params": {}})).await;
+    assert_eq!(code, "INVALID_REQUEST", "connect must come first");
+    let (code, _) = refused(&url, |n| connect(n, Some(("surprise", Value::Bool(true))), "x")).await;
+    assert_eq!(code, "INVALID_REQUEST", "params are closed");
+    let (code, _) = refused(&url, |n| connect(n, Some(("auth", serde_json::json!({"token": null}))), "x")).await;
+    assert_eq!(code, "INVALID_REQUEST", "null is not an absent field");
+    let (code, _) = refused(&url, |n| {
+        let mut c = connect(n, None, "x");
+        c["params"]["client"]["mode"] = "robot".into();
+        c
+    })
+    .await;
+    assert_eq!(code, "INVALID_REQUEST", "client modes are a closed list");
+    let (_, detail) = refused(&url, |_| connect("not-the-nonce", None, "x")).await;
+    assert_eq!(detail, "DEVICE_AUTH_NONCE_MISMATCH");
+    let (_, detail) = refused(&url, |n| {
+        let mut c = connect(n, None, "x");
+        c["params"]["device"]["signedAt"] = Value::from(godel_core::Timestamp::now().as_millis());
+        c
+    })
+    .await;
+    assert_eq!(detail, "DEVICE_AUTH_SIGNATURE_INVALID");
+    let (_, detail) = refused(&url, |n| {
+        let mut c = connect(n, None, "x");
+        c["params"]["device"]["id"] = "0".repeat(64).into();
+        c
+    })
+    .await;
+    assert_eq!(detail, "DEVICE_AUTH_DEVICE_ID_MISMATCH");
+    assert_eq!(fake.connects(), 0);
+}
