@@ -66,6 +66,8 @@ pub enum Reply {
     /// then never finishes; the request is counted as cancelled when the
     /// client drops it.
     Stall,
+    /// Sends the headers, then nothing at all: not even a keep-alive.
+    Hang,
     /// Sends this text's deltas (or the first half of a plain answer) and
     /// ends the body early: no finishing chunk, no `[DONE]`.
     Cut {
@@ -293,6 +295,13 @@ impl State {
                     });
                     json_response(StatusCode::OK, &body)
                 }
+            }
+            Reply::Hang => {
+                let mut response =
+                    Response::new(Body::wrap_stream(futures::stream::pending::<Result<Vec<u8>, Infallible>>()));
+                let kind = if request.stream { "text/event-stream" } else { "application/json" };
+                response.headers_mut().insert("content-type", HeaderValue::from_static(kind));
+                response
             }
             Reply::Cut { text } => {
                 if request.stream {

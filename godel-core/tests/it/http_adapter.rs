@@ -646,3 +646,28 @@ async fn a_server_that_does_not_stream_is_read_as_plain() {
     assert_eq!(fake.last_body("gpt-a").unwrap()["stream"], true);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_model_that_goes_silent_past_the_request_timeout_falls_back() {
+    let fake = FakeOpenAi::start(KEY).await;
+    fake.script("silent", [Reply::Hang]);
+    fake.script("gpt-b", [Reply::answer("awake", 12, 5)]);
+    for stream in [true, false] {
+        let mut config = http_config(&fake, &["silent", "gpt-b"]);
+        config.stream = stream;
+        config.request_timeout = Duration::from_millis(200);
+        let (store, _dir) = sqlite().await;
+        let mut h = Harness::new(store, http_agent(config), fast_config());
+        let mut events = h.subscribe();
+        h.start();
+        let task = h.orchestrator.submit(prompt("hello?")).await.unwrap();
+        let seen =
+            events_until(&mut events, |e| matches!(e, EventKind::TaskCompleted { task: t, .. } if *t == task.id)).await;
+        let result = h.wait_terminal(task.id).await.result.unwrap();
+        assert_eq!((result["model"].as_str(), result["text"].as_str()), (Some("gpt-b"), Some("awake")), "{stream}");
+        let note = output_of(&seen, task.id, OutputStream::System);
+        assert!(note.contains("silent") && note.contains("stalled for 200ms"), "{stream}: {note}");
+        h.stop().await;
+    }
+    assert_eq!(fake.requests("silent"), 2);
+}
