@@ -23,10 +23,12 @@
 //! reconnects on its own; a handle drops its own echoes by its [`NodeId`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, ErrorKind, RedisError, Value};
 use deadpool_redis::{Pool, PoolError, Runtime};
 use futures::StreamExt;
@@ -214,7 +216,7 @@ scripts!(
 /// The Redis store. Cheap to share behind an `Arc`; dropping the last
 /// handle stops its pub/sub listener.
 pub struct RedisStore {
-    pool: Pool,
+    conns: Connections,
     prefix: String,
     leases: String,
     channel: String,
@@ -228,6 +230,52 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore").field("prefix", &self.prefix).field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// Multiplexed connections shared by every call. Each is taken out of the
+/// pool once and reused until it breaks: the pool's own hand-out checks every
+/// connection with a round trip (`UNWATCH` and `PING`), which would double
+/// the round trips of a store whose calls are each one script.
+struct Connections {
+    pool: Pool,
+    slots: Vec<Mutex<Option<MultiplexedConnection>>>,
+    next: AtomicUsize,
+}
+
+impl Connections {
+    /// A connection (and its slot), round-robin over the slots; a new one from the pool if the slot is empty.
+    async fn get(&self) -> Result<(usize, MultiplexedConnection)> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        if let Some(conn) = self.lock(slot).clone() {
+            return Ok((slot, conn));
+        }
+        let conn = deadpool_redis::Connection::take(self.pool.get().await.map_err(pool_err)?);
+        *self.lock(slot) = Some(conn.clone());
+        Ok((slot, conn))
+    }
+
+    /// The reply of a call on `slot`'s connection; forgets the connection if
+    /// it broke or timed out, so that the next call on the slot opens a new one.
+    fn settle<T>(&self, slot: usize, reply: Result<Result<T, RedisError>>) -> Result<T> {
+        match reply {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    *self.lock(slot) = None;
+                }
+                Err(redis_err(e))
+            }
+            Err(timeout) => {
+                *self.lock(slot) = None;
+                Err(timeout)
+            }
+        }
+    }
+
+    fn lock(&self, slot: usize) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        // A slot holds a cloneable handle; a panic cannot leave it half-written.
+        self.slots[slot].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -274,8 +322,9 @@ impl RedisStore {
         let (messages, _) = broadcast::channel(CHANNEL_CAPACITY);
         let stop = CancellationToken::new();
         let task = tokio::spawn(listen(client, channel.clone(), node, messages.clone(), stop.clone(), first));
+        let slots = (0..options.pool_size).map(|_| Mutex::new(None)).collect();
         Ok(Self {
-            pool,
+            conns: Connections { pool, slots, next: AtomicUsize::new(0) },
             leases: format!("{}:leases", options.prefix),
             prefix: options.prefix,
             channel,
@@ -301,20 +350,18 @@ impl RedisStore {
         envelope(self.node, ClusterMessage::Wake { tenant: tenant.clone() })
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection> {
-        self.pool.get().await.map_err(pool_err)
-    }
-
     /// Runs a plain command.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
-        let mut conn = self.conn().await?;
-        timed(self.timeout, cmd.query_async::<T>(&mut conn)).await
+        let (slot, mut conn) = self.conns.get().await?;
+        let reply = timed_raw(self.timeout, cmd.query_async::<T>(&mut conn)).await;
+        self.conns.settle(slot, reply)
     }
 
     /// Runs a pipeline.
     async fn query_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
-        let mut conn = self.conn().await?;
-        timed(self.timeout, pipe.query_async::<T>(&mut conn)).await
+        let (slot, mut conn) = self.conns.get().await?;
+        let reply = timed_raw(self.timeout, pipe.query_async::<T>(&mut conn)).await;
+        self.conns.settle(slot, reply)
     }
 
     /// Runs a script; reloads it once if the server forgot it (after a restart).
@@ -326,15 +373,13 @@ impl RedisStore {
                 cmd.arg(bytes);
             }
         }
-        let mut conn = self.conn().await?;
-        match timed_raw(self.timeout, cmd.query_async::<Value>(&mut conn)).await? {
-            Err(e) if e.kind() == ErrorKind::NoScriptError => {
-                drop(conn);
-                load_script(&self.pool, &script.body, self.timeout).await?;
-                let mut conn = self.conn().await?;
-                timed(self.timeout, cmd.query_async::<Value>(&mut conn)).await
+        let (slot, mut conn) = self.conns.get().await?;
+        match timed_raw(self.timeout, cmd.query_async::<Value>(&mut conn)).await {
+            Ok(Err(e)) if e.kind() == ErrorKind::NoScriptError => {
+                load_script(&self.conns.pool, &script.body, self.timeout).await?;
+                self.query(&cmd).await
             }
-            other => other.map_err(redis_err),
+            reply => self.conns.settle(slot, reply),
         }
     }
 
@@ -391,7 +436,7 @@ impl RedisStore {
             .zip(reply)
             .map(|((task, id), entry)| match entry {
                 Value::Int(1) => Ok(Enqueued { task: Task::pending(id, tenant.clone(), task, now), created: true }),
-                other => Ok(Enqueued { task: task_of(tenant, &fields(other)?)?, created: false }),
+                other => Ok(Enqueued { task: task_of(tenant, &row_fields(other)?)?, created: false }),
             })
             .collect()
     }
@@ -608,11 +653,33 @@ fn fields(v: Value) -> Result<HashMap<String, String>> {
     }
 }
 
+/// The fields `read_task` in `lib.lua` returns, in order.
+const TASK_FIELDS: [&str; 23] = [
+    "id", "pri", "st", "pay", "caps", "aff", "idem", "par", "att", "max", "to", "run", "ag", "exp", "cxl", "res", "err",
+    "cr", "up", "sa", "ca", "dl", "tok",
+];
+
+/// A `read_task` row as a map of the fields present.
+fn row_fields(v: Value) -> Result<HashMap<String, String>> {
+    let row = array(v)?;
+    if row.len() != TASK_FIELDS.len() {
+        return Err(corrupt("task row", format!("{} fields, expected {}", row.len(), TASK_FIELDS.len())));
+    }
+    let mut map = HashMap::with_capacity(row.len());
+    for (name, value) in TASK_FIELDS.iter().zip(&row) {
+        if *value != Value::Nil {
+            map.insert((*name).to_owned(), text(value)?);
+        }
+    }
+    Ok(map)
+}
+
 struct Fields<'a>(&'a HashMap<String, String>);
 
 impl Fields<'_> {
+    /// An optional field: absent or empty means none (see `lib.lua`).
     fn opt(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     fn req(&self, name: &str) -> Result<&str> {
@@ -765,7 +832,7 @@ impl Store for RedisStore {
         reply
             .into_iter()
             .map(|entry| {
-                let map = fields(entry)?;
+                let map = row_fields(entry)?;
                 let task = task_of(&request.tenant, &map)?;
                 let token = Fields(&map).parse::<LeaseToken>("tok")?;
                 let lease = Lease { tenant: request.tenant.clone(), task: task.id, attempt: task.attempt, token };
@@ -942,7 +1009,7 @@ impl Store for RedisStore {
             .arg(id.to_string());
         let reply = self.eval(&self.scripts.replay, args).await?;
         task_answer(&reply, id, "replay")?;
-        task_of(tenant, &fields(reply)?)
+        task_of(tenant, &row_fields(reply)?)
     }
 
     async fn replay_dead_letters(&self, tenant: &TenantId, filter: &TaskFilter, now: Timestamp) -> Result<u64> {
@@ -1010,7 +1077,7 @@ impl Store for RedisStore {
             let last = text(&items.next().unwrap_or(Value::Nil)).unwrap_or_default();
             let done = items.next().map(|v| int(&v)).transpose()?.unwrap_or(1) == 1;
             while let (Some(seq), Some(task)) = (items.next(), items.next()) {
-                rows.push((int(&seq)?, task_of(tenant, &fields(task)?)?));
+                rows.push((int(&seq)?, task_of(tenant, &row_fields(task)?)?));
             }
             if done || rows.len() >= wanted || last.is_empty() {
                 break;

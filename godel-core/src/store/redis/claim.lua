@@ -3,7 +3,7 @@
 -- ARGV: T, lease index, tenant, now, expires_at, agent, limit, token prefix
 --   (the first 28 characters of a random UUID; each lease appends 8 hex
 --   digits), then the claimer's capabilities.
--- Returns one array of task fields (including the token `tok`) per claim.
+-- Returns one `read_task` row (including the token `tok`) per claim.
 local T, leases, tenant, now, expires, agent = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local limit, token_prefix = tonumber(ARGV[7]), ARGV[8]
 local have = {}
@@ -11,9 +11,7 @@ for i = 9, #ARGV do
   have[ARGV[i]] = true
 end
 local out = {}
-if limit <= 0 then
-  return out
-end
+local lease_entries = {}
 for rank = 0, 3 do
   if #out >= limit then break end
   local q = T .. ':q:' .. rank
@@ -23,11 +21,13 @@ for rank = 0, 3 do
     local chunk = want < 100 and want or 100
     local members = redis.call('ZRANGEBYSCORE', q, '-inf', now, 'LIMIT', offset, chunk)
     if #members == 0 then break end
+    local taken = {}
     local skipped = 0
     for _, m in ipairs(members) do
       local id = string.sub(m, 18)
       local k = task_key(T, id)
-      local caps = redis.call('HGET', k, 'caps')
+      local row = read_task(k)
+      local caps = row[5]
       local capable = true
       if caps then
         for c in string.gmatch(caps, '%S+') do
@@ -38,24 +38,33 @@ for rank = 0, 3 do
         end
       end
       if capable then
-        redis.call('ZREM', q, m)
-        local attempt = int(redis.call('HINCRBY', k, 'att', 1))
+        taken[#taken + 1] = m
+        local attempt = int(tonumber(row[9]) + 1)
         local token = token_prefix .. string.format('%08x', #out)
-        redis.call('HSET', k, 'st', 'assigned', 'ag', agent, 'exp', expires, 'cxl', '0', 'up', now, 'tok', token)
-        redis.call('HDEL', k, 'sa')
-        redis.call('ZADD', leases, expires, tenant .. ':' .. id)
-        local err = redis.call('HGET', k, 'err')
-        history(T, id, now, attempt, 'assigned', '0', agent, err)
-        out[#out + 1] = redis.call('HGETALL', k)
+        -- Emptied rather than deleted fields read as absent; one HSET does it all.
+        redis.call('HSET', k, 'st', 'assigned', 'att', attempt, 'ag', agent, 'exp', expires, 'cxl', '0', 'up', now,
+          'tok', token, 'sa', '')
+        row[3], row[9], row[13], row[14], row[15], row[19], row[20], row[23] =
+          'assigned', attempt, agent, expires, '0', now, false, token
+        lease_entries[#lease_entries + 1] = expires
+        lease_entries[#lease_entries + 1] = tenant .. ':' .. id
+        history(T, id, now, attempt, 'assigned', '0', agent, row[17])
+        out[#out + 1] = row
         if #out >= limit then break end
       else
         skipped = skipped + 1
       end
     end
+    if #taken > 0 then
+      redis.call('ZREM', q, unpack(taken))
+    end
     -- Claimed members left the set; only the skipped ones still sit before the next unseen member.
     offset = offset + skipped
     if #members < chunk then break end
   end
+end
+for i = 1, #lease_entries, 1000 do
+  redis.call('ZADD', leases, unpack(lease_entries, i, math.min(i + 999, #lease_entries)))
 end
 count(T, 'pending', -#out)
 count(T, 'assigned', #out)

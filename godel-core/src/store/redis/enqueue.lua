@@ -3,7 +3,7 @@
 -- ARGV: T, now, channel, wake message, n, then 10 per task:
 --   id, idempotency key, priority rank, run_at, payload, capabilities
 --   (space-separated), affinity key, parent, max_attempts, timeout (ns).
--- Returns one entry per task: 1 if created, else the existing task's fields.
+-- Returns one entry per task: 1 if created, else the existing task's fields (`read_task`).
 local T, now, channel, wake, n = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local out = {}
 local created, ready = 0, false
@@ -15,7 +15,7 @@ for i = 0, n - 1 do
     existing = redis.call('HGET', T .. ':idem', idem)
   end
   if existing then
-    out[#out + 1] = redis.call('HGETALL', task_key(T, existing))
+    out[#out + 1] = read_task(task_key(T, existing))
   else
     local seq = int(redis.call('INCR', T .. ':seq'))
     local k = task_key(T, id)

@@ -3,7 +3,9 @@
 --
 -- Conventions: every value stored is a string built here or by the Rust side
 -- (timestamps are never computed in Lua, so they never pass through a Lua
--- double's formatting); optional task fields are absent rather than empty.
+-- double's formatting). An optional task field is absent or empty: hot paths
+-- empty fields inside the HSET they do anyway rather than spend an HDEL, and
+-- no present value is ever the empty string.
 -- Keys of one tenant share the prefix T = "<prefix>:<tenant>".
 
 local function int(n)
@@ -12,6 +14,14 @@ end
 
 local function task_key(T, id)
   return T .. ':t:' .. id
+end
+
+-- The fields of a task hash, in the order `read_task` returns them (the Rust
+-- side reads them by position: keep `TASK_FIELDS` in redis.rs in step).
+local TASK_FIELDS = { 'id', 'pri', 'st', 'pay', 'caps', 'aff', 'idem', 'par', 'att', 'max', 'to', 'run', 'ag', 'exp',
+  'cxl', 'res', 'err', 'cr', 'up', 'sa', 'ca', 'dl', 'tok' }
+local function read_task(k)
+  return redis.call('HMGET', k, unpack(TASK_FIELDS))
 end
 
 -- A pending-queue member: sorted by run_at (the score), then by this string,

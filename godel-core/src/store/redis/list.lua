@@ -28,7 +28,7 @@ while found < wanted and looked < budget do
     position = seq
     if matches(f, k) then
       out[#out + 1] = seq
-      out[#out + 1] = redis.call('HGETALL', k)
+      out[#out + 1] = read_task(k)
       found = found + 1
       if found >= wanted then break end
     end

@@ -17,7 +17,7 @@ if mode == 'one' then
   replay_task(T, id, k, now)
   flush_counts()
   redis.call('PUBLISH', channel, wake)
-  return redis.call('HGETALL', k)
+  return read_task(k)
 end
 local f = parse_filter(6)
 local n = 0
