@@ -9,6 +9,10 @@
 //! the store did what was asked (every task claimed once, no lease lost, the
 //! queue empty at the end), so a broken store cannot post a fast figure.
 //! The speed targets live here, not in timed tests (see the style guide).
+//!
+//! Backends with a cluster channel (Redis, PostgreSQL) also get a sixth measurement: the
+//! latency from enqueueing on one handle to the `Wake` arriving on another
+//! handle of the same store, as a second node would see it.
 
 // This binary is a report tool: its output is the table it prints.
 #![allow(clippy::print_stdout)]
@@ -20,15 +24,33 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use argh::FromArgs;
 use godel_benches::{percentile, short, thousands};
-use godel_core::store::{ClaimRequest, Completion, MemoryStore, SqliteStore};
+use godel_core::store::{
+    ClaimRequest, ClusterMessage, Completion, MemoryStore, PostgresStore, RedisStore, SqliteStore, TaskFilter,
+};
 use godel_core::{AgentId, NewTask, Store, TenantId, Timestamp};
 use serde_json::json;
+use sqlx::Connection;
 use tempfile::TempDir;
 
 /// Batched claim-then-complete throughput the memory store must reach (tasks/s).
 const MEMORY_TARGET: f64 = 200_000.0;
 /// Batched claim-then-complete throughput the SQLite store must reach (tasks/s).
 const SQLITE_TARGET: f64 = 20_000.0;
+/// Batched claim-then-complete throughput the Redis store must reach (tasks/s).
+const REDIS_TARGET: f64 = 22_000.0;
+/// Cross-node wake-up p99 the Redis store must stay under.
+const REDIS_WAKE_P99_TARGET: Duration = Duration::from_millis(10);
+
+/// Batched claim-then-complete throughput the PostgreSQL store must reach (tasks/s).
+const POSTGRES_TARGET: f64 = 40_000.0;
+/// Cross-node wake-up p99 the PostgreSQL store must stay under.
+const POSTGRES_WAKE_P99_TARGET: Duration = Duration::from_millis(10);
+
+/// The PostgreSQL server to measure: `--postgres-url`, `GODEL_TEST_POSTGRES_URL`, or the local default.
+static POSTGRES_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The Redis server to measure: `--redis-url`, `GODEL_TEST_REDIS_URL`, or the local default.
+static REDIS_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Latency samples thrown away before measuring, so connection and cache warm-up do not count.
 const LATENCY_WARMUP: usize = 100;
@@ -36,7 +58,7 @@ const LATENCY_WARMUP: usize = 100;
 /// Measure the task store backends: enqueue and claim-then-complete throughput, and enqueue-to-claim latency.
 #[derive(FromArgs, Debug)]
 struct Args {
-    /// which backend to measure: memory, sqlite or all (default all)
+    /// which backend to measure: memory, sqlite, redis or all (default all)
     #[argh(option, default = "BackendChoice::All")]
     backend: BackendChoice,
     /// tasks per throughput workload (default 100000 for memory, 50000 for sqlite)
@@ -48,6 +70,14 @@ struct Args {
     /// enqueue-to-claim latency samples (default 2000)
     #[argh(option, default = "2000")]
     samples: usize,
+    /// the Redis server for the redis backend (default GODEL_TEST_REDIS_URL or redis://127.0.0.1:6379);
+    /// each workload uses a fresh key prefix
+    #[argh(option)]
+    redis_url: Option<String>,
+    /// the PostgreSQL server for the postgres backend (default GODEL_TEST_POSTGRES_URL or
+    /// postgres://postgres@127.0.0.1:5432/test); each workload uses a fresh schema, dropped afterwards
+    #[argh(option)]
+    postgres_url: Option<String>,
 }
 
 /// The `--backend` flag.
@@ -55,6 +85,8 @@ struct Args {
 enum BackendChoice {
     Memory,
     Sqlite,
+    Redis,
+    Postgres,
     All,
 }
 
@@ -63,6 +95,8 @@ enum BackendChoice {
 enum Backend {
     Memory,
     Sqlite,
+    Redis,
+    Postgres,
 }
 
 /// A fresh store, and for SQLite the temporary directory its file lives in.
@@ -70,6 +104,11 @@ enum Backend {
 enum Fixture {
     Memory(MemoryStore),
     Sqlite { store: SqliteStore, _dir: TempDir },
+    /// A store on a fresh key prefix, and a second handle on it (another node).
+    Redis { store: Box<RedisStore>, peer: Box<RedisStore> },
+    /// A store on a fresh schema, a second handle on it (another node), and
+    /// the schema's name, dropped at the end.
+    Postgres { store: PostgresStore, peer: PostgresStore, schema: String },
 }
 
 /// What one throughput workload measured.
@@ -95,8 +134,10 @@ impl FromStr for BackendChoice {
         match s {
             "memory" => Ok(Self::Memory),
             "sqlite" => Ok(Self::Sqlite),
+            "redis" => Ok(Self::Redis),
+            "postgres" => Ok(Self::Postgres),
             "all" => Ok(Self::All),
-            _ => Err(format!("expected memory, sqlite or all; got {s:?}")),
+            _ => Err(format!("expected memory, sqlite, redis, postgres or all; got {s:?}")),
         }
     }
 }
@@ -106,6 +147,8 @@ impl Backend {
         match self {
             Backend::Memory => 100_000,
             Backend::Sqlite => 50_000,
+            Backend::Redis => 50_000,
+            Backend::Postgres => 50_000,
         }
     }
 
@@ -113,6 +156,8 @@ impl Backend {
         match self {
             Backend::Memory => MEMORY_TARGET,
             Backend::Sqlite => SQLITE_TARGET,
+            Backend::Redis => REDIS_TARGET,
+            Backend::Postgres => POSTGRES_TARGET,
         }
     }
 
@@ -125,6 +170,23 @@ impl Backend {
                 let store = SqliteStore::open(&dir.path().join("bench.db")).await?;
                 Ok(Fixture::Sqlite { store, _dir: dir })
             }
+            Backend::Redis => {
+                let base = REDIS_URL.get().context("redis url not set")?;
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let url = format!("{base}{sep}prefix=godel-bench-{:016x}", rand_u64());
+                let store = RedisStore::open(&url).await.with_context(|| format!("opening {base}"))?;
+                let peer = RedisStore::open(&url).await?;
+                Ok(Fixture::Redis { store: Box::new(store), peer: Box::new(peer) })
+            }
+            Backend::Postgres => {
+                let base = POSTGRES_URL.get().context("postgres url not set")?;
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let schema = format!("godel_bench_{:016x}", rand_u64());
+                let url = format!("{base}{sep}schema={schema}");
+                let store = PostgresStore::open(&url).await.with_context(|| format!("opening {base}"))?;
+                let peer = PostgresStore::open(&url).await?;
+                Ok(Fixture::Postgres { store, peer, schema })
+            }
         }
     }
 }
@@ -134,6 +196,8 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Memory => "memory",
             Backend::Sqlite => "sqlite",
+            Backend::Redis => "redis",
+            Backend::Postgres => "postgres",
         })
     }
 }
@@ -143,6 +207,17 @@ impl Fixture {
         match self {
             Fixture::Memory(store) => store,
             Fixture::Sqlite { store, .. } => store,
+            Fixture::Redis { store, .. } => &**store,
+            Fixture::Postgres { store, .. } => store,
+        }
+    }
+
+    /// A second handle on the same store, as another node would open it.
+    fn peer(&self) -> Option<&dyn Store> {
+        match self {
+            Fixture::Redis { peer, .. } => Some(&**peer),
+            Fixture::Postgres { peer, .. } => Some(peer),
+            Fixture::Memory(_) | Fixture::Sqlite { .. } => None,
         }
     }
 
@@ -152,6 +227,18 @@ impl Fixture {
         ensure!(counts.ready == 0 && counts.scheduled == 0, "tasks left in the queue: {counts:?}");
         if let Fixture::Sqlite { store, .. } = &self {
             store.close().await;
+        }
+        if let Fixture::Redis { store, .. } = &self {
+            // The server outlives the run: leave (almost) nothing behind.
+            store.purge_finished(&tenant(), &TaskFilter::default(), Timestamp::from_millis(i64::MAX)).await?;
+        }
+        if let Fixture::Postgres { store, peer, schema } = &self {
+            store.close().await;
+            peer.close().await;
+            let base = POSTGRES_URL.get().context("postgres url not set")?;
+            let base = base.split('?').next().unwrap_or(base);
+            let mut conn = sqlx::PgConnection::connect(base).await?;
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut conn).await?;
         }
         Ok(())
     }
@@ -179,8 +266,18 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let backends: &[Backend] = match args.backend {
         BackendChoice::Memory => &[Backend::Memory],
         BackendChoice::Sqlite => &[Backend::Sqlite],
-        BackendChoice::All => &[Backend::Memory, Backend::Sqlite],
+        BackendChoice::Redis => &[Backend::Redis],
+        BackendChoice::Postgres => &[Backend::Postgres],
+        BackendChoice::All => &[Backend::Memory, Backend::Sqlite, Backend::Redis, Backend::Postgres],
     };
+    let postgres_url = args.postgres_url.clone().unwrap_or_else(|| {
+        std::env::var("GODEL_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    });
+    POSTGRES_URL.get_or_init(|| postgres_url);
+    let redis_url = args.redis_url.clone().unwrap_or_else(|| {
+        std::env::var("GODEL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    });
+    REDIS_URL.get_or_init(|| redis_url);
     println!(
         "store-bench: batch {}, {} latency samples, {} CPUs, tokio current-thread runtime",
         args.batch,
@@ -200,6 +297,8 @@ async fn bench_backend(backend: Backend, args: &Args) -> anyhow::Result<()> {
     let settings = match backend {
         Backend::Memory => "",
         Backend::Sqlite => " (WAL, synchronous=NORMAL, one writer connection)",
+        Backend::Redis => " (one Lua script per call, EVALSHA over a pooled multiplexed connection)",
+        Backend::Postgres => " (a transaction per call: BEGIN with the tenant setting, one statement, COMMIT)",
     };
     println!("{backend}{settings}: {tasks} tasks per throughput workload");
     println!("  {:<34} {:>9} {:>9} {:>13}  target", "workload", "tasks", "seconds", "tasks/s");
@@ -222,7 +321,71 @@ async fn bench_backend(backend: Backend, args: &Args) -> anyhow::Result<()> {
         short(latency.p99),
         short(latency.max)
     );
+    let wake_target = match backend {
+        Backend::Redis => Some(REDIS_WAKE_P99_TARGET),
+        Backend::Postgres => Some(POSTGRES_WAKE_P99_TARGET),
+        Backend::Memory | Backend::Sqlite => None,
+    };
+    if let Some(target) = wake_target {
+        let wake = wake_latency(backend, args.samples).await.context("cross-node wake latency")?;
+        let verdict = if wake.p99 < target { "met" } else { "MISSED" };
+        println!(
+            "  {:<34} {:>9}  p50 {} / p99 {} / max {}  p99 < {} {verdict}",
+            "enqueue-to-wake on another node",
+            wake.samples,
+            short(wake.p50),
+            short(wake.p99),
+            short(wake.max),
+            short(target)
+        );
+    }
     Ok(())
+}
+
+/// Enqueues one task on one handle and times until the other handle (a
+/// second node on the same store) receives the `Wake`; claims and completes
+/// the task untimed so that the queue is empty again.
+async fn wake_latency(backend: Backend, samples: usize) -> anyhow::Result<Latency> {
+    let fixture = backend.open().await?;
+    let (store, peer) = (fixture.store(), fixture.peer().with_context(|| format!("{backend} has no second node"))?);
+    let mut woken = peer.cluster_messages().context("no cluster channel")?;
+    let tenant = tenant();
+    let request = claim_request(1)?;
+    let mut timings = Vec::with_capacity(samples);
+    for i in 0..LATENCY_WARMUP + samples {
+        let start = Instant::now();
+        store.enqueue(&tenant, new_task(i), Timestamp::now()).await?;
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), woken.recv())
+                .await
+                .context("no wake within 5 s")?
+                .context("the cluster channel closed or lagged")?;
+            if message == (ClusterMessage::Wake { tenant: tenant.clone() }) {
+                break;
+            }
+        }
+        let elapsed = start.elapsed();
+        let claims = store.claim(&request, Timestamp::now()).await?;
+        let [claim] = claims.as_slice() else { anyhow::bail!("claimed {} tasks, expected 1", claims.len()) };
+        store.complete(&claim.lease, result(), Timestamp::now()).await?;
+        if i >= LATENCY_WARMUP {
+            timings.push(elapsed);
+        }
+    }
+    fixture.finish().await?;
+    timings.sort_unstable();
+    Ok(Latency {
+        samples,
+        p50: percentile(&timings, 0.50),
+        p99: percentile(&timings, 0.99),
+        max: *timings.last().expect("at least one sample"),
+    })
+}
+
+/// A random number for fresh key prefixes (the benches do not depend on `rand`).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
 }
 
 /// One `enqueue` call per task.
