@@ -122,7 +122,10 @@ impl RedisOptions {
                 }
                 "timeout" => {
                     options.timeout = parse_duration(value).filter(|d| !d.is_zero()).ok_or_else(|| {
-                        InvalidInput::new("timeout", format!("expected a positive duration like 5s or 500ms, got {value:?}"))
+                        InvalidInput::new(
+                            "timeout",
+                            format!("expected a positive duration like 5s or 500ms, got {value:?}"),
+                        )
                     })?;
                 }
                 other => {
@@ -462,12 +465,7 @@ impl RedisStore {
         reply.iter().map(text).collect()
     }
 
-    async fn exists_then<T: redis::FromRedisValue>(
-        &self,
-        tenant: &TenantId,
-        id: TaskId,
-        cmd: redis::Cmd,
-    ) -> Result<T> {
+    async fn exists_then<T: redis::FromRedisValue>(&self, tenant: &TenantId, id: TaskId, cmd: redis::Cmd) -> Result<T> {
         let mut pipe = redis::pipe();
         pipe.atomic().exists(self.task_key(tenant, id)).add_command(cmd);
         let (exists, value): (bool, T) = self.query_pipe(&pipe).await?;
@@ -655,8 +653,8 @@ fn fields(v: Value) -> Result<HashMap<String, String>> {
 
 /// The fields `read_task` in `lib.lua` returns, in order.
 const TASK_FIELDS: [&str; 23] = [
-    "id", "pri", "st", "pay", "caps", "aff", "idem", "par", "att", "max", "to", "run", "ag", "exp", "cxl", "res", "err",
-    "cr", "up", "sa", "ca", "dl", "tok",
+    "id", "pri", "st", "pay", "caps", "aff", "idem", "par", "att", "max", "to", "run", "ag", "exp", "cxl", "res",
+    "err", "cr", "up", "sa", "ca", "dl", "tok",
 ];
 
 /// A `read_task` row as a map of the fields present.
@@ -859,9 +857,7 @@ impl Store for RedisStore {
             .iter()
             .map(|w| match w {
                 LeaseWrite::Start { lease, agent } => Ok(('s', lease, agent.as_str().to_owned())),
-                LeaseWrite::Complete(c) => {
-                    Ok(('c', &c.lease, serde_json::to_string(&c.result).map_err(backend_err)?))
-                }
+                LeaseWrite::Complete(c) => Ok(('c', &c.lease, serde_json::to_string(&c.result).map_err(backend_err)?)),
             })
             .collect::<Result<Vec<_>>>()?;
         let out = self.write(&entries, now).await?;
@@ -877,8 +873,7 @@ impl Store for RedisStore {
 
     async fn heartbeat(&self, lease: &Lease, extend_by: Duration, now: Timestamp) -> Result<LeaseStatus> {
         let expires_at = now + extend_by;
-        let reply =
-            self.lease_script(&self.scripts.heartbeat, lease, &[expires_at.as_millis().to_string()]).await?;
+        let reply = self.lease_script(&self.scripts.heartbeat, lease, &[expires_at.as_millis().to_string()]).await?;
         Ok(LeaseStatus { expires_at, cancel_requested: text(&reply)? == "1" })
     }
 
@@ -1164,8 +1159,8 @@ impl Store for RedisStore {
         let mut args = redis::Cmd::new();
         args.arg(self.tenant_key(tenant)).arg(tenant.as_str()).arg(&self.leases).arg(now.as_millis());
         let reply = array(self.eval(&self.scripts.counts, args).await?)?;
-        let [by_status, ready, scheduled, expired, oldest] = <[Value; 5]>::try_from(reply)
-            .map_err(|r| corrupt("counts reply", format!("{r:?}")))?;
+        let [by_status, ready, scheduled, expired, oldest] =
+            <[Value; 5]>::try_from(reply).map_err(|r| corrupt("counts reply", format!("{r:?}")))?;
         let mut counts = QueueCounts::default();
         for (status, n) in fields(by_status)? {
             let n: i64 = n.parse().map_err(|e| corrupt("count", e))?;

@@ -38,8 +38,9 @@ async fn bad_url_options_name_the_parameter() {
     assert_eq!(field_of(open("redis://127.0.0.1:1?prefix=ok&colour=blue").await), "store url");
     assert_eq!(field_of(open("rediss://127.0.0.1:1").await), "store url");
 
-    let options = godel_core::store::RedisOptions::parse("redis://u:secret@h:7/2?timeout=250ms&prefix=app:godel&pool_size=3")
-        .unwrap();
+    let options =
+        godel_core::store::RedisOptions::parse("redis://u:secret@h:7/2?timeout=250ms&prefix=app:godel&pool_size=3")
+            .unwrap();
     assert_eq!(options.url, "redis://u:secret@h:7/2");
     assert_eq!((options.prefix.as_str(), options.pool_size), ("app:godel", 3));
     assert_eq!(options.timeout, Duration::from_millis(250));
@@ -153,5 +154,74 @@ async fn a_restarted_server_keeps_acknowledged_tasks_and_the_handle_recovers() {
         })
         .await,
         "the peer's pub/sub listener never reconnected"
+    );
+}
+
+/// Every script that makes tasks ready now publishes a `Wake` for the tenant,
+/// including those whose message is built inside Lua (the reclaim sweep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_script_that_readies_tasks_wakes_other_nodes() {
+    use godel_core::store::{Failure, Retry, TaskFilter};
+    use godel_core::{TaskError, TaskErrorKind};
+
+    let Some(fixture) = crate::conformance::redis().await else { return };
+    let (store, peer) = (fixture.store, fixture.peer.expect("redis has a peer"));
+    let mut woken = peer.cluster_messages().unwrap();
+    let t = TenantId::new("acme").unwrap();
+    let expect_wake = async |woken: &mut tokio::sync::broadcast::Receiver<ClusterMessage>, what: &str| {
+        let got = tokio::time::timeout(Duration::from_secs(5), woken.recv()).await;
+        let got = got.unwrap_or_else(|_| panic!("no wake after {what}")).unwrap();
+        assert_eq!(got, ClusterMessage::Wake { tenant: TenantId::new("acme").unwrap() }, "after {what}");
+    };
+    let request = ClaimRequest {
+        tenant: t.clone(),
+        agent: AgentId::new("agent-1").unwrap(),
+        capabilities: Vec::new(),
+        limit: 1,
+        lease_for: Duration::from_secs(30),
+    };
+    let retry_now =
+        Failure { error: TaskError::new(TaskErrorKind::Error, "boom"), retry: Retry::After(Duration::ZERO) };
+
+    store.enqueue(&t, NewTask::prompt("wake me").max_attempts(3), T0).await.unwrap();
+    expect_wake(&mut woken, "enqueue").await;
+    let claim = store.claim(&request, T0).await.unwrap().pop().unwrap();
+    store.release(&claim.lease, T0).await.unwrap();
+    expect_wake(&mut woken, "release").await;
+    let claim = store.claim(&request, T0).await.unwrap().pop().unwrap();
+    store.fail(&claim.lease, &retry_now, T0).await.unwrap();
+    expect_wake(&mut woken, "a failure retried at once").await;
+    store.claim(&request, T0).await.unwrap().pop().unwrap();
+    assert_eq!(store.reclaim_expired(T0 + Duration::from_secs(30), 10).await.unwrap().len(), 1);
+    expect_wake(&mut woken, "reclaim").await;
+    let claim = store.claim(&request, T0).await.unwrap().pop().unwrap();
+    store.fail(&claim.lease, &retry_now, T0).await.unwrap();
+    assert_eq!(store.get(&t, claim.task.id).await.unwrap().status, TaskStatus::DeadLetter);
+    store.replay(&t, claim.task.id, T0).await.unwrap();
+    expect_wake(&mut woken, "replay").await;
+    let claim = store.claim(&request, T0).await.unwrap().pop().unwrap();
+    let never = Failure { retry: Retry::Never, ..retry_now.clone() };
+    store.fail(&claim.lease, &never, T0).await.unwrap();
+    store.cancel(&t, claim.task.id, T0).await.expect_err("a failed task cannot be cancelled");
+    store.replay(&t, claim.task.id, T0).await.unwrap();
+    expect_wake(&mut woken, "replay of a failed task").await;
+    for _ in 0..3 {
+        let claim = store.claim(&request, T0).await.unwrap().pop().unwrap();
+        store.fail(&claim.lease, &retry_now, T0).await.unwrap();
+        if store.get(&t, claim.task.id).await.unwrap().status != TaskStatus::DeadLetter {
+            expect_wake(&mut woken, "a failure retried at once").await;
+        }
+    }
+    assert_eq!(store.replay_dead_letters(&t, &TaskFilter::default(), T0).await.unwrap(), 1);
+    expect_wake(&mut woken, "bulk replay").await;
+
+    // A scheduled task is not ready, so it wakes nobody.
+    store.enqueue(&t, NewTask::prompt("later").run_at(T0 + Duration::from_secs(60)), T0).await.unwrap();
+    store.broadcast(&ClusterMessage::Wake { tenant: TenantId::new("marker").unwrap() }).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), woken.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        next,
+        ClusterMessage::Wake { tenant: TenantId::new("marker").unwrap() },
+        "a scheduled enqueue woke a node"
     );
 }
