@@ -193,6 +193,9 @@ struct State {
     approved: HashSet<String>,
     device_tokens: HashSet<String>,
     history: HashMap<String, String>,
+    active: usize,
+    peak: usize,
+    run_times: Vec<Duration>,
 }
 
 #[derive(Debug)]
@@ -274,6 +277,17 @@ impl FakeGateway {
         lock(&self.inner.state).runs.values().filter(|r| r.ended.borrow().is_none()).count()
     }
 
+    /// The most runs that were active at once.
+    pub fn peak_active_runs(&self) -> usize {
+        lock(&self.inner.state).peak
+    }
+
+    /// How long each finished run took inside the gateway, from the `agent`
+    /// request to the final response (the fake's own time, for benchmarks).
+    pub fn run_times(&self) -> Vec<Duration> {
+        lock(&self.inner.state).run_times.clone()
+    }
+
     /// Abort requests received (`sessions.abort` and `chat.abort`).
     pub fn aborts_received(&self) -> u64 {
         lock(&self.inner.state).aborts
@@ -352,6 +366,7 @@ impl FakeGateway {
             run.abort.send_replace(true);
         }
         state.runs.clear();
+        state.active = 0;
         drop(state);
         lock(&self.inner.tasks).abort_all();
     }
@@ -569,6 +584,7 @@ impl Inner {
     }
 
     async fn serve(self: Arc<Self>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
         let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
         let (mut sink, mut stream) = ws.split();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -887,6 +903,8 @@ impl Inner {
             }));
         }
         *state.started.entry(run_id.clone()).or_insert(0) += 1;
+        state.active += 1;
+        state.peak = state.peak.max(state.active);
         let (abort, abort_rx) = watch::channel(false);
         state.runs.insert(
             run_id.clone(),
@@ -905,7 +923,8 @@ impl Inner {
         let script = (config.script)(&p.message);
         let inner = self.clone();
         let rid = run_id.clone();
-        self.spawn(async move { inner.execute(rid, script, abort_rx).await });
+        let received = std::time::Instant::now();
+        self.spawn(async move { inner.execute(rid, script, abort_rx, received).await });
         Ok(Some(
             json!({"runId": run_id, "sessionKey": p.session_key, "agentId": agent_id, "status": "accepted", "acceptedAt": now_ms()}),
         ))
@@ -940,7 +959,13 @@ impl Inner {
         self.broadcast(&frame);
     }
 
-    async fn execute(self: Arc<Self>, run_id: String, script: RunScript, mut abort: watch::Receiver<bool>) {
+    async fn execute(
+        self: Arc<Self>,
+        run_id: String,
+        script: RunScript,
+        mut abort: watch::Receiver<bool>,
+        received: std::time::Instant,
+    ) {
         let started = now_ms();
         self.agent_event(&run_id, "lifecycle", json!({"phase": "start", "startedAt": started}));
         self.agent_event(&run_id, "lifecycle", json!({"phase": "model", "provider": "fake", "model": "fake-1"}));
@@ -1010,6 +1035,7 @@ impl Inner {
             if status == "ok" {
                 state.history.insert(session_key, text);
             }
+            state.active = state.active.saturating_sub(1);
             requester
         };
         if let Some((conn, req)) = requester {
@@ -1022,6 +1048,7 @@ impl Inner {
             };
             self.send_to(conn, frame);
         }
+        lock(&self.state).run_times.push(received.elapsed());
     }
 
     fn wait(self: &Arc<Self>, conn: u64, req: String, p: WaitParams) {

@@ -381,9 +381,10 @@ impl Connection {
     async fn handshake(&self) -> Result<(Socket, Hello), Failure> {
         let cfg = &self.shared.config;
         let limit = cfg.timing.connect_timeout;
-        let (mut socket, _) = match tokio::time::timeout(limit, tokio_tungstenite::connect_async(cfg.url.as_str()))
-            .await
-        {
+        // Nagle off: requests are small frames that must leave at once (with
+        // it, delayed ACKs add about 40 ms to every request).
+        let connect = tokio_tungstenite::connect_async_with_config(cfg.url.as_str(), None, true);
+        let (mut socket, _) = match tokio::time::timeout(limit, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(Failure::Transient(format!("cannot connect to {}: {e}", cfg.url))),
             Err(_) => {
