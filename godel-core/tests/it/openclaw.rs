@@ -89,8 +89,12 @@ struct Fleet {
 
 impl Fleet {
     async fn start(gateways: Vec<GatewayConfig>) -> Self {
+        Self::start_with(DeviceIdentity::generate(), gateways).await
+    }
+
+    async fn start_with(device: DeviceIdentity, gateways: Vec<GatewayConfig>) -> Self {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let registry = OpenclawRegistry::new(DeviceIdentity::generate());
+        let registry = OpenclawRegistry::new(device);
         let mut builder = Orchestrator::builder(store).config(engine_config());
         for g in gateways {
             builder = builder.agent(registry.add(g).unwrap());
@@ -622,4 +626,25 @@ async fn the_fake_gateway_is_as_strict_as_the_real_one() {
     .await;
     assert_eq!(detail, "DEVICE_AUTH_DEVICE_ID_MISMATCH");
     assert_eq!(fake.connects(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_token_is_kept_and_presented_after_a_restart() {
+    let fake =
+        FakeGateway::start(FakeConfig { auth: FakeAuth::Token("shared".into()), ..fake_config() }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway("tok", &fake);
+    config.auth = GatewayAuth::Token("shared".into());
+    let fleet = Fleet::start_with(DeviceIdentity::load_or_create(dir.path()).unwrap(), vec![config]).await;
+    wait_until("ready", || async { fleet.state("tok").0 == GatewayState::Ready }).await;
+    fleet.stop().await;
+    assert!(dir.path().join("openclaw-token-tok.json").exists());
+
+    // Without the shared token, the kept device token gets in.
+    let fleet =
+        Fleet::start_with(DeviceIdentity::load_or_create(dir.path()).unwrap(), vec![gateway("tok", &fake)]).await;
+    let id = fleet.submit(NewTask::prompt("with the device token")).await;
+    assert_eq!(fleet.settled(id).await.status, TaskStatus::Completed);
+    assert_eq!(fake.connects(), 2);
+    fleet.stop().await;
 }

@@ -116,6 +116,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn new(config: GatewayConfig, device: DeviceIdentity) -> (Arc<Self>, Connection) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let device_token = crate::adapter::openclaw::device::load_token(&device, &config.name);
         let shared = Arc::new(Self {
             config,
             device,
@@ -124,7 +125,7 @@ impl Shared {
                 message: None,
                 hello: None,
                 last_check: None,
-                device_token: None,
+                device_token,
             }),
             pending: Mutex::new(HashMap::new()),
             runs: Mutex::new(HashMap::new()),
@@ -331,7 +332,14 @@ impl Connection {
                 () = cancel.cancelled() => break,
             }
         }
-        self.shared.lost("the gateway connection was stopped".into(), GatewayState::Degraded);
+        // Stopping is not a fault: no warning.
+        self.shared.conn.send_modify(|c| c.ready = false);
+        lock(&self.shared.pending).clear();
+        {
+            let mut status = lock(&self.shared.status);
+            status.state = GatewayState::Degraded;
+            status.message = Some("the gateway connection was stopped".into());
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
@@ -532,10 +540,16 @@ impl Connection {
             tick_interval: Duration::from_millis(tick.max(1)),
         };
         let mut status = lock(&self.shared.status);
-        if let Some(token) = payload.pointer("/auth/deviceToken").and_then(Value::as_str) {
-            status.device_token = Some(token.to_owned());
+        let token = payload.pointer("/auth/deviceToken").and_then(Value::as_str);
+        let new_token = token.filter(|t| status.device_token.as_deref() != Some(*t)).map(str::to_owned);
+        if let Some(t) = &new_token {
+            status.device_token = Some(t.clone());
         }
         status.hello = Some(hello.clone());
+        drop(status);
+        if let Some(t) = new_token {
+            crate::adapter::openclaw::device::store_token(&self.shared.device, &cfg.name, &t);
+        }
         Ok(hello)
     }
 

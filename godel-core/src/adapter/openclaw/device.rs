@@ -47,6 +47,8 @@ pub enum DeviceError {
 #[derive(Clone)]
 pub struct DeviceIdentity {
     key: SigningKey,
+    /// The state directory it was loaded from; device tokens are kept beside it.
+    dir: Option<PathBuf>,
     id: String,
     public_key: String,
 }
@@ -69,14 +71,18 @@ impl DeviceIdentity {
         let key = SigningKey::from_bytes(secret);
         let public = key.verifying_key().to_bytes();
         let id = hex(&Sha256::digest(public));
-        Self { key, id, public_key: URL_SAFE_NO_PAD.encode(public) }
+        Self { key, dir: None, id, public_key: URL_SAFE_NO_PAD.encode(public) }
     }
 
     /// Loads the identity from `<state_dir>/openclaw-device.json`, creating
     /// the directory and the key on first use.
     pub fn load_or_create(state_dir: &Path) -> Result<Self, DeviceError> {
         let path = state_dir.join(DEVICE_KEY_FILE);
-        match Self::load(&path) {
+        let found = Self::load(&path).map(|mut d| {
+            d.dir = Some(state_dir.to_owned());
+            d
+        });
+        match found {
             Err(DeviceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
             other => return other,
         }
@@ -85,7 +91,8 @@ impl DeviceIdentity {
             path: path.clone(),
             source,
         })?;
-        let identity = Self::generate();
+        let mut identity = Self::generate();
+        identity.dir = Some(state_dir.to_owned());
         let body = serde_json::json!({
             "version": 1,
             "deviceId": identity.id,
@@ -107,7 +114,11 @@ impl DeviceIdentity {
         let _ = std::fs::remove_file(&tmp);
         match linked {
             Ok(()) => Ok(identity),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(&path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mut d = Self::load(&path)?;
+                d.dir = Some(state_dir.to_owned());
+                Ok(d)
+            }
             Err(source) => Err(DeviceError::Io { action: "create", path, source }),
         }
     }
@@ -174,6 +185,36 @@ impl DeviceIdentity {
     }
 }
 
+/// The device token a gateway issued, kept (0600) beside the key so that a
+/// restarted Godel presents it again; `None` without a state directory.
+pub(crate) fn load_token(device: &DeviceIdentity, gateway: &str) -> Option<String> {
+    let path = device.dir.as_ref()?.join(format!("openclaw-token-{gateway}.json"));
+    let text = std::fs::read_to_string(&path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("deviceToken").and_then(serde_json::Value::as_str).map(str::to_owned)
+}
+
+/// Keeps a device token (written to a temporary file, then renamed).
+pub(crate) fn store_token(device: &DeviceIdentity, gateway: &str, token: &str) {
+    let Some(dir) = &device.dir else { return };
+    let path = dir.join(format!("openclaw-token-{gateway}.json"));
+    let tmp = dir.join(format!(".openclaw-token-{gateway}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let write = || -> std::io::Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        file.write_all(serde_json::json!({ "deviceToken": token }).to_string().as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(gateway, path = %path.display(), error = %e, "cannot keep the gateway's device token");
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -194,6 +235,9 @@ mod tests {
         let b = DeviceIdentity::load_or_create(dir.path()).unwrap();
         assert_eq!(a.id(), b.id());
         assert_eq!(a.id().len(), 64);
+        assert_eq!(load_token(&a, "g"), None);
+        store_token(&a, "g", "tok-1");
+        assert_eq!(load_token(&b, "g").as_deref(), Some("tok-1"));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
