@@ -132,6 +132,8 @@ pub struct FakeConfig {
     pub agents: Vec<String>,
     /// What runs do.
     pub script: Script,
+    /// Never deliver the `agent` event with this per-run sequence number (a gap).
+    pub lose_seq: Option<u64>,
 }
 
 impl std::fmt::Debug for FakeConfig {
@@ -157,6 +159,7 @@ impl Default for FakeConfig {
             default_agent: "main".into(),
             agents: vec!["main".into()],
             script: Arc::new(RunScript::echo),
+            lose_seq: None,
         }
     }
 }
@@ -202,6 +205,8 @@ struct State {
 struct Conn {
     tx: mpsc::UnboundedSender<Out>,
     ready: bool,
+    /// Declared `caps: ["tool-events"]`: only such connections see tool events.
+    tool_events: bool,
 }
 
 #[derive(Debug)]
@@ -545,6 +550,7 @@ struct Session {
     id: u64,
     nonce: String,
     scopes: Vec<String>,
+    tool_events: bool,
     ready: bool,
 }
 
@@ -571,8 +577,12 @@ impl Inner {
     }
 
     fn broadcast(&self, frame: &str) {
+        self.broadcast_to(frame, false);
+    }
+
+    fn broadcast_to(&self, frame: &str, tool: bool) {
         let state = lock(&self.state);
-        for c in state.conns.values().filter(|c| c.ready) {
+        for c in state.conns.values().filter(|c| c.ready && (c.tool_events || !tool)) {
             let _ = c.tx.send(Out::Frame(frame.to_owned()));
         }
     }
@@ -589,11 +599,11 @@ impl Inner {
         let (mut sink, mut stream) = ws.split();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        lock(&self.state).conns.insert(id, Conn { tx: tx.clone(), ready: false });
+        lock(&self.state).conns.insert(id, Conn { tx: tx.clone(), ready: false, tool_events: false });
         let config = self.config();
         let nonce = uuid::Uuid::new_v4().to_string();
         let _ = tx.send(Out::Frame(event("connect.challenge", &json!({"nonce": nonce, "ts": now_ms()}))));
-        let mut session = Session { id, nonce, scopes: Vec::new(), ready: false };
+        let mut session = Session { id, nonce, scopes: Vec::new(), tool_events: false, ready: false };
         let mut tick = tokio::time::interval(config.tick_interval);
         tick.reset();
         let handshake_deadline = tokio::time::sleep(Duration::from_secs(10));
@@ -670,6 +680,7 @@ impl Inner {
                     session.ready = true;
                     if let Some(c) = lock(&self.state).conns.get_mut(&session.id) {
                         c.ready = true;
+                        c.tool_events = session.tool_events;
                     }
                     reply(res_ok(&frame.id, &hello));
                 }
@@ -856,7 +867,8 @@ impl Inner {
         state.connects += 1;
         drop(state);
         session.scopes = granted.clone();
-        let _ = (&p.caps, &p.locale, &p.user_agent, &p.client.version, &p.client.display_name, &p.client.instance_id);
+        session.tool_events = p.caps.iter().any(|c| c == "tool-events");
+        let _ = (&p.locale, &p.user_agent, &p.client.version, &p.client.display_name, &p.client.instance_id);
         let mut methods = vec!["health", "status", "agent", "agent.wait", "chat.send", "chat.abort", "chat.history"];
         if config.sessions_abort {
             methods.push("sessions.abort");
@@ -932,16 +944,20 @@ impl Inner {
 
     /// Emits an `agent` event of a run with the next sequence number.
     fn agent_event(&self, run_id: &str, stream: &str, data: Value) {
+        let lose = lock(&self.config).0.lose_seq;
         let frame = {
             let mut state = lock(&self.state);
             let Some(run) = state.runs.get_mut(run_id) else { return };
             run.seq += 1;
+            if lose == Some(run.seq) {
+                return; // lost on the way: the client sees a gap
+            }
             event(
                 "agent",
                 &json!({"runId": run_id, "sessionKey": run.session_key, "agentId": run.agent_id, "stream": stream, "data": data, "seq": run.seq, "ts": now_ms()}),
             )
         };
-        self.broadcast(&frame);
+        self.broadcast_to(&frame, stream == "tool");
     }
 
     fn chat_event(&self, run_id: &str, state_name: &str, extra: Value) {

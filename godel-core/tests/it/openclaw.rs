@@ -648,3 +648,20 @@ async fn the_device_token_is_kept_and_presented_after_a_restart() {
     assert_eq!(fake.connects(), 2);
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_a_runs_events_still_yields_the_whole_reply() {
+    // Events 1 and 2 are lifecycle start and model; 4 is the delta "b".
+    let config = FakeConfig { script: slow(Duration::from_millis(20)), lose_seq: Some(4), ..fake_config() };
+    let fake = FakeGateway::start(config).await.unwrap();
+    let fleet = Fleet::start(vec![gateway("one", &fake)]).await;
+    let id = fleet.submit(NewTask::prompt("abcdef")).await;
+    let task = fleet.settled(id).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{:?}", task.error);
+    assert_eq!(task.result.unwrap()["text"], "abcdef");
+    let output = fleet.orchestrator.store().output(&task.tenant, id).await.unwrap();
+    let stdout: String = output.iter().map(|o| o.data.as_str()).collect();
+    assert_eq!(stdout, "acdef", "the lost delta is not invented");
+    assert_eq!(fake.total_runs_started(), 1);
+    fleet.stop().await;
+}
