@@ -753,7 +753,8 @@ fn session_of(tenant: &TenantId, map: &HashMap<String, String>) -> Result<Sessio
         state: f.parse::<SessionState>("st")?,
         created_at: f.time("cr")?,
         updated_at: f.time("up")?,
-        error: f.opt("err").map(str::to_owned),
+        // Read as stored: a session's reason may be empty (sessions are never emptied in place).
+        error: map.get("err").cloned(),
     })
 }
 
