@@ -256,13 +256,14 @@ impl Store for PostgresStore {
         }
         let sql = format!(
             "WITH picked AS ( \
-                 SELECT seq FROM tasks \
-                 WHERE tenant = $1 AND status = 'pending' AND run_at <= $2 AND capabilities <@ $3::text[] \
+                 SELECT ctid FROM tasks \
+                 WHERE tenant = $1 AND status = 'pending' AND run_at <= $2 \
+                     AND (capabilities = '{{}}' OR capabilities <@ $3::text[]) \
                  ORDER BY priority, run_at, seq LIMIT $4 FOR UPDATE SKIP LOCKED) \
              UPDATE tasks t SET status = 'assigned', attempt = t.attempt + 1, agent_id = $5, \
                  lease_token = gen_random_uuid(), lease_expires_at = $6, cancel_requested = false, \
                  started_at = NULL, updated_at = $2 \
-             FROM picked WHERE t.seq = picked.seq \
+             WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM picked)) \
              RETURNING {COLUMNS}"
         );
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
@@ -478,7 +479,7 @@ impl Store for PostgresStore {
             .map_err(db_err)?;
         let rows = sqlx::query(
             "WITH lapsed AS ( \
-                 SELECT seq FROM tasks WHERE status IN ('assigned', 'running') AND lease_expires_at <= $1 \
+                 SELECT ctid FROM tasks WHERE status IN ('assigned', 'running') AND lease_expires_at <= $1 \
                  ORDER BY lease_expires_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
              UPDATE tasks t SET \
                  status = CASE WHEN t.cancel_requested THEN 'cancelled' \
@@ -488,7 +489,7 @@ impl Store for PostgresStore {
                                          ELSE NULL END, \
                  error = jsonb_set($2::jsonb, '{message}', to_jsonb('lease of attempt ' || t.attempt || ' expired'))::text, \
                  lease_token = NULL, lease_expires_at = NULL, updated_at = $1 \
-             FROM lapsed WHERE t.seq = lapsed.seq \
+             WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM lapsed)) \
              RETURNING t.tenant, t.id::text, t.attempt, t.status, t.priority",
         )
         .bind(now.as_millis())
@@ -550,16 +551,16 @@ impl Store for PostgresStore {
 
     async fn purge(&self, tenant: &TenantId, id: TaskId) -> Result<()> {
         scoped!(self, tenant, |conn| async move {
-            let done = sqlx::query(
-                "DELETE FROM tasks WHERE tenant = $1 AND id = $2::uuid \
-                     AND status IN ('completed', 'failed', 'cancelled', 'dead_letter')",
-            )
+            let purged: i64 = sqlx::query_scalar(&format!(
+                "WITH gone AS (DELETE FROM tasks WHERE tenant = $1 AND id = $2::uuid \
+                     AND status IN ('completed', 'failed', 'cancelled', 'dead_letter') RETURNING seq) {PURGE_HISTORY}"
+            ))
             .bind(tenant.as_str())
             .bind(id.to_string())
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(db_err)?;
-            if done.rows_affected() == 1 {
+            if purged == 1 {
                 return Ok(());
             }
             Err(StoreError::InvalidTransition { task: id, from: status_of(conn, tenant, id).await?, action: "purge" })
@@ -569,12 +570,13 @@ impl Store for PostgresStore {
     async fn purge_finished(&self, tenant: &TenantId, filter: &TaskFilter, finished_before: Timestamp) -> Result<u64> {
         let filter = filter.for_purge()?;
         scoped!(self, tenant, |conn| async move {
-            let mut qb = QueryBuilder::<Postgres>::new("DELETE FROM tasks WHERE tenant = ");
+            let mut qb = QueryBuilder::<Postgres>::new("WITH gone AS (DELETE FROM tasks WHERE tenant = ");
             qb.push_bind(tenant.as_str());
             push_filter(&mut qb, &filter);
             qb.push(" AND completed_at < ").push_bind(finished_before.as_millis());
-            let done = qb.build().execute(conn).await.map_err(db_err)?;
-            Ok(done.rows_affected())
+            qb.push(" RETURNING seq) ").push(PURGE_HISTORY);
+            let purged: i64 = qb.build_query_scalar().fetch_one(conn).await.map_err(db_err)?;
+            Ok(u64::try_from(purged).unwrap_or(0))
         })
     }
 
@@ -1010,6 +1012,12 @@ async fn set_tenant(conn: &mut PgConnection, tenant: &TenantId) -> Result<()> {
         .map_err(db_err)?;
     Ok(())
 }
+
+/// The tail of a purge: `gone` holds the `seq` of the deleted tasks, whose
+/// history goes with them (`task_history` has no foreign key to cascade, see
+/// the migrations; output does). Returns how many tasks were deleted.
+const PURGE_HISTORY: &str = "\
+    , history AS (DELETE FROM task_history WHERE task_seq IN (SELECT seq FROM gone)) SELECT count(*) FROM gone";
 
 /// The SET clause of a replay. Binds `$1` = now.
 const REPLAY_SET: &str = "status = 'pending', attempt = 0, run_at = $1, cancel_requested = false, result = NULL, \
