@@ -367,15 +367,9 @@ impl RedisStore {
         self.conns.settle(slot, reply)
     }
 
-    /// Runs a script; reloads it once if the server forgot it (after a restart).
-    async fn eval(&self, script: &Script, args: redis::Cmd) -> Result<Value> {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&script.sha).arg(0);
-        for arg in args.args_iter() {
-            if let redis::Arg::Simple(bytes) = arg {
-                cmd.arg(bytes);
-            }
-        }
+    /// Runs a script call built with [`call`]; reloads the script once if
+    /// the server forgot it (after a restart).
+    async fn eval(&self, script: &Script, cmd: redis::Cmd) -> Result<Value> {
         let (slot, mut conn) = self.conns.get().await?;
         match timed_raw(self.timeout, cmd.query_async::<Value>(&mut conn)).await {
             Ok(Err(e)) if e.kind() == ErrorKind::NoScriptError => {
@@ -388,7 +382,7 @@ impl RedisStore {
 
     /// Runs a fenced single-lease script whose arguments start with T, leases, tenant, id, attempt, token.
     async fn lease_script(&self, script: &Script, lease: &Lease, extra: &[String]) -> Result<Value> {
-        let mut args = redis::Cmd::new();
+        let mut args = call(script);
         args.arg(self.tenant_key(&lease.tenant))
             .arg(&self.leases)
             .arg(lease.tenant.as_str())
@@ -411,7 +405,7 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let ids: Vec<TaskId> = tasks.iter().map(|_| TaskId::new()).collect();
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.enqueue);
         args.arg(self.tenant_key(tenant))
             .arg(now.as_millis())
             .arg(&self.channel)
@@ -448,7 +442,7 @@ impl RedisStore {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.write);
         args.arg(&self.prefix).arg(&self.leases).arg(now.as_millis()).arg(writes.len());
         for (kind, lease, extra) in writes {
             args.arg(kind.to_string())
@@ -475,6 +469,13 @@ impl RedisStore {
     fn task_key(&self, tenant: &TenantId, id: TaskId) -> String {
         format!("{}:{}:t:{}", self.prefix, tenant, id)
     }
+}
+
+/// A call of `script`, to which the caller adds the script's arguments.
+fn call(script: &Script) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(&script.sha).arg(0);
+    cmd
 }
 
 /// Loads a script into the server's cache and returns its SHA1.
@@ -815,7 +816,7 @@ impl Store for RedisStore {
         // Each lease's token is this random UUID with its last 8 hex digits
         // replaced by the claim's index in the batch: 96 random bits, unique per call.
         let base = LeaseToken::random().to_string();
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.claim);
         args.arg(self.tenant_key(&request.tenant))
             .arg(&self.leases)
             .arg(request.tenant.as_str())
@@ -879,7 +880,7 @@ impl Store for RedisStore {
     }
 
     async fn append_output(&self, lease: &Lease, chunks: &[OutputChunk], now: Timestamp) -> Result<()> {
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.output);
         args.arg(self.tenant_key(&lease.tenant))
             .arg(lease.task.to_string())
             .arg(lease.attempt)
@@ -953,7 +954,7 @@ impl Store for RedisStore {
     }
 
     async fn cancel(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<CancelOutcome> {
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.cancel);
         args.arg(self.tenant_key(tenant)).arg(id.to_string()).arg(now.as_millis());
         let reply = self.eval(&self.scripts.cancel, args).await?;
         task_answer(&reply, id, "cancel")?;
@@ -968,7 +969,7 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.reclaim);
         args.arg(&self.prefix)
             .arg(&self.leases)
             .arg(now.as_millis())
@@ -996,7 +997,7 @@ impl Store for RedisStore {
     }
 
     async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task> {
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.replay);
         args.arg(self.tenant_key(tenant))
             .arg(now.as_millis())
             .arg(&self.channel)
@@ -1010,7 +1011,7 @@ impl Store for RedisStore {
 
     async fn replay_dead_letters(&self, tenant: &TenantId, filter: &TaskFilter, now: Timestamp) -> Result<u64> {
         let filter = filter.for_dead_letters()?;
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.replay);
         args.arg(self.tenant_key(tenant)).arg(now.as_millis()).arg(&self.channel).arg(self.wake(tenant)?).arg("bulk");
         filter_args(&mut args, &filter);
         let n = int(&self.eval(&self.scripts.replay, args).await?)?;
@@ -1018,7 +1019,7 @@ impl Store for RedisStore {
     }
 
     async fn purge(&self, tenant: &TenantId, id: TaskId) -> Result<()> {
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.purge);
         args.arg(self.tenant_key(tenant)).arg("one").arg(id.to_string());
         let reply = self.eval(&self.scripts.purge, args).await?;
         task_answer(&reply, id, "purge")
@@ -1031,7 +1032,7 @@ impl Store for RedisStore {
         let mut offset = 0;
         let mut total = 0;
         loop {
-            let mut args = redis::Cmd::new();
+            let mut args = call(&self.scripts.purge);
             args.arg(self.tenant_key(tenant)).arg("bulk").arg(finished_before.as_millis()).arg(offset).arg(PURGE_CHUNK);
             filter_args(&mut args, &filter);
             let reply = array(self.eval(&self.scripts.purge, args).await?)?;
@@ -1065,7 +1066,7 @@ impl Store for RedisStore {
         let mut rows: Vec<(i64, Task)> = Vec::new();
         let wanted = query.limit + 1;
         loop {
-            let mut args = redis::Cmd::new();
+            let mut args = call(&self.scripts.list);
             args.arg(self.tenant_key(tenant)).arg(order).arg(&position).arg(wanted - rows.len()).arg(LIST_BUDGET);
             filter_args(&mut args, &query.filter);
             let reply = array(self.eval(&self.scripts.list, args).await?)?;
@@ -1157,7 +1158,7 @@ impl Store for RedisStore {
     }
 
     async fn counts(&self, tenant: &TenantId, now: Timestamp) -> Result<QueueCounts> {
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.counts);
         args.arg(self.tenant_key(tenant)).arg(tenant.as_str()).arg(&self.leases).arg(now.as_millis());
         let reply = array(self.eval(&self.scripts.counts, args).await?)?;
         let [by_status, ready, scheduled, expired, oldest] =
@@ -1223,7 +1224,7 @@ impl Store for RedisStore {
 
     async fn list_sessions(&self, tenant: &TenantId, query: &SessionQuery) -> Result<Vec<Session>> {
         query.validate()?;
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.sessions);
         args.arg(self.tenant_key(tenant)).arg("all");
         let reply = array(self.eval(&self.scripts.sessions, args).await?)?;
         let mut sessions = Vec::new();
@@ -1248,7 +1249,7 @@ impl Store for RedisStore {
         if agents.is_empty() {
             return Ok(0);
         }
-        let mut args = redis::Cmd::new();
+        let mut args = call(&self.scripts.sessions);
         args.arg(self.tenant_key(tenant)).arg("abandon").arg(now.as_millis()).arg(reason);
         for agent in agents {
             args.arg(agent.as_str());
