@@ -103,14 +103,25 @@ async fn delete_stale_redis_prefixes(url: &str) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut cursor = 0u64;
         loop {
-            let Ok((next, keys)): Result<(u64, Vec<String>), _> =
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("godel-t-*").arg("COUNT").arg(1_000).query_async(&mut conn).await
+            let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("godel-t-*")
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut conn)
+                .await
             else {
                 return;
             };
             let stale: Vec<&String> = keys
                 .iter()
-                .filter(|k| k.split('-').nth(2).and_then(|s| s.parse::<u64>().ok()).is_some_and(|born| now.saturating_sub(born) > 600))
+                .filter(|k| {
+                    k.split('-')
+                        .nth(2)
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .is_some_and(|born| now.saturating_sub(born) > 600)
+                })
                 .collect();
             if !stale.is_empty() {
                 let _: Result<i64, _> = redis::cmd("UNLINK").arg(&stale).query_async(&mut conn).await;
