@@ -103,12 +103,22 @@ enum Backend {
 #[derive(Debug)]
 enum Fixture {
     Memory(MemoryStore),
-    Sqlite { store: SqliteStore, _dir: TempDir },
+    Sqlite {
+        store: SqliteStore,
+        _dir: TempDir,
+    },
     /// A store on a fresh key prefix, and a second handle on it (another node).
-    Redis { store: Box<RedisStore>, peer: Box<RedisStore> },
+    Redis {
+        store: Box<RedisStore>,
+        peer: Box<RedisStore>,
+    },
     /// A store on a fresh schema, a second handle on it (another node), and
     /// the schema's name, dropped at the end.
-    Postgres { store: PostgresStore, peer: PostgresStore, schema: String },
+    Postgres {
+        store: PostgresStore,
+        peer: PostgresStore,
+        schema: String,
+    },
 }
 
 /// What one throughput workload measured.
@@ -271,7 +281,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         BackendChoice::All => &[Backend::Memory, Backend::Sqlite, Backend::Redis, Backend::Postgres],
     };
     let postgres_url = args.postgres_url.clone().unwrap_or_else(|| {
-        std::env::var("GODEL_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+        std::env::var("GODEL_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
     });
     POSTGRES_URL.get_or_init(|| postgres_url);
     let redis_url = args.redis_url.clone().unwrap_or_else(|| {
