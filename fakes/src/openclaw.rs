@@ -178,6 +178,7 @@ struct Inner {
     tasks: Mutex<JoinSet<()>>,
     listener: Mutex<Option<tokio::task::AbortHandle>>,
     silent: AtomicBool,
+    refusing: AtomicBool,
     next_conn: AtomicU64,
 }
 
@@ -249,6 +250,7 @@ impl FakeGateway {
             tasks: Mutex::new(JoinSet::new()),
             listener: Mutex::new(None),
             silent: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         });
         Inner::listen(&inner, listener);
@@ -330,6 +332,11 @@ impl FakeGateway {
     /// Stops sending ticks (the client's watchdog should notice).
     pub fn set_silent(&self, silent: bool) {
         self.inner.silent.store(silent, Ordering::SeqCst);
+    }
+
+    /// Closes new connections at once (as a gateway that is unreachable for a while); runs go on.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.inner.refusing.store(refusing, Ordering::SeqCst);
     }
 
     /// Changes the config for new connections and runs.
@@ -594,6 +601,9 @@ impl Inner {
     }
 
     async fn serve(self: Arc<Self>, stream: TcpStream) {
+        if self.refusing.load(Ordering::SeqCst) {
+            return;
+        }
         let _ = stream.set_nodelay(true);
         let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
         let (mut sink, mut stream) = ws.split();

@@ -153,6 +153,21 @@ impl Fleet {
     }
 }
 
+impl Fleet {
+    /// Submits a task and returns once its first output event was published.
+    async fn submit_and_see_output(&self, task: NewTask) -> TaskId {
+        let mut events = self.orchestrator.subscribe(vec![godel_core::EventPattern::new("task.output").unwrap()]);
+        let id = self.submit(task).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let e = tokio::time::timeout_at(deadline, events.recv()).await.expect("no output").unwrap();
+            if matches!(e.event.kind, godel_core::EventKind::TaskOutput { task, .. } if task == id) {
+                return id;
+            }
+        }
+    }
+}
+
 async fn wait_until<F, Fut>(what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
@@ -200,10 +215,8 @@ async fn a_connection_dropped_mid_run_completes_the_task_once() {
     let fake =
         FakeGateway::start(FakeConfig { script: slow(Duration::from_millis(60)), ..fake_config() }).await.unwrap();
     let fleet = Fleet::start(vec![gateway("one", &fake)]).await;
-    let id = fleet.submit(NewTask::prompt("abcdefgh")).await;
-    let store = fleet.orchestrator.store().clone();
-    let tenant = fleet.task(id).await.tenant;
-    wait_until("some output", || async { !store.output(&tenant, id).await.unwrap().is_empty() }).await;
+    let id = fleet.submit_and_see_output(NewTask::prompt("abcdefgh")).await;
+    assert_eq!(fake.active_runs(), 1, "dropped mid-run");
     fake.drop_connections();
     wait_until("a second connection", || async { fake.connects() >= 2 }).await;
     let task = fleet.settled(id).await;
@@ -663,5 +676,25 @@ async fn a_gap_in_a_runs_events_still_yields_the_whole_reply() {
     let stdout: String = output.iter().map(|o| o.data.as_str()).collect();
     assert_eq!(stdout, "acdef", "the lost delta is not invented");
     assert_eq!(fake.total_runs_started(), 1);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_ends_while_disconnected_is_reconciled_after_the_reconnect() {
+    let fake =
+        FakeGateway::start(FakeConfig { script: slow(Duration::from_millis(30)), ..fake_config() }).await.unwrap();
+    let fleet = Fleet::start(vec![gateway("one", &fake)]).await;
+    let id = fleet.submit_and_see_output(NewTask::prompt("abcdef")).await;
+    assert_eq!(fake.active_runs(), 1, "dropped mid-run");
+    fake.set_refusing(true);
+    fake.drop_connections();
+    wait_until("the run to end on the gateway", || async { fake.active_runs() == 0 }).await;
+    assert_eq!(fleet.task(id).await.status, TaskStatus::Running, "nothing decided while disconnected");
+    fake.set_refusing(false);
+    let task = fleet.settled(id).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{:?}", task.error);
+    assert_eq!(task.attempt, 1);
+    assert_eq!(task.result.unwrap()["text"], "abcdef");
+    assert_eq!(fake.total_runs_started(), 1, "reconciled, not run again");
     fleet.stop().await;
 }
