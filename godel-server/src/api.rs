@@ -411,9 +411,7 @@ async fn queue_report(state: &AppState) -> ApiResult<Value> {
     if dead > 0 {
         reasons.push(format!("{dead} tasks are dead-lettered"));
     }
-    if let Some(gateways) = &state.gateways {
-        reasons.extend(gateways.queue_reasons(counts.ready));
-    }
+    reasons.extend(state.gateways.queue_reasons(counts.ready));
     let offline = agents.len() - online.len();
     if offline > 0 {
         reasons.push(format!("{offline} of {} agents are offline or in error", agents.len()));

@@ -47,10 +47,10 @@ pub(crate) struct AppState {
     connections: TaskTracker,
     /// Remote workers connected to this node.
     workers: workers::Workers,
-    /// The OpenClaw gateways (`[[gateways]]`), when any are configured: list
-    /// them with `OpenclawRegistry::list`, add or remove them at runtime with
-    /// `attach` / `detach`.
-    gateways: Option<Arc<godel_core::adapter::OpenclawRegistry>>,
+    /// The OpenClaw gateways (`[[gateways]]`): list them with
+    /// `OpenclawRegistry::list`, add or remove them at runtime with `attach` /
+    /// `detach` (the device key is loaded from `state_dir` on first use).
+    gateways: Arc<godel_core::adapter::OpenclawRegistry>,
 }
 
 const STARTING: u8 = 0;
@@ -95,21 +95,18 @@ pub async fn run(
     for agent in config.agents.clone() {
         builder = builder.agent(agent);
     }
-    // One engine agent per OpenClaw gateway; the registry owns their connections.
-    let gateways = if config.gateways.is_empty() {
-        None
-    } else {
-        let device = godel_core::adapter::DeviceIdentity::load_or_create(&config.state_dir)
-            .context("cannot prepare Godel's OpenClaw device identity")?;
-        let registry = Arc::new(godel_core::adapter::OpenclawRegistry::new(device));
-        for gateway in config.gateways.clone() {
-            let name = gateway.name.clone();
-            let agent = registry.add(gateway).with_context(|| format!("invalid gateway {name}"))?;
-            builder = builder.agent(agent);
-        }
-        tracing::info!(gateways = config.gateways.len(), device = registry.device_id(), "openclaw gateways configured");
-        Some(registry)
-    };
+    // One engine agent per OpenClaw gateway; the registry owns their
+    // connections. It exists without gateways too (for gateways added at
+    // runtime) and loads the device key only when the first one is added.
+    let gateways = Arc::new(godel_core::adapter::OpenclawRegistry::lazy(&config.state_dir));
+    for gateway in config.gateways.clone() {
+        let name = gateway.name.clone();
+        let agent = gateways.add(gateway).with_context(|| format!("cannot set up gateway {name}"))?;
+        builder = builder.agent(agent);
+    }
+    if !config.gateways.is_empty() {
+        tracing::info!(gateways = config.gateways.len(), device = gateways.device_id(), "openclaw gateways configured");
+    }
     let orchestrator = builder.build().context("invalid engine configuration")?;
     let state = Arc::new(AppState {
         orchestrator: orchestrator.clone(),
@@ -179,9 +176,7 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "a server task panicked"),
         }
     }
-    if let Some(gateways) = &state.gateways {
-        gateways.shutdown().await;
-    }
+    state.gateways.shutdown().await;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "godel-server stopped");
     match failure {
         Some(e) => Err(e),

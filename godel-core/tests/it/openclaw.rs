@@ -301,7 +301,7 @@ async fn reduced_scopes_make_the_gateway_unusable() {
     wait_until("unusable", || async { fleet.state("narrow").0 == GatewayState::Unusable }).await;
     let (_, message) = fleet.state("narrow");
     assert!(message.contains("missing scope") && message.contains("operator.write"), "{message}");
-    assert!(message.contains(fleet.registry.device_id()), "names the device to grant: {message}");
+    assert!(message.contains(fleet.registry.device_id().unwrap()), "names the device to grant: {message}");
     fleet.stop().await;
 }
 
@@ -697,4 +697,19 @@ async fn a_run_that_ends_while_disconnected_is_reconciled_after_the_reconnect() 
     assert_eq!(task.result.unwrap()["text"], "abcdef");
     assert_eq!(fake.total_runs_started(), 1, "reconciled, not run again");
     fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_registry_loads_the_device_key_with_its_first_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let registry = OpenclawRegistry::lazy(&state);
+    assert_eq!(registry.device_id(), None);
+    assert!(!state.exists(), "nothing is written without gateways");
+    let fake = FakeGateway::start(fake_config()).await.unwrap();
+    registry.add(gateway("first", &fake)).unwrap();
+    let id = registry.device_id().unwrap().to_owned();
+    assert_eq!(DeviceIdentity::load_or_create(&state).unwrap().id(), id);
+    wait_until("ready", || async { registry.get("first").unwrap().state == GatewayState::Ready }).await;
+    registry.shutdown().await;
 }

@@ -25,7 +25,8 @@ mod protocol;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -326,7 +327,9 @@ fn snapshot(shared: &Shared) -> GatewaySnapshot {
 /// stop when [`OpenclawRegistry::shutdown`] is called or the registry drops.
 #[derive(Debug)]
 pub struct OpenclawRegistry {
-    device: DeviceIdentity,
+    device: OnceLock<DeviceIdentity>,
+    /// Where the device key is loaded from on first use, for a lazy registry.
+    state_dir: Option<PathBuf>,
     gateways: Mutex<BTreeMap<String, (Arc<Shared>, CancellationToken)>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -335,12 +338,35 @@ pub struct OpenclawRegistry {
 impl OpenclawRegistry {
     /// An empty registry presenting `device` to every gateway. Call it inside a Tokio runtime.
     pub fn new(device: DeviceIdentity) -> Self {
+        let registry = Self::build(None);
+        let _ = registry.device.set(device);
+        registry
+    }
+
+    /// An empty registry that loads (or creates) the device key in
+    /// `state_dir` only when the first gateway is added, so that a server
+    /// without gateways never touches it.
+    pub fn lazy(state_dir: impl Into<PathBuf>) -> Self {
+        Self::build(Some(state_dir.into()))
+    }
+
+    fn build(state_dir: Option<PathBuf>) -> Self {
         Self {
-            device,
+            device: OnceLock::new(),
+            state_dir,
             gateways: Mutex::new(BTreeMap::new()),
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
         }
+    }
+
+    fn device(&self) -> Result<&DeviceIdentity, InvalidInput> {
+        if let Some(d) = self.device.get() {
+            return Ok(d);
+        }
+        let dir = self.state_dir.as_deref().unwrap_or(std::path::Path::new(".godel"));
+        let device = DeviceIdentity::load_or_create(dir).map_err(|e| InvalidInput::new("state_dir", e.to_string()))?;
+        Ok(self.device.get_or_init(|| device))
     }
 
     /// Starts connecting to a gateway and returns the engine agent standing for
@@ -352,7 +378,7 @@ impl OpenclawRegistry {
         if gateways.contains_key(&config.name) {
             return Err(InvalidInput::new("name", format!("a gateway {} is already registered", config.name)));
         }
-        let (shared, connection) = Shared::new(config.clone(), self.device.clone());
+        let (shared, connection) = Shared::new(config.clone(), self.device()?.clone());
         let cancel = self.cancel.child_token();
         self.tracker.spawn(connection.run(cancel.clone()));
         gateways.insert(config.name.clone(), (shared.clone(), cancel));
@@ -406,9 +432,10 @@ impl OpenclawRegistry {
         all.iter().map(|s| snapshot(s)).collect()
     }
 
-    /// The device id Godel presents (what an operator approves).
-    pub fn device_id(&self) -> &str {
-        self.device.id()
+    /// The device id Godel presents (what an operator approves); `None`
+    /// until a lazy registry has loaded its key.
+    pub fn device_id(&self) -> Option<&str> {
+        self.device.get().map(DeviceIdentity::id)
     }
 
     /// Why queued tasks may be waiting on gateways, in words (for queue
