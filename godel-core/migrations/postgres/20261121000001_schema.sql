@@ -43,8 +43,11 @@ CREATE INDEX tasks_leases ON tasks (lease_expires_at) WHERE status IN ('assigned
 CREATE INDEX tasks_tenant_status ON tasks (tenant, status, seq);
 CREATE INDEX tasks_tenant_seq ON tasks (tenant, seq);
 
+-- Output and history rows are only ever read by task, in insertion order:
+-- their `(task_seq, seq)` index is all they need, and a primary key would be
+-- one more index to update per row on the hot path.
 CREATE TABLE task_output (
-    seq      bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    seq      bigint  GENERATED ALWAYS AS IDENTITY,
     task_seq bigint  NOT NULL REFERENCES tasks (seq) ON DELETE CASCADE,
     tenant   text    NOT NULL,
     attempt  integer NOT NULL,
@@ -62,7 +65,7 @@ CREATE INDEX task_output_task ON task_output (task_seq, seq);
 -- completion, and the rows are only ever written by those triggers for rows
 -- that exist. Purging a task deletes its history in the same statement.
 CREATE TABLE task_history (
-    seq              bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    seq              bigint  GENERATED ALWAYS AS IDENTITY,
     task_seq         bigint  NOT NULL,
     tenant           text    NOT NULL,
     at               bigint  NOT NULL,
