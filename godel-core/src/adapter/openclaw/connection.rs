@@ -278,6 +278,8 @@ impl Drop for RouteGuard {
 enum Failure {
     /// Retry with backoff (network, restart, rate limit).
     Transient(String),
+    /// The gateway answered and asked to be retried no sooner than this (`retryAfterMs`).
+    Later(String, Duration),
     /// Needs an operator (pairing, credentials, scopes, version); retried slowly.
     Unusable(String),
 }
@@ -317,6 +319,12 @@ impl Connection {
                 Err(Failure::Unusable(message)) => {
                     self.shared.lost(message, GatewayState::Unusable);
                     timing.backoff_max
+                }
+                Err(Failure::Later(message, after)) => {
+                    self.shared.lost(message, GatewayState::Degraded);
+                    let d = backoff.max(after);
+                    backoff = (backoff * 2).min(timing.backoff_max);
+                    d
                 }
                 Err(Failure::Transient(message)) => {
                     let message = self.autostart(message);
@@ -645,6 +653,10 @@ fn classify(cfg: &GatewayConfig, e: &GatewayError) -> Failure {
                 "pairing required: run `openclaw devices approve {id}` on {host}; Godel retries until it is approved"
             ))
         }
+        _ if e.is_retryable() && e.retry_after_ms.is_some() => Failure::Later(
+            format!("connect refused for now: {e}"),
+            Duration::from_millis(e.retry_after_ms.unwrap_or_default()),
+        ),
         "AUTH_RATE_LIMITED" => Failure::Transient(format!("authentication rate-limited by the gateway: {e}")),
         d if d.starts_with("AUTH_") => Failure::Unusable(format!(
             "authentication refused ({d}): check the token or password configured for gateway {} ({})",
@@ -667,4 +679,33 @@ fn classify(cfg: &GatewayConfig, e: &GatewayError) -> Failure {
 pub(crate) fn host(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.split('/').next().unwrap_or(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(code: &str, details: Value, retry_after: Option<u64>) -> GatewayError {
+        let mut v = serde_json::json!({"code": code, "message": "m", "details": details});
+        if let Some(ms) = retry_after {
+            v["retryable"] = true.into();
+            v["retryAfterMs"] = ms.into();
+        }
+        GatewayError::from_value(&v)
+    }
+
+    #[test]
+    fn refused_connects_say_what_to_do() {
+        let cfg = GatewayConfig::new("home", "ws://10.0.0.5:18789/");
+        let pairing = error("NOT_PAIRED", serde_json::json!({"code": "PAIRING_REQUIRED", "requestId": "r-1"}), None);
+        let Failure::Unusable(m) = classify(&cfg, &pairing) else { panic!("pairing needs an operator") };
+        assert!(m.contains("run `openclaw devices approve r-1` on 10.0.0.5:18789"), "{m}");
+        let busy = error("UNAVAILABLE", Value::Null, Some(5_000));
+        assert!(matches!(classify(&cfg, &busy), Failure::Later(_, d) if d == Duration::from_secs(5)));
+        let token = error("UNAUTHORIZED", serde_json::json!({"code": "AUTH_TOKEN_MISMATCH"}), None);
+        assert!(matches!(classify(&cfg, &token), Failure::Unusable(m) if m.contains("AUTH_TOKEN_MISMATCH")));
+        let limited = error("UNAUTHORIZED", serde_json::json!({"code": "AUTH_RATE_LIMITED"}), None);
+        assert!(matches!(classify(&cfg, &limited), Failure::Transient(_)));
+        assert_eq!(host("ws://h:1/path"), "h:1");
+    }
 }
