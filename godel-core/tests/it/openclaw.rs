@@ -713,3 +713,85 @@ async fn a_lazy_registry_loads_the_device_key_with_its_first_gateway() {
     wait_until("ready", || async { registry.get("first").unwrap().state == GatewayState::Ready }).await;
     registry.shutdown().await;
 }
+
+/// A hand-made client: signs the v3 payload itself and connects with `scopes`.
+async fn handshaken(
+    url: &str,
+    scopes: &[&str],
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ed25519_dalek::{Signer, SigningKey};
+    use futures::SinkExt;
+    use sha2::{Digest, Sha256};
+    use tokio_tungstenite::tungstenite::Message;
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let public = key.verifying_key().to_bytes();
+    let id: String = Sha256::digest(public).iter().map(|b| format!("{b:02x}")).collect();
+    let (mut ws, nonce) = raw(url).await;
+    let signed_at = u64::try_from(godel_core::Timestamp::now().as_millis()).unwrap();
+    let payload = format!("v3|{id}|test|test|operator|{}|{signed_at}||{nonce}|linux|", scopes.join(","));
+    let connect = serde_json::json!({"type": "req", "id": "c", "method": "connect", "params": {
+        "minProtocol": 4, "maxProtocol": 4,
+        "client": {"id": "test", "version": "1", "platform": "Linux", "mode": "test"},
+        "role": "operator", "scopes": scopes,
+        "device": {"id": id, "publicKey": URL_SAFE_NO_PAD.encode(public),
+                   "signature": URL_SAFE_NO_PAD.encode(key.sign(payload.as_bytes()).to_bytes()),
+                   "signedAt": signed_at, "nonce": nonce},
+    }});
+    ws.send(Message::Text(connect.to_string().into())).await.unwrap();
+    let hello = next_response(&mut ws, "c").await;
+    assert_eq!(hello["ok"], true, "{hello}");
+    assert_eq!(hello["payload"]["type"], "hello-ok");
+    ws
+}
+
+async fn next_response(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    id: &str,
+) -> Value {
+    use futures::StreamExt;
+    loop {
+        let msg = ws.next().await.unwrap().unwrap();
+        let Ok(text) = msg.to_text() else { continue };
+        let v: Value = serde_json::from_str(text).unwrap();
+        if v["type"] == "res" && v["id"] == id {
+            return v;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_gateway_checks_scopes_params_and_answers_agent_twice() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let fake = FakeGateway::start(fake_config()).await.unwrap();
+    let agent = |id: &str, extra: Option<(&str, Value)>| {
+        let mut params = serde_json::json!({"message": "hi", "sessionKey": "agent:main:t", "idempotencyKey": id});
+        if let Some((k, v)) = extra {
+            params[k] = v;
+        }
+        Message::Text(
+            serde_json::json!({"type": "req", "id": id, "method": "agent", "params": params}).to_string().into(),
+        )
+    };
+
+    let mut reader = handshaken(&fake.url(), &["operator.read"]).await;
+    reader.send(agent("r1", None)).await.unwrap();
+    let refused = next_response(&mut reader, "r1").await;
+    assert_eq!(refused["error"]["code"], "FORBIDDEN");
+    assert_eq!(refused["error"]["details"]["code"], "MISSING_SCOPE");
+
+    let mut writer = handshaken(&fake.url(), &["operator.write"]).await;
+    writer.send(agent("w1", Some(("surprise", Value::Bool(true))))).await.unwrap();
+    assert_eq!(next_response(&mut writer, "w1").await["error"]["code"], "INVALID_REQUEST");
+    writer.send(agent("w2", None)).await.unwrap();
+    let first = next_response(&mut writer, "w2").await;
+    assert_eq!(first["payload"]["status"], "accepted");
+    let last = next_response(&mut writer, "w2").await;
+    assert_eq!(last["payload"]["status"], "ok", "the same id answers again with the result");
+    assert_eq!(last["payload"]["result"]["payloads"][0]["text"], "echo: hi");
+    writer.send(agent("w2", None)).await.unwrap();
+    assert_eq!(next_response(&mut writer, "w2").await["payload"]["status"], "ok", "a repeated key returns the run");
+    assert_eq!(fake.runs_started("w2"), 1);
+}
