@@ -221,6 +221,8 @@ struct Run {
     final_frame: Option<(bool, Value)>,
     seq: u64,
     chat_seq: u64,
+    /// Order of acceptance: runs on one session key go in this order.
+    order: u64,
 }
 
 #[derive(Debug)]
@@ -939,6 +941,7 @@ impl Inner {
                 final_frame: None,
                 seq: 0,
                 chat_seq: 0,
+                order: self.next_conn.fetch_add(1, Ordering::Relaxed),
             },
         );
         drop(state);
@@ -992,12 +995,34 @@ impl Inner {
         mut abort: watch::Receiver<bool>,
         received: std::time::Instant,
     ) {
+        // Runs on one session key are serialized, like the real gateway's:
+        // this one starts when every earlier one on its key has ended.
+        let mut aborted = false;
+        loop {
+            let blocker = {
+                let state = lock(&self.state);
+                let Some(me) = state.runs.get(&run_id) else { return };
+                state
+                    .runs
+                    .values()
+                    .filter(|r| r.session_key == me.session_key && r.order < me.order && r.ended.borrow().is_none())
+                    .map(|r| r.ended.subscribe())
+                    .next()
+            };
+            let Some(mut earlier) = blocker else { break };
+            tokio::select! {
+                _ = earlier.wait_for(Option::is_some) => {}
+                _ = abort.wait_for(|a| *a) => { aborted = true; break; }
+            }
+        }
         let started = now_ms();
         self.agent_event(&run_id, "lifecycle", json!({"phase": "start", "startedAt": started}));
         self.agent_event(&run_id, "lifecycle", json!({"phase": "model", "provider": "fake", "model": "fake-1"}));
         let mut text = String::new();
-        let mut aborted = false;
         for (i, step) in script.steps.iter().enumerate() {
+            if aborted {
+                break;
+            }
             if !script.step_delay.is_zero() {
                 tokio::select! {
                     () = tokio::time::sleep(script.step_delay) => {}

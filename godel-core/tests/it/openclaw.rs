@@ -795,3 +795,41 @@ async fn the_fake_gateway_checks_scopes_params_and_answers_agent_twice() {
     assert_eq!(next_response(&mut writer, "w2").await["payload"]["status"], "ok", "a repeated key returns the run");
     assert_eq!(fake.runs_started("w2"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_aborts_what_is_left_of_the_lost_attempt() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let script: godel_fakes::openclaw::Script = Arc::new(move |message: &str| {
+        if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            RunScript {
+                steps: vec![Step::Text("stuck".into())],
+                step_delay: Duration::ZERO,
+                usage: (0, 0),
+                end: RunEnd::Hang,
+            }
+        } else {
+            RunScript::echo(message)
+        }
+    });
+    let fake = FakeGateway::start(FakeConfig { script, ..fake_config() }).await.unwrap();
+    let fleet = Fleet::start(vec![gateway("one", &fake)]).await;
+    let id = fleet.submit_and_see_output(NewTask::prompt("again")).await;
+    fake.set_refusing(true);
+    fake.drop_connections();
+    let o = fleet.orchestrator.clone();
+    wait_until("the lost attempt to fail", || {
+        let o = o.clone();
+        async move { o.get(id).await.unwrap().error.is_some() }
+    })
+    .await;
+    assert_eq!(fake.active_runs(), 1, "the first run still holds the session key on the gateway");
+    fake.set_refusing(false);
+    let task = fleet.settled(id).await;
+    assert_eq!(task.status, TaskStatus::Completed, "{:?}", task.error);
+    assert_eq!(task.attempt, 2);
+    assert_eq!(task.result.unwrap()["text"], "echo: again");
+    assert_eq!(fake.active_runs(), 0, "the first run was aborted");
+    assert!(fake.aborts_received() >= 1);
+    assert_eq!((fake.runs_started(&format!("godel-{id}-1")), fake.runs_started(&format!("godel-{id}-2"))), (1, 1));
+    fleet.stop().await;
+}

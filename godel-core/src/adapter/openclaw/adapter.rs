@@ -77,6 +77,7 @@ impl Adapter for OpenclawAdapter {
         };
         let session_key = format!("agent:{agent_id}:{rest}");
         let idempotency_key = format!("godel-{}-{}", task.id, task.attempt);
+        let previous = (task.attempt > 1).then(|| format!("godel-{}-{}", task.id, task.attempt - 1));
         let extra_system_prompt =
             task.payload.extra.get("extra_system_prompt").and_then(Value::as_str).map(str::to_owned);
         let (abort, _) = watch::channel(None);
@@ -92,6 +93,7 @@ impl Adapter for OpenclawAdapter {
                 timeout: task.timeout.map(|t| t.as_secs().max(1)),
                 deliver: Some(false),
             },
+            previous,
             abort,
             _active: active,
         }))
@@ -133,6 +135,8 @@ impl Drop for ActiveGuard {
 struct OpenclawSession {
     shared: Arc<Shared>,
     params: AgentParams,
+    /// The run id of the previous attempt, which may still hold the session key.
+    previous: Option<String>,
     abort: watch::Sender<Option<AbortMode>>,
     _active: ActiveGuard,
 }
@@ -180,6 +184,9 @@ impl AgentSession for OpenclawSession {
         let mut conn = shared.subscribe();
         let mut generation = conn.borrow_and_update().generation;
         let mut abort_rx = self.abort.subscribe();
+        if let Some(previous) = &self.previous {
+            self.abort_previous(previous).await;
+        }
         let mut responses = self.send_agent().ok();
         let mut waiter: Option<mpsc::UnboundedReceiver<Response>> = None;
         let mut lost_at = responses.is_none().then(|| Instant::now() + t.reconcile_timeout);
@@ -364,6 +371,24 @@ impl OpenclawSession {
             // After a reconnect the abort is sent again.
             Err(e) => tracing::warn!(run = %run.run_id, method, error = %e, "cannot send the abort yet"),
         }
+    }
+
+    /// Aborts what may be left of the previous attempt's run (its connection
+    /// was lost, or Godel restarted): the gateway serializes runs on a session
+    /// key, so a lingering run would hold this one back. Harmless when that
+    /// run is over, unknown, or was on another gateway.
+    async fn abort_previous(&self, previous: &str) {
+        let shared = &self.shared;
+        let methods = shared.status().hello.map(|h| h.methods).unwrap_or_default();
+        let key = self.params.session_key.clone();
+        let run_id = previous.to_owned();
+        let (method, params) = if methods.iter().any(|m| m == "sessions.abort") {
+            ("sessions.abort", json!(SessionsAbortParams { key, run_id }))
+        } else {
+            ("chat.abort", json!(ChatAbortParams { session_key: key, run_id }))
+        };
+        let answer = shared.request(method, &params, shared.config.timing.request_timeout).await;
+        tracing::debug!(run = previous, method, ?answer, "aborted what was left of the previous attempt");
     }
 
     /// Processes events that arrived before the decision.
