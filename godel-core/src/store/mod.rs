@@ -296,7 +296,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         "redis" | "rediss" => crate::store::redis::open_shared(url).await,
         other => Err(InvalidInput::new(
             "store url",
-            format!("unsupported backend {other:?} (this build supports memory:// and sqlite://)"),
+            format!(
+                "unsupported backend {other:?} (this build supports memory://, sqlite://, postgres:// and redis://)"
+            ),
         )
         .into()),
     }

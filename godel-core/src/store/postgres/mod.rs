@@ -15,7 +15,7 @@
 //! statement-level triggers in the same statement (see the migrations), so
 //! they cannot disagree with the change and cost one insert per statement.
 //!
-//! Cluster messages go over `LISTEN/NOTIFY` (see [`notify`]).
+//! Cluster messages go over `LISTEN/NOTIFY` (see `notify.rs`).
 
 mod notify;
 mod options;
