@@ -130,6 +130,21 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let drain =
         warp::path!("agents" / String / "drain").and(warp::post()).and(s()).then(|id, s| respond(drain_agent(s, id)));
 
+    let instances = warp::path!("instances").and(warp::get()).and(s()).then(|s| respond(crate::instances::list(s)));
+    let register_instance = warp::path!("instances")
+        .and(warp::post())
+        .and(s())
+        .and(body())
+        .then(|s, b| respond(crate::instances::register(s, b)));
+    let deregister_instance = warp::path!("instances" / String)
+        .and(warp::delete())
+        .and(s())
+        .then(|name, s| respond(crate::instances::deregister(s, name)));
+    let instance_health = warp::path!("instances" / String / "health")
+        .and(warp::get())
+        .and(s())
+        .then(|name, s| respond(crate::instances::health(s, name)));
+
     let sessions =
         warp::path!("sessions").and(warp::get()).and(s()).and(raw_query()).then(|s, q| respond(list_sessions(s, q)));
     let session = warp::path!("sessions" / String).and(warp::get()).and(s()).then(|id, s| respond(get_session(s, id)));
@@ -146,7 +161,9 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let agents = agents.or(register).unify().or(heartbeat).unify().or(drain).unify().or(agent).unify();
     let agents = agents.or(deregister).unify();
     let sessions = sessions.or(terminate).unify().or(session).unify();
-    tasks.or(queue).unify().or(dlq).unify().or(agents).unify().or(sessions).unify().boxed()
+    let instances = instances.or(register_instance).unify().or(instance_health).unify().or(deregister_instance).unify();
+    let routes = tasks.or(queue).unify().or(dlq).unify().or(agents).unify().or(sessions).unify();
+    routes.or(instances).unify().boxed()
 }
 
 fn health_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {

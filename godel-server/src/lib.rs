@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 mod error;
 mod events;
+mod instances;
 mod workers;
 mod metrics;
 mod wire;
@@ -51,6 +52,8 @@ pub(crate) struct AppState {
     /// `OpenclawRegistry::list`, add or remove them at runtime with `attach` /
     /// `detach` (the device key is loaded from `state_dir` on first use).
     gateways: Arc<godel_core::adapter::OpenclawRegistry>,
+    /// Names of the gateways `godel.toml` defines (the rest came through the API).
+    configured_gateways: std::collections::BTreeSet<String>,
 }
 
 const STARTING: u8 = 0;
@@ -119,6 +122,7 @@ pub async fn run(
         connections: TaskTracker::new(),
         workers: workers::Workers::default(),
         gateways,
+        configured_gateways: config.gateways.iter().map(|g| g.name.clone()).collect(),
     });
 
     let log_state = state.clone();
@@ -144,6 +148,13 @@ pub async fn run(
         let (state, stop) = (state.clone(), engine_stop.clone());
         async move {
             state.metrics.follow(state.orchestrator.bus(), stop).await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let (state, stop) = (state.clone(), engine_stop.clone());
+        async move {
+            instances::sync(state, stop).await;
             Ok(())
         }
     });

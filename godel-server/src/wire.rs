@@ -38,7 +38,7 @@ fn ts(t: Timestamp) -> String {
     t.to_string()
 }
 
-fn opt_ts(t: Option<Timestamp>) -> Option<String> {
+pub(crate) fn opt_ts(t: Option<Timestamp>) -> Option<String> {
     t.map(ts)
 }
 

@@ -77,8 +77,12 @@ impl std::fmt::Display for NodeId {
 pub enum MemberKind {
     /// An agent some node hosts (local process agents, connected workers, …).
     Agent,
-    /// An OpenClaw gateway instance of the federation.
+    /// A node's live view of an OpenClaw gateway it is connected to (state,
+    /// sessions, last check), announced with an expiry like agents.
     Instance,
+    /// An OpenClaw gateway registered through the API: the durable record
+    /// (no expiry) that every node connects to.
+    Gateway,
 }
 
 impl MemberKind {
@@ -87,6 +91,7 @@ impl MemberKind {
         match self {
             MemberKind::Agent => "agent",
             MemberKind::Instance => "instance",
+            MemberKind::Gateway => "gateway",
         }
     }
 
@@ -95,7 +100,8 @@ impl MemberKind {
         match s {
             "agent" => Ok(MemberKind::Agent),
             "instance" => Ok(MemberKind::Instance),
-            _ => Err(InvalidInput::new("member kind", format!("expected agent or instance, got {s:?}"))),
+            "gateway" => Ok(MemberKind::Gateway),
+            _ => Err(InvalidInput::new("member kind", format!("expected agent, instance or gateway, got {s:?}"))),
         }
     }
 }

@@ -3,5 +3,6 @@
 //! store (see `support`).
 
 mod budgets;
+mod instances;
 mod openapi;
 mod support;

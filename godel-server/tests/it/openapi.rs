@@ -125,6 +125,19 @@ async fn scenario(api: &mut Api<'_>) {
     api.call(DELETE, "/api/v1/agents/a%20b", None, 400).await;
     api.call(GET, "/api/v1/agents", None, 200).await;
 
+    // Gateways: a registration need not answer to be accepted.
+    api.call(GET, "/api/v1/instances", None, 200).await;
+    let gateway = json!({"name": "spec-gw", "url": "ws://127.0.0.1:9", "agents": ["coder"], "region": "eu"});
+    api.call(POST, "/api/v1/instances", Some(gateway.clone()), 201).await;
+    api.call(POST, "/api/v1/instances", Some(gateway), 409).await;
+    api.call(POST, "/api/v1/instances", Some(json!({"name": "x", "url": "http://x"})), 400).await;
+    let listed = api.call(GET, "/api/v1/instances", None, 200).await;
+    assert_eq!(listed["items"][0]["name"], "spec-gw");
+    api.call(GET, "/api/v1/instances/spec-gw/health", None, 200).await;
+    api.call(GET, "/api/v1/instances/ghost/health", None, 404).await;
+    api.call(DELETE, "/api/v1/instances/spec-gw", None, 204).await;
+    api.call(DELETE, "/api/v1/instances/spec-gw", None, 404).await;
+
     // Tasks in every status the queue can hold.
     let done = api
         .call(

@@ -24,7 +24,12 @@ impl TestServer {
     pub(crate) async fn start(godel_toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = dir.path().join("godel.db");
-        let toml = format!("bind = \"127.0.0.1:0\"\nstore = \"sqlite://{}\"\n{godel_toml}", store.display());
+        // State (the OpenClaw device key) stays in the temporary directory too.
+        let toml = format!(
+            "bind = \"127.0.0.1:0\"\nstore = \"sqlite://{}\"\nstate_dir = \"{}\"\n{godel_toml}",
+            store.display(),
+            dir.path().join("state").display()
+        );
         let config = ServerConfig::from_toml(&toml, &|_| None).expect("a valid test configuration");
         let shutdown = CancellationToken::new();
         let (tx, rx) = oneshot::channel();

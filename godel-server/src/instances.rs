@@ -1,0 +1,268 @@
+//! The federation of OpenClaw gateways as the API shows it:
+//! `/api/v1/instances` (list, register, deregister, health).
+//!
+//! Gateways come from two places. `[[gateways]]` in `godel.toml` belong to
+//! the node whose file names them. Gateways registered through the API are
+//! kept in the store's registry (`MemberKind::Gateway`, no expiry), so that
+//! they survive restarts and every node sharing the store connects to them:
+//! [`sync`] attaches new registrations and detaches removed ones every
+//! couple of seconds. Each node also announces its live view of every gateway
+//! it holds (`MemberKind::Instance`: state, sessions, last check; lapsing
+//! after 10 s), which is how `GET /instances` on one node shows the others'.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use godel_core::adapter::openclaw::{GatewayAuth, GatewayConfig, GatewaySnapshot};
+use godel_core::store::{Member, MemberKind};
+use godel_core::{CancellationToken, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use warp::http::StatusCode;
+use warp::hyper::body::Bytes;
+use warp::reply::Reply;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, Code};
+use crate::wire::{opt_ts, parse_body};
+
+/// How often a node reconciles registrations and announces its view.
+const SYNC_EVERY: Duration = Duration::from_secs(2);
+/// How long an announced view lives without renewal.
+const VIEW_TTL: Duration = Duration::from_secs(10);
+
+/// A gateway registered through the API, as the store keeps it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    name: String,
+    url: String,
+    /// The gateway's token, kept in the store in clear; prefer `token_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    /// The environment variable holding the token on every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_env: Option<String>,
+    /// The environment variable holding the gateway's password on every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password_env: Option<String>,
+    #[serde(default)]
+    agents: Vec<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default = "default_max_sessions")]
+    max_sessions: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
+}
+
+fn default_max_sessions() -> u32 {
+    10
+}
+
+impl Registration {
+    /// The gateway's configuration on this node; secrets named by `*_env`
+    /// are read from this node's environment.
+    fn config(&self) -> Result<GatewayConfig, String> {
+        let secret = |var: &str, field: &str| {
+            std::env::var(var).map_err(|_| format!("invalid {field}: the environment variable {var} is not set"))
+        };
+        let auth = match (&self.token, &self.token_env, &self.password_env) {
+            (None, None, None) => GatewayAuth::None,
+            (Some(token), None, None) => GatewayAuth::Token(token.clone()),
+            (None, Some(var), None) => GatewayAuth::Token(secret(var, "token_env")?),
+            (None, None, Some(var)) => GatewayAuth::Password(secret(var, "password_env")?),
+            _ => return Err("invalid body: give at most one of token, token_env and password_env".to_owned()),
+        };
+        let mut config = GatewayConfig::new(&self.name, &self.url);
+        config.auth = auth;
+        config.agents = self.agents.clone();
+        config.capabilities = self.capabilities.clone();
+        config.max_sessions = self.max_sessions;
+        config.region = self.region.clone();
+        config.validate().map_err(|e| format!("invalid {}: {}", e.field, e.reason))?;
+        Ok(config)
+    }
+}
+
+fn view_json(g: &GatewaySnapshot, source: &str, node: &str) -> Value {
+    json!({
+        "name": g.name,
+        "agent_id": g.agent.to_string(),
+        "url": g.url,
+        "region": g.region,
+        "agents": g.agents,
+        "capabilities": g.capabilities,
+        "max_sessions": g.max_sessions,
+        "current_sessions": g.current_sessions,
+        "state": g.state.as_str(),
+        "message": g.message,
+        "last_check": opt_ts(g.last_check),
+        "protocol": g.protocol,
+        "server_version": g.server_version,
+        "default_agent": g.default_agent,
+        "source": source,
+        "node": node,
+    })
+}
+
+fn source_of(state: &AppState, name: &str) -> &'static str {
+    if state.configured_gateways.contains(name) { "config" } else { "api" }
+}
+
+/// This node's gateways, live, then the views other nodes announced.
+async fn all_views(state: &AppState) -> ApiResult<Vec<Value>> {
+    let node = &state.orchestrator.config().node;
+    let mut items: Vec<Value> =
+        state.gateways.list().iter().map(|g| view_json(g, source_of(state, &g.name), node)).collect();
+    let others = state.store().members(&state.tenant(), MemberKind::Instance, Timestamp::now()).await?;
+    items.extend(others.into_iter().filter(|m| m.node != *node).map(|m| m.doc));
+    Ok(items)
+}
+
+pub(crate) async fn list(state: Arc<AppState>) -> ApiResult {
+    Ok(warp::reply::json(&json!({ "items": all_views(&state).await? })).into_response())
+}
+
+pub(crate) async fn register(state: Arc<AppState>, body: Bytes) -> ApiResult {
+    let registration: Registration = parse_body(&body)?;
+    let config = registration.config().map_err(ApiError::invalid)?;
+    let tenant = state.tenant();
+    let conflict = || ApiError::new(Code::Conflict, format!("a gateway {} is already registered", registration.name));
+    let existing = state.store().members(&tenant, MemberKind::Gateway, Timestamp::now()).await?;
+    if state.gateways.get(&registration.name).is_some() || existing.iter().any(|m| m.id == registration.name) {
+        return Err(conflict());
+    }
+    let now = Timestamp::now();
+    let member = Member {
+        tenant,
+        kind: MemberKind::Gateway,
+        id: registration.name.clone(),
+        node: state.orchestrator.config().node.clone(),
+        doc: serde_json::to_value(&registration).expect("registrations serialize"),
+        updated_at: now,
+        expires_at: Timestamp::from_millis(i64::MAX),
+    };
+    state.store().put_member(&member).await?;
+    let snapshot = match state.gateways.attach(&state.orchestrator, config) {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            // Raced with another registration of the name on this node.
+            let _ = state.store().remove_member(&member.tenant, MemberKind::Gateway, &member.id).await;
+            return Err(ApiError::new(Code::Conflict, e.reason));
+        }
+    };
+    let body = view_json(&snapshot, "api", &state.orchestrator.config().node);
+    let mut reply = warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response();
+    let location = format!("/api/v1/instances/{}", registration.name);
+    if let Ok(value) = warp::http::HeaderValue::from_str(&location) {
+        reply.headers_mut().insert(warp::http::header::LOCATION, value);
+    }
+    Ok(reply)
+}
+
+pub(crate) async fn deregister(state: Arc<AppState>, name: String) -> ApiResult {
+    if state.configured_gateways.contains(&name) {
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!("gateway {name} comes from godel.toml on node {}; remove it there", state.orchestrator.config().node),
+        ));
+    }
+    let removed = state.store().remove_member(&state.tenant(), MemberKind::Gateway, &name).await?;
+    let detached = state.gateways.detach(&state.orchestrator, &name).is_ok();
+    if !removed && !detached {
+        return Err(ApiError::not_found(format!("gateway {name} not found")));
+    }
+    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+}
+
+pub(crate) async fn health(state: Arc<AppState>, name: String) -> ApiResult {
+    let Some(g) = state.gateways.get(&name) else {
+        return Err(ApiError::not_found(format!("gateway {name} is not connected from this node")));
+    };
+    let ready = g.state.as_str() == "ready";
+    let body = json!({
+        "name": g.name,
+        "ok": ready,
+        "state": g.state.as_str(),
+        "message": g.message,
+        "last_check": opt_ts(g.last_check),
+        "current_sessions": g.current_sessions,
+        "max_sessions": g.max_sessions,
+        "node": state.orchestrator.config().node,
+    });
+    Ok(warp::reply::json(&body).into_response())
+}
+
+/// Until `stop`: connects to gateways registered through the API (by any
+/// node), disconnects from deregistered ones, and announces this node's view.
+pub(crate) async fn sync(state: Arc<AppState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announced: Vec<String> = Vec::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = reconcile(&state).await {
+            tracing::warn!(error = %e, "could not read gateway registrations; retrying");
+        }
+        announced = announce(&state, &announced).await;
+    }
+    for id in announced {
+        let _ = state.store().remove_member(&state.tenant(), MemberKind::Instance, &id).await;
+    }
+}
+
+async fn reconcile(state: &AppState) -> Result<(), godel_core::StoreError> {
+    let rows = state.store().members(&state.tenant(), MemberKind::Gateway, Timestamp::now()).await?;
+    let registered: BTreeMap<String, Value> = rows.into_iter().map(|m| (m.id, m.doc)).collect();
+    for (name, doc) in &registered {
+        if state.gateways.get(name).is_some() || state.configured_gateways.contains(name) {
+            continue;
+        }
+        let config = serde_json::from_value::<Registration>(doc.clone()).map_err(|e| e.to_string()).and_then(|r| r.config());
+        match config {
+            Ok(config) => match state.gateways.attach(&state.orchestrator, config) {
+                Ok(_) => tracing::info!(gateway = name, "connected to a gateway registered through the API"),
+                Err(e) => tracing::warn!(gateway = name, error = %e, "cannot connect to a registered gateway"),
+            },
+            Err(e) => tracing::warn!(gateway = name, error = e, "skipping a gateway registration this node cannot use"),
+        }
+    }
+    for g in state.gateways.list() {
+        if !state.configured_gateways.contains(&g.name) && !registered.contains_key(&g.name) {
+            tracing::info!(gateway = g.name, "gateway deregistered; disconnecting");
+            let _ = state.gateways.detach(&state.orchestrator, &g.name);
+        }
+    }
+    Ok(())
+}
+
+async fn announce(state: &AppState, before: &[String]) -> Vec<String> {
+    let node = state.orchestrator.config().node.clone();
+    let now = Timestamp::now();
+    let mut ids = Vec::new();
+    for g in state.gateways.list() {
+        let id = format!("{node}/{}", g.name);
+        let member = Member {
+            tenant: state.tenant(),
+            kind: MemberKind::Instance,
+            id: id.clone(),
+            node: node.clone(),
+            doc: view_json(&g, source_of(state, &g.name), &node),
+            updated_at: now,
+            expires_at: now + VIEW_TTL,
+        };
+        if let Err(e) = state.store().put_member(&member).await {
+            tracing::warn!(error = %e, gateway = g.name, "could not announce gateway state");
+        }
+        ids.push(id);
+    }
+    for gone in before.iter().filter(|id| !ids.contains(id)) {
+        let _ = state.store().remove_member(&state.tenant(), MemberKind::Instance, gone).await;
+    }
+    ids
+}
