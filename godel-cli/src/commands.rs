@@ -8,7 +8,7 @@ use godel_sdk::{Client, DEFAULT_SERVER, EventStream, ListSessions, ListTasks, Su
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::args::{self, Command, DlqCommand, QueueCommand};
+use crate::args::{self, Command, DlqCommand, InstancesCommand, QueueCommand};
 use crate::output::{self, clip, paint, table};
 use crate::{CliResult, Failure};
 
@@ -50,6 +50,16 @@ pub(crate) async fn run(server: Option<String>, command: Command, command_tail: 
         Command::Watch(a) => watch(&client, a).await,
         Command::Doctor(_) => doctor(&client, server_address(None).1).await,
         Command::Worker(_) => unreachable!("handled by `worker`"),
+        Command::Instances(i) => match i.command {
+            InstancesCommand::List(a) => instances(&client, a.json).await,
+            InstancesCommand::Register(a) => register_instance(&client, a).await,
+            InstancesCommand::Deregister(a) => {
+                client.deregister_instance(&a.name).await?;
+                output::out(&format!("deregistered {}", a.name));
+                Ok(())
+            }
+            InstancesCommand::Health(a) => instance_health(&client, a).await,
+        },
     }
 }
 
@@ -803,4 +813,69 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "local".to_owned())
+}
+
+fn state_colour(state: &str) -> &'static str {
+    match state {
+        "ready" => "32",
+        "connecting" | "degraded" => "33",
+        _ => "31",
+    }
+}
+
+async fn instances(client: &Client, json: bool) -> CliResult {
+    let instances = client.instances().await?;
+    if json {
+        output::json(&instances);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = instances
+        .iter()
+        .map(|g| {
+            vec![
+                g.name.clone(),
+                paint(&g.state, state_colour(&g.state)),
+                format!("{}/{}", g.current_sessions, g.max_sessions),
+                g.region.clone().unwrap_or_else(|| "-".into()),
+                if g.agents.is_empty() { "-".into() } else { g.agents.join(",") },
+                g.url.clone(),
+                g.source.clone(),
+                g.node.clone(),
+                g.message.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let headers = ["NAME", "STATE", "SESSIONS", "REGION", "AGENTS", "URL", "SOURCE", "NODE", "MESSAGE"];
+    output::out(&table(&headers, &rows));
+    Ok(())
+}
+
+async fn register_instance(client: &Client, a: args::InstancesRegister) -> CliResult {
+    let registration = godel_sdk::RegisterInstance {
+        name: a.name,
+        url: a.url,
+        token_env: a.token_env,
+        token: None,
+        password_env: a.password_env,
+        agents: a.agents,
+        capabilities: a.capabilities,
+        max_sessions: a.max_sessions,
+        region: a.region,
+    };
+    let g = client.register_instance(&registration).await?;
+    output::out(&format!("registered {} ({}): {}", g.name, g.url, g.state));
+    Ok(())
+}
+
+async fn instance_health(client: &Client, a: args::InstancesHealth) -> CliResult {
+    let h = client.instance_health(&a.name).await?;
+    if a.json {
+        output::json(&h);
+    } else {
+        output::out(&format!("{}  {}  {}/{} sessions", h.name, paint(&h.state, state_colour(&h.state)), h.current_sessions, h.max_sessions));
+        if let Some(message) = &h.message {
+            output::out(&format!("  {message}"));
+        }
+    }
+    if h.ok { Ok(()) } else { Err(Failure::task(format!("gateway {} is {}", h.name, h.state))) }
 }

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::EventStream;
 use crate::types::{
-    Agent, Cancelled, Health, ListTasks, Page, QueueDepth, QueueHealth, RegisterAgent, Session, SubmitTask, Task,
-    TaskEvent,
+    Agent, Cancelled, Health, Instance, InstanceHealth, ListTasks, Page, QueueDepth, QueueHealth, RegisterAgent,
+    RegisterInstance, Session, SubmitTask, Task, TaskEvent,
 };
 
 /// The address a client uses when none is given.
@@ -195,6 +195,34 @@ impl Client {
     /// Tells the server an agent is alive.
     pub async fn agent_heartbeat(&self, id: &str) -> Result<()> {
         self.send_empty(Method::POST, &format!("/api/v1/agents/{id}/heartbeat")).await
+    }
+
+    /// Drains an agent of the answering node: it finishes what it runs and
+    /// takes nothing new; a remote worker then leaves.
+    pub async fn drain_agent(&self, id: &str) -> Result<()> {
+        let _: serde_json::Value = self.send(Method::POST, &format!("/api/v1/agents/{id}/drain"), None::<&()>).await?;
+        Ok(())
+    }
+
+    /// The OpenClaw gateways: the answering node's, live, then other nodes' views.
+    pub async fn instances(&self) -> Result<Vec<Instance>> {
+        let page: Page<Instance> = self.get("/api/v1/instances", &[]).await?;
+        Ok(page.items)
+    }
+
+    /// Registers a gateway; every server node sharing the store connects to it.
+    pub async fn register_instance(&self, instance: &RegisterInstance) -> Result<Instance> {
+        self.send(Method::POST, "/api/v1/instances", Some(instance)).await
+    }
+
+    /// Deregisters a gateway registered through the API.
+    pub async fn deregister_instance(&self, name: &str) -> Result<()> {
+        self.send_empty(Method::DELETE, &format!("/api/v1/instances/{name}")).await
+    }
+
+    /// A gateway's health as the answering node sees it.
+    pub async fn instance_health(&self, name: &str) -> Result<InstanceHealth> {
+        self.get(&format!("/api/v1/instances/{name}/health"), &[]).await
     }
 
     /// Sessions, newest first.

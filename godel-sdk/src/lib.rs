@@ -73,8 +73,8 @@ pub use crate::client::{Client, ClientOptions, DEFAULT_SERVER, ListSessions};
 pub use crate::error::{Error, ErrorCode, Result};
 pub use crate::events::EventStream;
 pub use crate::types::{
-    Agent, AgentSummary, CancelOutcome, Cancelled, Event, Health, ListTasks, Page, QueueDepth, QueueHealth,
-    RegisterAgent, Session, StoreHealth, SubmitTask, Task, TaskEvent,
+    Agent, AgentSummary, CancelOutcome, Cancelled, Event, Health, Instance, InstanceHealth, ListTasks, Page,
+    QueueDepth, QueueHealth, RegisterAgent, RegisterInstance, Session, StoreHealth, SubmitTask, Task, TaskEvent,
 };
 
 /// Everything a program needs to run Godel in-process.
