@@ -1,7 +1,8 @@
 //! The store conformance suite: one async function per rule of the store
 //! contract (in `rules`), stamped out by [`conformance!`] once per backend so a
 //! failure reads `sqlite::claim_is_exclusive`. Every test gets a fresh
-//! namespace: a new memory store, a new SQLite file in a temporary directory.
+//! namespace: a new memory store, a new SQLite file in a temporary directory,
+//! a fresh PostgreSQL schema (with a second handle on it as another node).
 
 mod rules;
 
