@@ -236,6 +236,11 @@ impl AgentSession for OpenclawSession {
                     } else if c.generation != generation {
                         generation = c.generation;
                         lost_at = None;
+                        // Events sent while the socket was down are gone (even
+                        // with no visible gap), and a gateway that restarted
+                        // numbers a re-run from 1 again.
+                        run.gap = true;
+                        run.last_seq = None;
                         tracing::info!(run = %run.run_id, gateway = %shared.config.name, "reconnected; reconciling the run");
                         if run.accepted {
                             waiter = self.send_wait_now(&run);
@@ -264,14 +269,8 @@ impl AgentSession for OpenclawSession {
                         shared.config.name, t.reconcile_timeout
                     ));
                 }
-                () = sleep_until(settle_at) => {
-                    self.drain(&mut run, &mut events, &output).await;
-                    return run.by_events();
-                }
-                () = sleep_until(error_at) => {
-                    self.drain(&mut run, &mut events, &output).await;
-                    return run.by_events();
-                }
+                () = sleep_until(settle_at) => return self.settle(&mut run, &mut events, &output).await,
+                () = sleep_until(error_at) => return self.settle(&mut run, &mut events, &output).await,
                 () = sleep_until(abort_at) => {
                     return Outcome::Failed {
                         error: TaskError::new(TaskErrorKind::Aborted, format!("the abort was not confirmed within {:?}", t.abort_timeout)),
@@ -324,10 +323,9 @@ impl OpenclawSession {
         self.drain(run, events, output).await;
         match status {
             "ok" => {
-                if run.gap || (run.final_text.is_none() && run.text.is_empty()) {
-                    self.history(run).await;
-                }
-                Some(run.completed())
+                // The gateway's word wins over an error event a later retry inside it overcame.
+                run.error = None;
+                Some(self.settle(run, events, output).await)
             }
             "error" => {
                 run.error.get_or_insert_with(|| str_at(p, "error").unwrap_or("the run failed").to_owned());
@@ -341,6 +339,22 @@ impl OpenclawSession {
             }
             _ => None,
         }
+    }
+
+    /// The outcome the events describe, once they said the run ended; the
+    /// final text comes from `chat.history` when events may have been lost.
+    async fn settle(
+        &self,
+        run: &mut RunState,
+        events: &mut mpsc::UnboundedReceiver<RunEvent>,
+        output: &OutputSink,
+    ) -> Outcome {
+        self.drain(run, events, output).await;
+        let succeeded = !run.aborted && run.error.is_none();
+        if succeeded && run.final_text.is_none() && (run.gap || run.text.is_empty()) {
+            self.history(run).await;
+        }
+        run.by_events()
     }
 
     /// Fills in the final text from `chat.history` (events were lost).
@@ -486,12 +500,15 @@ impl RunState {
         }
         match str_at(p, "stream").unwrap_or("") {
             "assistant" => {
+                // `delta` is the new text; `text` the whole reply so far. Older
+                // gateways may send only one of them.
                 let delta = match (str_at(&data, "text"), str_at(&data, "delta")) {
-                    (_, Some(d)) => {
-                        match str_at(&data, "text") {
-                            Some(text) => self.text = text.to_owned(),
-                            None => self.text.push_str(d),
-                        }
+                    (Some(text), Some(d)) => {
+                        self.text = text.to_owned();
+                        d.to_owned()
+                    }
+                    (None, Some(d)) => {
+                        self.text.push_str(d);
                         d.to_owned()
                     }
                     (Some(text), None) => {
