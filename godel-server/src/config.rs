@@ -94,6 +94,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct EngineFile {
     node: Option<String>,
+    region: Option<String>,
     policy: Option<String>,
     lease: Option<String>,
     heartbeat_interval: Option<String>,
@@ -181,6 +182,7 @@ impl ServerConfig {
         if let Some(node) = env("GODEL_NODE").or(e.node) {
             engine.node = node;
         }
+        engine.region = env("GODEL_REGION").or(e.region);
         let policy = env("GODEL_POLICY").or(e.policy);
         if let Some(p) = policy {
             engine.policy =

@@ -170,6 +170,9 @@ pub struct EngineConfig {
     /// This node's name in the cluster registry (agents it announces carry
     /// it). Defaults to `<hostname>-<pid>`.
     pub node: String,
+    /// This node's region: its agents in that region claim work before the
+    /// others (a preference, not a requirement; see `engine/scheduler.rs`).
+    pub region: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -190,6 +193,7 @@ impl Default for EngineConfig {
             default_timeout: None,
             budgets: Budgets::default(),
             node: default_node_name(),
+            region: None,
         }
     }
 }

@@ -154,7 +154,7 @@ impl OrchestratorBuilder {
                 store: self.store,
                 clock: self.clock,
                 bus: self.bus,
-                scheduler: Mutex::new(Scheduler::new(self.config.policy, agents)),
+                scheduler: Mutex::new(Scheduler::new(self.config.policy, agents).prefer_region(self.config.region.clone())),
                 config: self.config,
                 wake: Notify::new(),
             agents_changed: Notify::new(),

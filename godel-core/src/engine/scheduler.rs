@@ -72,12 +72,20 @@ pub(crate) struct Scheduler {
     next: usize,
     affinity: HashMap<String, (AgentId, u64)>,
     affinity_clock: u64,
+    /// This node's region: its agents there claim before the others.
+    region: Option<String>,
 }
 
 impl Scheduler {
     pub(crate) fn new(policy: SchedulingPolicy, agents: Vec<AgentConfig>) -> Self {
         let agents = agents.into_iter().map(AgentState::new).collect();
-        Self { policy, agents, next: 0, affinity: HashMap::new(), affinity_clock: 0 }
+        Self { policy, agents, next: 0, affinity: HashMap::new(), affinity_clock: 0, region: None }
+    }
+
+    /// Prefers agents in `region`: they claim first, the others get what they leave.
+    pub(crate) fn prefer_region(mut self, region: Option<String>) -> Self {
+        self.region = region;
+        self
     }
 
     /// Agents with free slots, in the order they should claim work: the
@@ -97,15 +105,34 @@ impl Scheduler {
                 order.sort_by_key(|i| (self.agents[*i].config.capabilities.len(), self.agents[*i].load));
             }
         }
+        if let Some(region) = &self.region {
+            // Stable: the policy's order holds within each group.
+            order.sort_by_key(|i| self.agents[*i].config.region.as_ref() != Some(region));
+        }
         order.into_iter().map(|i| (self.agents[i].config.id.clone(), self.agents[i].free())).collect()
     }
 
     /// The agent that should run `task` claimed by `claimer`: under session
-    /// affinity, the agent that ran the key's last task if it can take it now.
+    /// affinity, the agent that ran the key's last task if it can take it now;
+    /// else, for a task whose payload names a `region` the claimer is not in,
+    /// the least-loaded agent of that region that can take it now (a
+    /// preference: without one, the claimer runs it).
     pub(crate) fn pick(&self, task: &Task, claimer: &AgentId) -> AgentId {
         if self.policy == SchedulingPolicy::SessionAffinity {
             let preferred = task.affinity_key.as_ref().and_then(|k| self.affinity.get(k)).map(|(a, _)| a);
             if let Some(state) = preferred.and_then(|a| self.agent(a)).filter(|s| s.can_run(task)) {
+                return state.config.id.clone();
+            }
+        }
+        let wanted = task.payload.extra.get("region").and_then(serde_json::Value::as_str);
+        let claimer_region = self.agent(claimer).and_then(|a| a.config.region.as_deref());
+        if let Some(wanted) = wanted.filter(|w| claimer_region != Some(*w)) {
+            let in_region = self
+                .agents
+                .iter()
+                .filter(|s| s.config.region.as_deref() == Some(wanted) && s.can_run(task))
+                .min_by(|a, b| load_ratio(a).total_cmp(&load_ratio(b)));
+            if let Some(state) = in_region {
                 return state.config.id.clone();
             }
         }
@@ -292,5 +319,40 @@ mod tests {
         s.agents[0].down = Some(AgentStatus::Offline);
         assert!(s.claim_order().is_empty());
         assert_eq!(s.agents[0].status(), AgentStatus::Offline);
+    }
+
+    fn in_region(config: AgentConfig, region: &str) -> AgentConfig {
+        let mut config = config;
+        config.region = Some(region.to_owned());
+        config
+    }
+
+    #[test]
+    fn agents_in_the_node_s_region_claim_first() {
+        let agents = vec![in_region(agent("us", 4, &[]), "us"), in_region(agent("eu", 1, &[]), "eu"), agent("none", 9, &[])];
+        let mut s = Scheduler::new(SchedulingPolicy::LeastLoaded, agents).prefer_region(Some("eu".into()));
+        assert_eq!(ids(&s.claim_order()), ["eu", "us", "none"]);
+        s.reserve(&AgentId::new("eu").unwrap(), &task(None, &[]));
+        assert_eq!(ids(&s.claim_order()), ["us", "none"], "a full preferred agent leaves the work to the others");
+    }
+
+    #[test]
+    fn a_task_s_region_is_a_preference() {
+        let agents = vec![agent("plain", 4, &[]), in_region(agent("eu-1", 2, &["rust"]), "eu"), in_region(agent("eu-2", 2, &[]), "eu")];
+        let mut s = Scheduler::new(SchedulingPolicy::LeastLoaded, agents);
+        let plain = AgentId::new("plain").unwrap();
+        let mut t = task(None, &[]);
+        t.payload.extra.insert("region".into(), serde_json::json!("eu"));
+        let first = s.pick(&t, &plain);
+        assert!(first.as_str().starts_with("eu-"), "handed to an agent in the region: {first}");
+        s.reserve(&AgentId::new("eu-1").unwrap(), &t);
+        s.reserve(&AgentId::new("eu-1").unwrap(), &t);
+        assert_eq!(s.pick(&t, &plain).as_str(), "eu-2", "the least-loaded one that can take it");
+        s.reserve(&AgentId::new("eu-2").unwrap(), &t);
+        s.reserve(&AgentId::new("eu-2").unwrap(), &t);
+        assert_eq!(s.pick(&t, &plain), plain, "every eu agent is full: the claimer runs it");
+        let mut rust = task(None, &["rust"]);
+        rust.payload.extra.insert("region".into(), serde_json::json!("us"));
+        assert_eq!(s.pick(&rust, &plain), plain, "no agent in the region: the claimer runs it");
     }
 }
