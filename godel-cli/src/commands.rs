@@ -774,8 +774,14 @@ pub(crate) async fn worker(global_server: Option<String>, a: args::Worker, templ
         workdir: a.workdir.map_or(WorkDir::Inherit, WorkDir::Shared),
         env: Vec::new(),
     };
-    let options =
-        WorkerOptions { server, name, capabilities: a.capabilities, concurrency: a.concurrency, region: a.region, process };
+    let options = WorkerOptions {
+        server,
+        name,
+        capabilities: a.capabilities,
+        concurrency: a.concurrency,
+        region: a.region,
+        process,
+    };
     let worker = Worker::new(options).map_err(|e| Failure::usage(e.to_string()))?;
     let drain = CancellationToken::new();
     let signals = async {
@@ -872,7 +878,13 @@ async fn instance_health(client: &Client, a: args::InstancesHealth) -> CliResult
     if a.json {
         output::json(&h);
     } else {
-        output::out(&format!("{}  {}  {}/{} sessions", h.name, paint(&h.state, state_colour(&h.state)), h.current_sessions, h.max_sessions));
+        output::out(&format!(
+            "{}  {}  {}/{} sessions",
+            h.name,
+            paint(&h.state, state_colour(&h.state)),
+            h.current_sessions,
+            h.max_sessions
+        ));
         if let Some(message) = &h.message {
             output::out(&format!("  {message}"));
         }

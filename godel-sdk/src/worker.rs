@@ -74,23 +74,11 @@ struct RunRef {
 #[derive(Deserialize, Debug)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum FromServer {
-    Welcome {
-        agent: String,
-        heartbeat_ms: u64,
-    },
-    Assign {
-        task: Assignment,
-    },
-    Abort {
-        task: TaskId,
-        attempt: u32,
-        mode: String,
-    },
+    Welcome { agent: String, heartbeat_ms: u64 },
+    Assign { task: Assignment },
+    Abort { task: TaskId, attempt: u32, mode: String },
     Drain,
-    Error {
-        code: String,
-        message: String,
-    },
+    Error { code: String, message: String },
 }
 
 #[derive(Deserialize, Debug)]
@@ -306,9 +294,8 @@ impl Worker {
     }
 
     async fn connect(&self, active: &Active) -> std::result::Result<Session, Refused> {
-        let (mut socket, _) = tokio_tungstenite::connect_async(self.ws_url.as_str())
-            .await
-            .map_err(|e| Refused::Retry(e.to_string()))?;
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(self.ws_url.as_str()).await.map_err(|e| Refused::Retry(e.to_string()))?;
         let running: Vec<RunRef> = lock(active).keys().copied().collect();
         let hello = json!({
             "type": "hello",

@@ -584,7 +584,10 @@ async fn drain_agent(state: Arc<AppState>, id: String) -> ApiResult {
     state.orchestrator.remove_agent(&id).map_err(|e| ApiError::not_found(e.reason))?;
     let worker = state.workers.drain(&id);
     let active: Vec<String> = state.orchestrator.active_tasks(&id).iter().map(ToString::to_string).collect();
-    Ok(json_with(StatusCode::ACCEPTED, &json!({ "id": agent.id, "draining": true, "worker": worker, "active_tasks": active })))
+    Ok(json_with(
+        StatusCode::ACCEPTED,
+        &json!({ "id": agent.id, "draining": true, "worker": worker, "active_tasks": active }),
+    ))
 }
 
 async fn register_agent(state: Arc<AppState>, body: Bytes) -> ApiResult {

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use godel_core::adapter::openclaw::{Autostart, GatewayAuth, GatewayConfig};
 use godel_core::adapter::{Cleanup, HttpAdapter, HttpConfig, Price, ProcessAdapter, ProcessConfig, WorkDir};
 use godel_core::engine::{Budget, Budgets, format_micros, micros_from_units};
-use godel_core::adapter::openclaw::{Autostart, GatewayAuth, GatewayConfig};
 use godel_core::{AgentConfig, AgentId, AgentKind, Backoff, EngineConfig, SchedulingPolicy, TenantId};
 use serde::Deserialize;
 

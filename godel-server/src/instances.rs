@@ -166,7 +166,10 @@ pub(crate) async fn deregister(state: Arc<AppState>, name: String) -> ApiResult 
     if state.configured_gateways.contains(&name) {
         return Err(ApiError::new(
             Code::Conflict,
-            format!("gateway {name} comes from godel.toml on node {}; remove it there", state.orchestrator.config().node),
+            format!(
+                "gateway {name} comes from godel.toml on node {}; remove it there",
+                state.orchestrator.config().node
+            ),
         ));
     }
     let removed = state.store().remove_member(&state.tenant(), MemberKind::Gateway, &name).await?;
@@ -223,7 +226,8 @@ async fn reconcile(state: &AppState) -> Result<(), godel_core::StoreError> {
         if state.gateways.get(name).is_some() || state.configured_gateways.contains(name) {
             continue;
         }
-        let config = serde_json::from_value::<Registration>(doc.clone()).map_err(|e| e.to_string()).and_then(|r| r.config());
+        let config =
+            serde_json::from_value::<Registration>(doc.clone()).map_err(|e| e.to_string()).and_then(|r| r.config());
         match config {
             Ok(config) => match state.gateways.attach(&state.orchestrator, config) {
                 Ok(_) => tracing::info!(gateway = name, "connected to a gateway registered through the API"),

@@ -11,9 +11,9 @@ pub mod daemon;
 mod error;
 mod events;
 mod instances;
-mod workers;
 mod metrics;
 mod wire;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -327,7 +327,10 @@ fn attach(
 ) -> Result<(Arc<Link>, u64, mpsc::UnboundedReceiver<Value>), (&'static str, String)> {
     let agent = AgentId::new(&hello.name).map_err(|e| ("invalid_request", format!("invalid name: {}", e.reason)))?;
     if !(1..=MAX_CONCURRENCY).contains(&hello.concurrency) {
-        return Err(("invalid_request", format!("concurrency must be 1 to {MAX_CONCURRENCY}, got {}", hello.concurrency)));
+        return Err((
+            "invalid_request",
+            format!("concurrency must be 1 to {MAX_CONCURRENCY}, got {}", hello.concurrency),
+        ));
     }
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     let mut links = state.workers.lock();

@@ -32,8 +32,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
-pub use crate::engine::cluster::ClusterAgent;
 pub use crate::engine::budget::{Budget, Budgets, format_micros, micros_from_units};
+pub use crate::engine::cluster::ClusterAgent;
 pub use crate::engine::config::{AgentConfig, EngineConfig, SchedulingPolicy};
 
 use crate::InvalidInput;
@@ -154,10 +154,12 @@ impl OrchestratorBuilder {
                 store: self.store,
                 clock: self.clock,
                 bus: self.bus,
-                scheduler: Mutex::new(Scheduler::new(self.config.policy, agents).prefer_region(self.config.region.clone())),
+                scheduler: Mutex::new(
+                    Scheduler::new(self.config.policy, agents).prefer_region(self.config.region.clone()),
+                ),
                 config: self.config,
                 wake: Notify::new(),
-            agents_changed: Notify::new(),
+                agents_changed: Notify::new(),
                 running: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(Vec::new()),
                 writes: Batcher::new(),

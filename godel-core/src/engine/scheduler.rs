@@ -329,7 +329,8 @@ mod tests {
 
     #[test]
     fn agents_in_the_node_s_region_claim_first() {
-        let agents = vec![in_region(agent("us", 4, &[]), "us"), in_region(agent("eu", 1, &[]), "eu"), agent("none", 9, &[])];
+        let agents =
+            vec![in_region(agent("us", 4, &[]), "us"), in_region(agent("eu", 1, &[]), "eu"), agent("none", 9, &[])];
         let mut s = Scheduler::new(SchedulingPolicy::LeastLoaded, agents).prefer_region(Some("eu".into()));
         assert_eq!(ids(&s.claim_order()), ["eu", "us", "none"]);
         s.reserve(&AgentId::new("eu").unwrap(), &task(None, &[]));
@@ -338,7 +339,11 @@ mod tests {
 
     #[test]
     fn a_task_s_region_is_a_preference() {
-        let agents = vec![agent("plain", 4, &[]), in_region(agent("eu-1", 2, &["rust"]), "eu"), in_region(agent("eu-2", 2, &[]), "eu")];
+        let agents = vec![
+            agent("plain", 4, &[]),
+            in_region(agent("eu-1", 2, &["rust"]), "eu"),
+            in_region(agent("eu-2", 2, &[]), "eu"),
+        ];
         let mut s = Scheduler::new(SchedulingPolicy::LeastLoaded, agents);
         let plain = AgentId::new("plain").unwrap();
         let mut t = task(None, &[]);

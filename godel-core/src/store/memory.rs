@@ -15,8 +15,9 @@ use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::session::Session;
 use crate::store::{
     BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    HistoryEntry, Lease, LeaseStatus, LeaseWrite, Member, MemberKind, Micros, OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed,
-    Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
+    HistoryEntry, Lease, LeaseStatus, LeaseWrite, Member, MemberKind, Micros, OutputChunk, OutputRecord, Page,
+    QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter,
+    TaskQuery, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;

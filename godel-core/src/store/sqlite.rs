@@ -35,7 +35,8 @@ use crate::session::Session;
 use crate::store::{
     BatchCompletion, BoxError, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
     HistoryEntry, Lease, LeaseStatus, LeaseWrite, Member, MemberKind, Micros, OutputChunk, OutputRecord, Page,
-    QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
+    QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter,
+    TaskQuery, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;

@@ -56,7 +56,8 @@ async fn gateways_registered_through_the_api_run_tasks_until_deregistered() {
         assert!(message.contains(needle), "{body}: {message}");
     }
 
-    let registration = json!({"name": "gw1", "url": fake.url(), "agents": ["coder"], "max_sessions": 10, "region": "eu"});
+    let registration =
+        json!({"name": "gw1", "url": fake.url(), "agents": ["coder"], "max_sessions": 10, "region": "eu"});
     let (status, created) = call(&http, Method::POST, instances.clone(), Some(registration.clone())).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!((created["name"].as_str(), created["source"].as_str()), (Some("gw1"), Some("api")));
@@ -72,12 +73,20 @@ async fn gateways_registered_through_the_api_run_tasks_until_deregistered() {
     assert_eq!(health["state"], "ready");
     let (_, listed) = call(&http, Method::GET, instances.clone(), None).await;
     let gw = &listed["items"][0];
-    assert_eq!((gw["name"].as_str(), gw["state"].as_str(), gw["max_sessions"].as_u64()), (Some("gw1"), Some("ready"), Some(10)));
+    assert_eq!(
+        (gw["name"].as_str(), gw["state"].as_str(), gw["max_sessions"].as_u64()),
+        (Some("gw1"), Some("ready"), Some(10))
+    );
     assert_eq!(gw["capabilities"], json!(["agent:coder", "region:eu"]));
 
     // A task for the hosted agent runs there.
-    let (_, task) =
-        call(&http, Method::POST, server.url("/api/v1/tasks"), Some(json!({"prompt": "hi", "capabilities": ["agent:coder"]}))).await;
+    let (_, task) = call(
+        &http,
+        Method::POST,
+        server.url("/api/v1/tasks"),
+        Some(json!({"prompt": "hi", "capabilities": ["agent:coder"]})),
+    )
+    .await;
     let task_url = server.url(&format!("/api/v1/tasks/{}", task["id"].as_str().expect("an id")));
     let done = eventually("the task to complete on gw1", async || {
         let (_, task) = call(&http, Method::GET, task_url.clone(), None).await;

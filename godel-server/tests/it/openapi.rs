@@ -417,9 +417,8 @@ async fn workers(api: &mut Api<'_>) {
     let exchange = api.send(Method::GET, "/api/v1/workers/connect", None).await;
     assert_eq!(exchange.status, 400, "{}", exchange.describe());
     api.spec.check(&exchange);
-    let (mut ws, response) = tokio_tungstenite::connect_async(api.server.ws_url("/api/v1/workers/connect"))
-        .await
-        .expect("a WebSocket");
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(api.server.ws_url("/api/v1/workers/connect")).await.expect("a WebSocket");
     api.spec.validate_response("GET", "/api/v1/workers/connect", response.status().as_u16(), &Value::Null);
     let hello = json!({"type": "hello", "name": "spec-worker", "concurrency": 1, "version": "test"});
     ws.send(Message::text(hello.to_string())).await.expect("send hello");

@@ -475,12 +475,7 @@ pub(crate) fn cli_binary() -> Result<PathBuf> {
     locate(&BINARY, "godel", "godel-cli", "GODEL_CLI_BIN")
 }
 
-fn locate(
-    cache: &'static OnceLock<Result<PathBuf, String>>,
-    name: &str,
-    package: &str,
-    var: &str,
-) -> Result<PathBuf> {
+fn locate(cache: &'static OnceLock<Result<PathBuf, String>>, name: &str, package: &str, var: &str) -> Result<PathBuf> {
     let found = cache.get_or_init(|| match std::env::var_os(var) {
         Some(path) => Ok(PathBuf::from(path)),
         None => built_binary(name, package, var).map_err(|e| format!("{e:#}")),

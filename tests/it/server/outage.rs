@@ -102,8 +102,10 @@ impl Redis {
             .context("start redis-server")?;
         self.child = Some(child);
         let port = self.port;
-        eventually("redis-server to listen", async || Ok(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()))
-            .await?;
+        eventually("redis-server to listen", async || {
+            Ok(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok())
+        })
+        .await?;
         Ok(())
     }
 

@@ -99,7 +99,11 @@ async fn a_worker_runs_pushed_tasks_and_streams_their_output() -> Result<()> {
     assert!(events.to_string().contains(&format!("hello from {id}")), "output came back: {events}");
 
     // A failing command fails the task with the worker's error.
-    let id = server.submit(&json!({"command": ["sh", "-c", "echo oops >&2; exit 7"], "capabilities": ["remote"], "max_attempts": 1})).await?;
+    let id = server
+        .submit(
+            &json!({"command": ["sh", "-c", "echo oops >&2; exit 7"], "capabilities": ["remote"], "max_attempts": 1}),
+        )
+        .await?;
     let task = server.wait_for_status(&id, "dead_letter").await?;
     assert!(task["error"]["message"].as_str().unwrap_or_default().contains("oops"), "{task}");
     Ok(())
@@ -219,7 +223,9 @@ async fn bad_worker_input_is_refused_with_a_reason() -> Result<()> {
     // A hello the server cannot use is answered with an error frame naming the problem.
     let url = format!("ws://{}/api/v1/workers/connect", server.addr());
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
-    socket.send(tokio_tungstenite::tungstenite::Message::text(r#"{"type":"hello","name":"w","concurrency":1}"#)).await?;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(r#"{"type":"hello","name":"w","concurrency":1}"#))
+        .await?;
     let reply = socket.next().await.context("a reply")??;
     let reply: Value = serde_json::from_str(reply.to_text()?)?;
     assert_eq!(reply["type"], "error");

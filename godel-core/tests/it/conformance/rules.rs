@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use godel_core::store::{
     CancelOutcome, Claim, ClaimRequest, ClusterMessage, Completion, Cursor, FailOutcome, Failure, Lease, LeaseWrite,
-    Member, MemberKind, OutputChunk, OutputStream, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
+    Member, MemberKind, OutputChunk, OutputStream, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter,
+    TaskQuery, WriteOutcome,
 };
 use godel_core::{
     AgentId, Backoff, LeaseToken, NewTask, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskStatus, TenantId,
