@@ -15,31 +15,13 @@ use godel_core::adapter::{Cleanup, ProcessAdapter, ProcessConfig};
 use godel_core::event::{EventKind, OutputStream};
 use godel_core::store::{SessionQuery, SqliteStore, Store};
 use godel_core::{
-    AgentConfig, AgentId, AgentKind, AgentStatus, Backoff, CancellationToken, EngineConfig, ManualClock, NewTask,
-    Orchestrator, Priority, SchedulingPolicy, SessionState, Task, TaskErrorKind, TaskId, TaskStatus, Timestamp,
+    AgentConfig, AgentId, AgentKind, AgentStatus, CancellationToken, EngineConfig, ManualClock, NewTask, Orchestrator,
+    Priority, SchedulingPolicy, SessionState, Task, TaskErrorKind, TaskId, TaskStatus, Timestamp,
 };
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
-/// Settings that keep every wait in this suite well under a second.
-fn fast_config() -> EngineConfig {
-    EngineConfig {
-        lease: Duration::from_secs(5),
-        heartbeat_interval: Duration::from_millis(200),
-        poll_interval: Duration::from_millis(50),
-        reclaim_interval: Duration::from_millis(100),
-        backoff: Backoff {
-            initial: Duration::from_millis(20),
-            multiplier: 2.0,
-            max: Duration::from_millis(100),
-            jitter: 0.0,
-        },
-        kill_grace: Duration::from_millis(500),
-        shutdown_grace: Duration::from_secs(5),
-        agent_health_interval: Duration::from_millis(50),
-        ..EngineConfig::default()
-    }
-}
+use crate::support::fast_engine;
 
 fn process_agent(id: &str, config: ProcessConfig) -> AgentConfig {
     AgentConfig::new(AgentId::new(id).unwrap(), AgentKind::Process, Arc::new(ProcessAdapter::new(config).unwrap()))
@@ -164,7 +146,7 @@ fn assert_agents_idle(orchestrator: &Orchestrator) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slot_runs_tasks_in_priority_order() {
-    let mut h = Harness::new(vec![process_agent("solo", ProcessConfig::default())], fast_config()).await;
+    let mut h = Harness::new(vec![process_agent("solo", ProcessConfig::default())], fast_engine()).await;
     let mut events = h.orchestrator.subscribe(vec!["task.started".parse().unwrap()]);
     let mut expected: Vec<(Priority, TaskId)> = Vec::new();
     // Submitted before the engine starts, lowest priority first.
@@ -195,7 +177,7 @@ async fn capabilities_route_tasks() {
         process_agent("plain", ProcessConfig::default()).capacity(3),
         process_agent("rusty", ProcessConfig::default()).capabilities(["rust"]),
     ];
-    let mut h = Harness::new(agents, fast_config()).await;
+    let mut h = Harness::new(agents, fast_engine()).await;
     h.start();
     let mut rust = Vec::new();
     let mut generic = Vec::new();
@@ -217,7 +199,7 @@ async fn capabilities_route_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_kills_the_whole_process_group() {
-    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_config()).await;
+    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_engine()).await;
     h.start();
     let marker = "60.7071";
     let task =
@@ -238,7 +220,7 @@ async fn a_timeout_kills_the_whole_process_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_kill_stop_running_tasks_fast() {
-    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default()).capacity(3)], fast_config()).await;
+    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default()).capacity(3)], fast_engine()).await;
     let mut events = h.orchestrator.subscribe(vec!["task.started".parse().unwrap(), "task.output".parse().unwrap()]);
     h.start();
     let polite = h.orchestrator.submit(shell("sleep 60.8081")).await.unwrap();
@@ -274,7 +256,7 @@ async fn cancel_and_kill_stop_running_tasks_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_from_another_process_is_seen_on_heartbeat() {
-    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_config()).await;
+    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_engine()).await;
     let mut events = h.orchestrator.subscribe(vec!["task.started".parse().unwrap()]);
     h.start();
     let task = h.orchestrator.submit(shell("sleep 60.9091")).await.unwrap();
@@ -290,7 +272,7 @@ async fn a_cancel_from_another_process_is_seen_on_heartbeat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_retry_with_backoff_then_dead_letter() {
-    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_config()).await;
+    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_engine()).await;
     let mut events = h.orchestrator.subscribe(vec!["task.*".parse().unwrap()]);
     h.start();
     let task = h.orchestrator.submit(shell("echo oops >&2; exit 7").max_attempts(3)).await.unwrap();
@@ -323,7 +305,7 @@ async fn load_counters_return_to_zero_after_a_mixed_run() {
         process_agent("b", ProcessConfig::default()).capacity(2),
         process_agent("c", ProcessConfig::default()).capabilities(["gpu"]),
     ];
-    let mut h = Harness::new(agents, fast_config()).await;
+    let mut h = Harness::new(agents, fast_engine()).await;
     h.start();
     let mut ids = Vec::new();
     let mut to_cancel = Vec::new();
@@ -367,7 +349,7 @@ async fn prompts_reach_argv_unchanged() {
     // printf '%s' "$1" echoes its argument byte for byte.
     let template = ["sh", "-c", "printf '%s' \"$1\"", "sh", "{prompt}"].map(String::from).to_vec();
     let config = ProcessConfig { command: Some(template), ..ProcessConfig::default() };
-    let mut h = Harness::new(vec![process_agent("claude-ish", config).capacity(4)], fast_config()).await;
+    let mut h = Harness::new(vec![process_agent("claude-ish", config).capacity(4)], fast_engine()).await;
     h.start();
     let prompts = [
         "it's \"quoted\" and 'single'",
@@ -397,7 +379,7 @@ async fn prompts_reach_argv_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_is_bounded_and_truncation_marked() {
-    let config = EngineConfig { max_output_bytes: 1_000, ..fast_config() };
+    let config = EngineConfig { max_output_bytes: 1_000, ..fast_engine() };
     let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], config).await;
     h.start();
     let task = h.orchestrator.submit(shell("head -c 200000 /dev/zero | tr '\\0' a; echo done >&2")).await.unwrap();
@@ -414,7 +396,7 @@ async fn output_is_bounded_and_truncation_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_follow_the_lifecycle_table() {
-    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_config()).await;
+    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_engine()).await;
     let mut events = h.orchestrator.subscribe(vec!["session.*".parse().unwrap()]);
     h.start();
     let task = h.orchestrator.submit(shell("echo hi")).await.unwrap();
@@ -436,7 +418,7 @@ async fn sessions_follow_the_lifecycle_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_is_pushed_not_polled() {
-    let config = EngineConfig { poll_interval: Duration::from_secs(3_600), ..fast_config() };
+    let config = EngineConfig { poll_interval: Duration::from_secs(3_600), ..fast_engine() };
     let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], config).await;
     h.start();
     tokio::time::sleep(Duration::from_millis(100)).await; // past the first, immediate poll
@@ -451,7 +433,7 @@ async fn dispatch_is_pushed_not_polled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_tasks_start_at_their_time() {
-    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_config()).await;
+    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_engine()).await;
     h.start();
     let at = Timestamp::now() + Duration::from_millis(400);
     let task = h.orchestrator.submit(shell("true").run_at(at)).await.unwrap();
@@ -463,7 +445,7 @@ async fn scheduled_tasks_start_at_their_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_releases_running_tasks_for_the_next_start() {
-    let config = EngineConfig { shutdown_grace: Duration::from_millis(200), ..fast_config() };
+    let config = EngineConfig { shutdown_grace: Duration::from_millis(200), ..fast_engine() };
     let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default()).capacity(2)], config).await;
     let mut events = h.orchestrator.subscribe(vec!["task.started".parse().unwrap()]);
     h.start();
@@ -484,7 +466,7 @@ async fn shutdown_releases_running_tasks_for_the_next_start() {
     // The next start on the same store picks them up.
     let store = h.orchestrator.store().clone();
     let next = Orchestrator::builder(store)
-        .config(fast_config())
+        .config(fast_engine())
         .agent(process_agent("a", ProcessConfig::default()).capacity(3))
         .build()
         .unwrap();
@@ -512,7 +494,7 @@ async fn session_affinity_keeps_a_key_on_its_agent() {
         process_agent("first", ProcessConfig::default()),
         process_agent("second", ProcessConfig::default()).capabilities(["x"]),
     ];
-    let config = EngineConfig { policy: SchedulingPolicy::SessionAffinity, ..fast_config() };
+    let config = EngineConfig { policy: SchedulingPolicy::SessionAffinity, ..fast_engine() };
     let mut h = Harness::new(agents, config).await;
     h.start();
     // Only "second" can run the first task; the key then sticks to it,
@@ -548,7 +530,7 @@ async fn git_worktrees_isolate_tasks() {
         workdir: WorkDir::GitWorktree { repo: repo.clone(), cleanup: Cleanup::OnSuccess },
         ..ProcessConfig::default()
     };
-    let mut h = Harness::new(vec![process_agent("a", config).capacity(2)], fast_config()).await;
+    let mut h = Harness::new(vec![process_agent("a", config).capacity(2)], fast_engine()).await;
     h.start();
     let ok = h.orchestrator.submit(shell("pwd; cat README; echo scratch > new-file").max_attempts(1)).await.unwrap();
     let bad = h.orchestrator.submit(shell("echo scratch > new-file; exit 1").max_attempts(1)).await.unwrap();
@@ -605,7 +587,7 @@ async fn an_agent_that_stops_heartbeating_goes_offline_and_gets_no_work() {
         AgentConfig::new(AgentId::new("flaky").unwrap(), AgentKind::Http, flaky.clone()).capacity(4),
         AgentConfig::new(AgentId::new("steady").unwrap(), AgentKind::Http, steady.clone()),
     ];
-    let config = EngineConfig { agent_offline_after: Duration::from_secs(30), ..fast_config() };
+    let config = EngineConfig { agent_offline_after: Duration::from_secs(30), ..fast_engine() };
     let clock_for_engine = clock.clone();
     let mut h = Harness::build(agents, config, |b| b.clock(Arc::new(clock_for_engine))).await;
     let mut events = h.orchestrator.subscribe(vec!["agent.*".parse().unwrap()]);

@@ -12,7 +12,7 @@ use godel_core::engine::{Budget, Budgets};
 use godel_core::event::{EventKind, OutputStream};
 use godel_core::store::{SqliteStore, Store, StoreError};
 use godel_core::{
-    AgentConfig, AgentId, AgentKind, Backoff, CancellationToken, EngineConfig, EventPattern, NewTask, Orchestrator,
+    AgentConfig, AgentId, AgentKind, CancellationToken, EngineConfig, EventPattern, NewTask, Orchestrator,
     Subscription, Task, TaskErrorKind, TaskId, TaskStatus, TenantId, Timestamp,
 };
 use godel_fakes::openai::{FakeOpenAi, Reply};
@@ -20,30 +20,13 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
+use crate::support::fast_engine;
+
 const KEY: &str = "sk-godel-test";
 /// Costs 2.00 per million input tokens and 8.00 per million output tokens.
 const PRICE: Price = Price { input_per_million: 2_000_000, output_per_million: 8_000_000 };
 /// What an answer with 12 input and 5 output tokens costs at [`PRICE`], in micros.
 const COST: u64 = 12 * 2 + 5 * 8;
-
-fn fast_config() -> EngineConfig {
-    EngineConfig {
-        lease: Duration::from_secs(5),
-        heartbeat_interval: Duration::from_millis(200),
-        poll_interval: Duration::from_millis(50),
-        reclaim_interval: Duration::from_millis(100),
-        backoff: Backoff {
-            initial: Duration::from_millis(20),
-            multiplier: 2.0,
-            max: Duration::from_millis(100),
-            jitter: 0.0,
-        },
-        kill_grace: Duration::from_millis(200),
-        shutdown_grace: Duration::from_secs(5),
-        agent_health_interval: Duration::from_millis(50),
-        ..EngineConfig::default()
-    }
-}
 
 fn http_config(fake: &FakeOpenAi, models: &[&str]) -> HttpConfig {
     let mut config = HttpConfig::new(fake.base_url(), models.iter().copied());
@@ -165,7 +148,7 @@ async fn a_streamed_answer_arrives_as_output_with_usage_and_cost() {
     let mut config = http_config(&fake, &["gpt-a"]);
     config.system_prompt = Some("Be brief.".into());
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store.clone(), http_agent(config), fast_config());
+    let mut h = Harness::new(store.clone(), http_agent(config), fast_engine());
     let mut events = h.subscribe();
     h.start();
 
@@ -207,7 +190,7 @@ async fn a_plain_answer_has_usage_and_cost() {
     let mut config = http_config(&fake, &["gpt-a"]);
     config.stream = false;
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store, http_agent(config), fast_config());
+    let mut h = Harness::new(store, http_agent(config), fast_engine());
     let mut events = h.subscribe();
     h.start();
 
@@ -235,7 +218,7 @@ async fn a_rate_limited_model_falls_back_to_the_next() {
     fake.script("gpt-a", [Reply::rate_limited(Some(60))]);
     fake.script("gpt-b", [Reply::answer("from b", 12, 5)]);
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a", "gpt-b"])), fast_config());
+    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a", "gpt-b"])), fast_engine());
     let mut events = h.subscribe();
     h.start();
 
@@ -262,7 +245,7 @@ async fn a_short_retry_after_is_waited_out_on_the_same_model() {
     fake.script("gpt-a", [Reply::rate_limited(Some(0)), Reply::answer("after the wait", 12, 5)]);
     fake.script("gpt-b", [Reply::answer("from b", 1, 1)]);
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a", "gpt-b"])), fast_config());
+    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a", "gpt-b"])), fast_engine());
     h.start();
 
     let task = h.orchestrator.submit(prompt("hi")).await.unwrap();
@@ -280,7 +263,7 @@ async fn a_server_error_is_retried_and_then_succeeds() {
     let fake = FakeOpenAi::start(KEY).await;
     fake.script("gpt-a", [Reply::error(500, "The server had an error"), Reply::answer("second time lucky", 12, 5)]);
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a"])), fast_config());
+    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a"])), fast_engine());
     let mut events = h.subscribe();
     h.start();
 
@@ -309,7 +292,7 @@ async fn a_permanent_client_error_fails_without_retry() {
     fake.script("gpt-b", [Reply::error(500, "down")]);
     fake.script("gpt-c", [Reply::error(400, "Invalid 'messages[0].content': string too long")]);
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a", "gpt-b", "gpt-c"])), fast_config());
+    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a", "gpt-b", "gpt-c"])), fast_engine());
     h.start();
 
     let task = h.orchestrator.submit(prompt("too long").max_attempts(3)).await.unwrap();
@@ -340,7 +323,7 @@ async fn a_wrong_key_is_a_permanent_failure() {
     let mut config = http_config(&fake, &["gpt-a"]);
     config.api_key = Some("sk-wrong".into());
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store, http_agent(config), fast_config());
+    let mut h = Harness::new(store, http_agent(config), fast_engine());
     h.start();
 
     let task = h.orchestrator.submit(prompt("hi").max_attempts(3)).await.unwrap();
@@ -362,7 +345,7 @@ async fn timeouts_and_cancels_abort_the_request() {
     let fake = FakeOpenAi::start(KEY).await;
     fake.script("slow", [Reply::Stall]);
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store.clone(), http_agent(http_config(&fake, &["slow"])), fast_config());
+    let mut h = Harness::new(store.clone(), http_agent(http_config(&fake, &["slow"])), fast_engine());
     h.start();
 
     // Streaming: the engine's deadline aborts the run mid-stream.
@@ -376,7 +359,7 @@ async fn timeouts_and_cancels_abort_the_request() {
     // Plain: a cancel aborts the run while the body trickles in.
     let mut config = http_config(&fake, &["slow"]);
     config.stream = false;
-    let mut plain = Harness::new(store, http_agent(config), fast_config());
+    let mut plain = Harness::new(store, http_agent(config), fast_engine());
     plain.start();
     let task = plain.orchestrator.submit(prompt("and you too")).await.unwrap();
     plain.wait_status(task.id, |s| s == TaskStatus::Running).await;
@@ -414,7 +397,7 @@ async fn crossing_the_soft_limit_raises_one_event() {
     fake.script("gpt-a", [Reply::answer("ok", 12, 5)]);
     let (store, _dir) = sqlite().await;
     let budgets = Budgets { default: Budget { soft: Some(100), hard: None }, ..Budgets::default() };
-    let config = EngineConfig { budgets, ..fast_config() };
+    let config = EngineConfig { budgets, ..fast_engine() };
     let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a"])), config);
     let mut events = h.subscribe();
     h.start();
@@ -441,7 +424,7 @@ async fn past_the_hard_limit_new_tasks_are_refused_and_queued_ones_finish() {
     let acme = TenantId::new("acme").unwrap();
     let mut budgets = Budgets { default: Budget { soft: None, hard: Some(1) }, ..Budgets::default() };
     budgets.tenants.insert(acme.clone(), Budget { soft: Some(50), hard: Some(100) });
-    let config = EngineConfig { tenant: acme.clone(), budgets, ..fast_config() };
+    let config = EngineConfig { tenant: acme.clone(), budgets, ..fast_engine() };
     let mut h = Harness::new(store.clone(), http_agent(http_config(&fake, &["gpt-a"])), config);
     let mut events = h.subscribe();
 
@@ -490,7 +473,7 @@ async fn spend_is_shared_by_orchestrators_on_one_store() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("godel.db");
     let budgets = Budgets { default: Budget { soft: None, hard: Some(100) }, ..Budgets::default() };
-    let config = EngineConfig { budgets, ..fast_config() };
+    let config = EngineConfig { budgets, ..fast_engine() };
     // Two handles on one database file, as two nodes would have.
     let store_a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
     let store_b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
@@ -524,7 +507,7 @@ async fn a_result_without_cost_records_no_spend() {
     let mut config = http_config(&fake, &["unpriced"]);
     config.prices.clear();
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store.clone(), http_agent(config), fast_config());
+    let mut h = Harness::new(store.clone(), http_agent(config), fast_engine());
     h.start();
     let task = h.orchestrator.submit(prompt("hi")).await.unwrap();
     let result: Value = h.wait_terminal(task.id).await.result.unwrap();
@@ -540,7 +523,7 @@ async fn a_stream_cut_short_falls_back_and_keeps_its_partial_output() {
     fake.script("gpt-a", [Reply::Cut { text: "half an ans".into() }]);
     fake.script("gpt-b", [Reply::answer("a whole answer", 12, 5)]);
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a", "gpt-b"])), fast_config());
+    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a", "gpt-b"])), fast_engine());
     let mut events = h.subscribe();
     h.start();
 
@@ -565,7 +548,7 @@ async fn a_plain_answer_cut_short_falls_back() {
     let mut config = http_config(&fake, &["gpt-a", "gpt-b"]);
     config.stream = false;
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store, http_agent(config), fast_config());
+    let mut h = Harness::new(store, http_agent(config), fast_engine());
     h.start();
     let task = h.orchestrator.submit(prompt("hi")).await.unwrap();
     let result = h.wait_terminal(task.id).await.result.unwrap();
@@ -638,7 +621,7 @@ async fn a_server_that_does_not_stream_is_read_as_plain() {
     fake.script("gpt-a", [Reply::answer("all at once", 12, 5)]);
     fake.never_stream(true);
     let (store, _dir) = sqlite().await;
-    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a"])), fast_config());
+    let mut h = Harness::new(store, http_agent(http_config(&fake, &["gpt-a"])), fast_engine());
     h.start();
     let task = h.orchestrator.submit(prompt("stream please")).await.unwrap();
     let result = h.wait_terminal(task.id).await.result.unwrap();
@@ -657,7 +640,7 @@ async fn a_model_that_goes_silent_past_the_request_timeout_falls_back() {
         config.stream = stream;
         config.request_timeout = Duration::from_millis(200);
         let (store, _dir) = sqlite().await;
-        let mut h = Harness::new(store, http_agent(config), fast_config());
+        let mut h = Harness::new(store, http_agent(config), fast_engine());
         let mut events = h.subscribe();
         h.start();
         let task = h.orchestrator.submit(prompt("hello?")).await.unwrap();

@@ -9,3 +9,4 @@ mod openclaw;
 mod postgres;
 mod redis;
 mod sqlite;
+mod support;

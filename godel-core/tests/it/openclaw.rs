@@ -13,12 +13,14 @@ use godel_core::adapter::openclaw::{
 use godel_core::event::OutputStream;
 use godel_core::store::{MemoryStore, Store};
 use godel_core::{
-    AgentId, AgentStatus, Backoff, CancellationToken, EngineConfig, NewTask, Orchestrator, Task, TaskErrorKind, TaskId,
+    AgentId, AgentStatus, CancellationToken, EngineConfig, NewTask, Orchestrator, Task, TaskErrorKind, TaskId,
     TaskStatus,
 };
 use godel_fakes::openclaw::{FakeAuth, FakeConfig, FakeGateway, RunEnd, RunScript, Step};
 use serde_json::Value;
 use tokio::task::JoinHandle;
+
+use crate::support::fast_engine;
 
 fn timing() -> GatewayTiming {
     GatewayTiming {
@@ -35,22 +37,7 @@ fn timing() -> GatewayTiming {
 }
 
 fn engine_config() -> EngineConfig {
-    EngineConfig {
-        lease: Duration::from_secs(5),
-        heartbeat_interval: Duration::from_millis(200),
-        poll_interval: Duration::from_millis(50),
-        reclaim_interval: Duration::from_millis(100),
-        backoff: Backoff {
-            initial: Duration::from_millis(20),
-            multiplier: 2.0,
-            max: Duration::from_millis(100),
-            jitter: 0.0,
-        },
-        kill_grace: Duration::from_millis(300),
-        shutdown_grace: Duration::from_secs(2),
-        agent_health_interval: Duration::from_millis(50),
-        ..EngineConfig::default()
-    }
+    EngineConfig { kill_grace: Duration::from_millis(300), shutdown_grace: Duration::from_secs(2), ..fast_engine() }
 }
 
 fn fake_config() -> FakeConfig {
