@@ -9,12 +9,14 @@
 //! couple of seconds. Each node also announces its live view of every gateway
 //! it holds (`MemberKind::Instance`: state, sessions, last check; lapsing
 //! after 10 s), which is how `GET /instances` on one node shows the others'.
+//! The views also tell each node how many nodes use a gateway: they split
+//! its capacity (90% of its session limit) so that together they stay under it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use godel_core::adapter::openclaw::{GatewayAuth, GatewayConfig, GatewaySnapshot};
+use godel_core::adapter::openclaw::{GatewayAuth, GatewayConfig, GatewaySnapshot, session_capacity};
 use godel_core::store::{Member, MemberKind};
 use godel_core::{CancellationToken, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -86,7 +88,7 @@ impl Registration {
     }
 }
 
-fn view_json(g: &GatewaySnapshot, source: &str, node: &str) -> Value {
+fn view_json(g: &GatewaySnapshot, source: &str, node: &str, capacity: Option<u32>) -> Value {
     json!({
         "name": g.name,
         "agent_id": g.agent.to_string(),
@@ -96,6 +98,7 @@ fn view_json(g: &GatewaySnapshot, source: &str, node: &str) -> Value {
         "capabilities": g.capabilities,
         "max_sessions": g.max_sessions,
         "current_sessions": g.current_sessions,
+        "capacity": capacity,
         "state": g.state.as_str(),
         "message": g.message,
         "last_check": opt_ts(g.last_check),
@@ -111,11 +114,25 @@ fn source_of(state: &AppState, name: &str) -> &'static str {
     if state.configured_gateways.contains(name) { "config" } else { "api" }
 }
 
+/// This node's view of its gateway `g`, with its share of the capacity.
+fn local_view(state: &AppState, g: &GatewaySnapshot) -> Value {
+    let capacity = state.orchestrator.agents().into_iter().find(|a| a.id == g.agent).map(|a| a.max_capacity);
+    view_json(g, source_of(state, &g.name), &state.orchestrator.config().node, capacity)
+}
+
+/// One node's share of a gateway's `total` capacity among `nodes` (sorted,
+/// this one included): equal parts, the remainder going to the first nodes,
+/// so that the shares add up to `total`.
+fn node_share(total: u32, nodes: &[&str], me: &str) -> u32 {
+    let n = u32::try_from(nodes.len().max(1)).unwrap_or(u32::MAX);
+    let index = u32::try_from(nodes.iter().position(|n| *n == me).unwrap_or(0)).unwrap_or(u32::MAX);
+    total / n + u32::from(index < total % n)
+}
+
 /// This node's gateways, live, then the views other nodes announced.
 async fn all_views(state: &AppState) -> ApiResult<Vec<Value>> {
     let node = &state.orchestrator.config().node;
-    let mut items: Vec<Value> =
-        state.gateways.list().iter().map(|g| view_json(g, source_of(state, &g.name), node)).collect();
+    let mut items: Vec<Value> = state.gateways.list().iter().map(|g| local_view(state, g)).collect();
     let others = state.store().members(&state.tenant(), MemberKind::Instance, Timestamp::now()).await?;
     items.extend(others.into_iter().filter(|m| m.node != *node).map(|m| m.doc));
     Ok(items)
@@ -153,7 +170,7 @@ pub(crate) async fn register(state: Arc<AppState>, body: Bytes) -> ApiResult {
             return Err(ApiError::new(Code::Conflict, e.reason));
         }
     };
-    let body = view_json(&snapshot, "api", &state.orchestrator.config().node);
+    let body = local_view(&state, &snapshot);
     let mut reply = warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response();
     let location = format!("/api/v1/instances/{}", registration.name);
     if let Ok(value) = warp::http::HeaderValue::from_str(&location) {
@@ -212,6 +229,9 @@ pub(crate) async fn sync(state: Arc<AppState>, stop: CancellationToken) {
         if let Err(e) = reconcile(&state).await {
             tracing::warn!(error = %e, "could not read gateway registrations; retrying");
         }
+        if let Err(e) = share(&state).await {
+            tracing::warn!(error = %e, "could not read other nodes' gateway views; keeping the current shares");
+        }
         announced = announce(&state, &announced).await;
     }
     for id in announced {
@@ -245,6 +265,29 @@ async fn reconcile(state: &AppState) -> Result<(), godel_core::StoreError> {
     Ok(())
 }
 
+/// Sets this node's share of each gateway's capacity from the nodes whose
+/// views of it are current. A node that dies stops announcing, and the others
+/// take its share back once its views lapse.
+async fn share(state: &AppState) -> Result<(), godel_core::StoreError> {
+    let node = &state.orchestrator.config().node;
+    let views = state.store().members(&state.tenant(), MemberKind::Instance, Timestamp::now()).await?;
+    for g in state.gateways.list() {
+        let mut nodes: Vec<&str> = views
+            .iter()
+            .filter(|m| m.node != *node && m.doc["name"].as_str() == Some(g.name.as_str()))
+            .map(|m| m.node.as_str())
+            .chain([node.as_str()])
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let share = node_share(session_capacity(g.max_sessions), &nodes, node);
+        if let Err(e) = state.orchestrator.set_capacity(&g.agent, share) {
+            tracing::warn!(gateway = g.name, error = %e, "could not set this node's share of a gateway");
+        }
+    }
+    Ok(())
+}
+
 async fn announce(state: &AppState, before: &[String]) -> Vec<String> {
     let node = state.orchestrator.config().node.clone();
     let now = Timestamp::now();
@@ -256,7 +299,7 @@ async fn announce(state: &AppState, before: &[String]) -> Vec<String> {
             kind: MemberKind::Instance,
             id: id.clone(),
             node: node.clone(),
-            doc: view_json(&g, source_of(state, &g.name), &node),
+            doc: local_view(state, &g),
             updated_at: now,
             expires_at: now + VIEW_TTL,
         };
@@ -269,4 +312,19 @@ async fn announce(state: &AppState, before: &[String]) -> Vec<String> {
         let _ = state.store().remove_member(&state.tenant(), MemberKind::Instance, gone).await;
     }
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_share;
+
+    #[test]
+    fn shares_add_up_to_the_capacity() {
+        assert_eq!(node_share(9, &["a"], "a"), 9);
+        assert_eq!([node_share(9, &["a", "b"], "a"), node_share(9, &["a", "b"], "b")], [5, 4]);
+        let nodes = ["a", "b", "c", "d"];
+        let shares: Vec<u32> = nodes.iter().map(|n| node_share(2, &nodes, n)).collect();
+        assert_eq!(shares, [1, 1, 0, 0], "more nodes than sessions: the first ones get one each");
+        assert_eq!(nodes.iter().map(|n| node_share(10, &nodes, n)).sum::<u32>(), 10);
+    }
 }

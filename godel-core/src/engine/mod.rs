@@ -305,6 +305,22 @@ impl Orchestrator {
         self.inner.cluster_agents().await
     }
 
+    /// Changes how many tasks `agent` may run at once (e.g. this node's share
+    /// of a gateway that several nodes use). Lowering it takes effect for new
+    /// work only: running tasks finish.
+    pub fn set_capacity(&self, agent: &AgentId, max_capacity: u32) -> Result<(), InvalidInput> {
+        {
+            let mut scheduler = self.inner.lock_scheduler();
+            let state = scheduler
+                .agent_mut(agent)
+                .ok_or_else(|| InvalidInput::new("agent id", format!("no agent {agent} is registered")))?;
+            state.config.max_capacity = max_capacity;
+        }
+        self.inner.wake.notify_one();
+        self.inner.agents_changed.notify_one();
+        Ok(())
+    }
+
     /// Tasks running on `agent` in this process.
     pub fn active_tasks(&self, agent: &AgentId) -> Vec<TaskId> {
         self.inner.lock_running().iter().filter(|(_, r)| r.agent == *agent).map(|(id, _)| *id).collect()

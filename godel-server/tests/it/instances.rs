@@ -106,3 +106,67 @@ async fn gateways_registered_through_the_api_run_tasks_until_deregistered() {
     assert_eq!(listed["items"], json!([]));
     server.stop().await;
 }
+
+/// Two servers on one store share a gateway registered on one of them: both
+/// connect, and they split its capacity so that together they stay under 90%
+/// of its session limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_sharing_a_gateway_split_its_capacity() {
+    use godel_fakes::openclaw::RunScript;
+    use reqwest::Method;
+
+    let slow = |message: &str| RunScript { step_delay: Duration::from_millis(150), ..RunScript::echo(message) };
+    let config = FakeConfig { script: std::sync::Arc::new(slow), ..FakeConfig::default() };
+    let fake = FakeGateway::start(config).await.expect("a fake gateway");
+    let dir = tempfile::tempdir().expect("a directory for the shared store");
+    let store = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let toml = |node: &str| format!("[engine]\nnode = \"{node}\"\npoll_interval = \"20ms\"\n");
+    let a = TestServer::start_on(Some(&store), &toml("node-a")).await;
+    let b = TestServer::start_on(Some(&store), &toml("node-b")).await;
+    let http = reqwest::Client::new();
+
+    let registration = json!({"name": "shared", "url": fake.url(), "agents": ["main"], "max_sessions": 10});
+    let (status, _) = call(&http, Method::POST, a.url("/api/v1/instances"), Some(registration)).await;
+    assert_eq!(status, 201);
+    // Each node lists both views, with shares of 5 and 4 (90% of 10 is 9).
+    let views = eventually("both nodes to use the gateway with split shares", async || {
+        let (_, listed) = call(&http, Method::GET, b.url("/api/v1/instances"), None).await;
+        let items = listed["items"].as_array().cloned().unwrap_or_default();
+        let shares: Vec<(String, u64)> = items
+            .iter()
+            .filter(|v| v["state"] == "ready")
+            .map(|v| (v["node"].as_str().unwrap_or_default().to_owned(), v["capacity"].as_u64().unwrap_or(0)))
+            .collect();
+        let mut sorted = shares.clone();
+        sorted.sort();
+        (sorted == [("node-a".to_owned(), 5), ("node-b".to_owned(), 4)]).then_some(listed)
+    })
+    .await;
+    assert_eq!(views["items"].as_array().map(Vec::len), Some(2), "{views}");
+
+    // A burst of slow tasks never has more than 9 sessions open at once.
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let server = if n % 2 == 0 { &a } else { &b };
+        let (_, task) = call(
+            &http,
+            Method::POST,
+            server.url("/api/v1/tasks"),
+            Some(json!({"prompt": format!("task {n}"), "capabilities": ["agent:main"]})),
+        )
+        .await;
+        ids.push(task["id"].as_str().expect("an id").to_owned());
+    }
+    for id in &ids {
+        let url = a.url(&format!("/api/v1/tasks/{id}"));
+        eventually("every task to complete", async || {
+            let (_, task) = call(&http, Method::GET, url.clone(), None).await;
+            (task["status"] == "completed").then_some(task)
+        })
+        .await;
+    }
+    assert!(fake.peak_active_runs() <= 9, "at most 9 sessions at once, saw {}", fake.peak_active_runs());
+    assert!(fake.peak_active_runs() >= 5, "both nodes ran sessions at once, saw {}", fake.peak_active_runs());
+    b.stop().await;
+    a.stop().await;
+}

@@ -22,12 +22,20 @@ impl TestServer {
     /// Starts a server whose configuration is `godel_toml` plus the bind
     /// address and store, which this function chooses.
     pub(crate) async fn start(godel_toml: &str) -> Self {
+        Self::start_on(None, godel_toml).await
+    }
+
+    /// Like [`TestServer::start`], over the store at `store_url` if given
+    /// (several servers sharing one store), else a fresh SQLite file.
+    pub(crate) async fn start_on(store_url: Option<&str>, godel_toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = dir.path().join("godel.db");
+        let store = match store_url {
+            Some(url) => url.to_owned(),
+            None => format!("sqlite://{}", dir.path().join("godel.db").display()),
+        };
         // State (the OpenClaw device key) stays in the temporary directory too.
         let toml = format!(
-            "bind = \"127.0.0.1:0\"\nstore = \"sqlite://{}\"\nstate_dir = \"{}\"\n{godel_toml}",
-            store.display(),
+            "bind = \"127.0.0.1:0\"\nstore = \"{store}\"\nstate_dir = \"{}\"\n{godel_toml}",
             dir.path().join("state").display()
         );
         let config = ServerConfig::from_toml(&toml, &|_| None).expect("a valid test configuration");

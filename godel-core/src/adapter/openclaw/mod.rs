@@ -163,7 +163,7 @@ impl GatewayConfig {
 
     /// Sessions Godel opens at most: 90% of the limit, rounded down, at least 1.
     pub fn capacity(&self) -> u32 {
-        capacity(self.max_sessions)
+        session_capacity(self.max_sessions)
     }
 
     /// The capabilities the engine routes by.
@@ -298,7 +298,9 @@ pub struct GatewaySnapshot {
     pub default_agent: Option<String>,
 }
 
-fn capacity(max_sessions: u32) -> u32 {
+/// Sessions Godel opens at most on a gateway with `max_sessions`: 90% of
+/// it, rounded down, at least 1. Servers sharing a gateway split this.
+pub fn session_capacity(max_sessions: u32) -> u32 {
     ((f64::from(max_sessions) * BACKPRESSURE).floor() as u32).max(1)
 }
 
@@ -445,7 +447,7 @@ impl OpenclawRegistry {
         let all = self.list();
         let mut reasons = Vec::new();
         let ready: Vec<&GatewaySnapshot> = all.iter().filter(|g| g.state == GatewayState::Ready).collect();
-        let full = ready.iter().filter(|g| g.current_sessions >= capacity(g.max_sessions)).count();
+        let full = ready.iter().filter(|g| g.current_sessions >= session_capacity(g.max_sessions)).count();
         if ready_tasks > 0 && !ready.is_empty() && full == ready.len() {
             reasons.push(if ready.len() == all.len() {
                 format!(
