@@ -18,7 +18,7 @@ mod workers;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use godel_core::{Orchestrator, Store, TenantId, store};
@@ -79,6 +79,9 @@ impl AppState {
         }
     }
 }
+
+/// How long shutdown waits for open HTTP connections to finish.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
 /// Called once the server listens, with the address it bound (useful with port 0).
 pub type OnListening = Box<dyn FnOnce(SocketAddr) + Send>;
@@ -178,7 +181,13 @@ pub async fn run(
     let _ = stop_http_tx.send(());
     state.connections.close();
     state.connections.wait().await;
-    let _ = http.await;
+    // Graceful HTTP shutdown waits for every open connection, and hyper keeps
+    // waiting on one a client opened but never sent a request on: bound it.
+    let mut http = http;
+    if tokio::time::timeout(HTTP_DRAIN, &mut http).await.is_err() {
+        tracing::warn!(after = ?HTTP_DRAIN, "closing HTTP connections that did not finish");
+        http.abort();
+    }
     engine_stop.cancel();
     while let Some(joined) = tasks.join_next().await {
         match joined {

@@ -5,4 +5,5 @@
 mod budgets;
 mod instances;
 mod openapi;
+mod shutdown;
 mod support;
