@@ -243,7 +243,13 @@ impl AgentSession for WorkerSession {
             AbortMode::Graceful => "graceful",
             AbortMode::Force => "force",
         };
-        self.link.send(json!({"type": "abort", "task": self.run.task, "attempt": self.run.attempt, "mode": mode}));
+        let frame = json!({"type": "abort", "task": self.run.task, "attempt": self.run.attempt, "mode": mode});
+        if !self.link.send(frame) {
+            // Nobody to tell: end the run now rather than after the reconnect grace.
+            let error =
+                TaskError::new(TaskErrorKind::Aborted, format!("aborted while worker {} was away", self.link.agent));
+            self.link.finish(self.run, Outcome::Failed { error, retryable: true });
+        }
     }
 
     async fn close(&self, _outcome: &Outcome) {

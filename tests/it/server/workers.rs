@@ -234,3 +234,29 @@ async fn bad_worker_input_is_refused_with_a_reason() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_server_stopped_under_a_worker_s_task_releases_it_and_the_task_runs_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A long lease: the worker's reconnect grace, which the stop must not wait out.
+    let config = config().replace("lease = \"2s\"", "lease = \"30s\"");
+    assert!(config.contains("lease = \"30s\""));
+    let server = Launch::new(dir.path(), &config).start().await?;
+    let addr = server.addr();
+    let worker = Worker::start(dir.path(), &server, "w1")?;
+    wait_for_agent(&server, "w1").await?;
+    let gate = dir.path().join("gate");
+    let id = server.submit(&remote(gated(&gate, "echo done", ""))).await?;
+    server.wait_for_status(&id, "running").await?;
+    // The stop does not wait out the worker's reconnect grace (the engine's lease).
+    let started = std::time::Instant::now();
+    server.stop().await?;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "stopped in {:?}", started.elapsed());
+
+    let server = Launch::new(dir.path(), &config).bind(addr).start().await?;
+    assert_eq!(server.task(&id).await?["status"], "pending", "released, not failed");
+    std::fs::write(&gate, "")?;
+    let task = server.wait_for_status(&id, "completed").await.with_context(|| worker.logs())?;
+    assert_eq!(task["agent_id"], "w1");
+    Ok(())
+}
