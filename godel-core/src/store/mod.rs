@@ -11,6 +11,7 @@ mod error;
 pub mod memory;
 pub mod postgres;
 pub mod redis;
+mod rows;
 pub mod sqlite;
 
 use std::fmt::Debug;

@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,17 +31,20 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::session::Session;
+use crate::store::rows::Rows;
 use crate::store::{
     BatchCompletion, BoxError, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
     HistoryEntry, Lease, LeaseStatus, LeaseWrite, Member, MemberKind, Micros, OutputChunk, OutputRecord, Page,
     QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter,
     TaskQuery, WriteOutcome,
 };
-use crate::task::{NewTask, Priority, Task, TaskErrorKind, TaskStatus};
+use crate::task::{NewTask, Task, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
 use crate::{InvalidInput, TaskError};
 
 const BACKEND: &str = "sqlite";
+/// Decoding with this backend's name in errors.
+const ROWS: Rows = Rows(BACKEND);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -139,7 +141,7 @@ impl SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(db_err)?;
-        parse_column(&status.ok_or(StoreError::NotFound(id))?, "status")
+        ROWS.parse(&status.ok_or(StoreError::NotFound(id))?, "status")
     }
 
     /// Applies lease holders' writes in as few statements as it can (see
@@ -337,7 +339,7 @@ impl Store for SqliteStore {
         let query = fenced(&sql, lease).bind(retryable).bind(run_at.as_millis()).bind(now.as_millis()).bind(error);
         let row = query.fetch_optional(&mut *self.writer().await?).await.map_err(db_err)?;
         let row = row.ok_or(StoreError::LeaseLost(lease.task))?;
-        Ok(match parse_column::<TaskStatus>(&row.try_get::<String, _>(0).map_err(db_err)?, "status")? {
+        Ok(match ROWS.parse::<TaskStatus>(&row.try_get::<String, _>(0).map_err(db_err)?, "status")? {
             TaskStatus::Pending => {
                 FailOutcome::Retrying { run_at: Timestamp::from_millis(row.try_get(1).map_err(db_err)?) }
             }
@@ -364,7 +366,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err)?;
         let row = row.ok_or(StoreError::LeaseLost(lease.task))?;
-        parse_column(&row.try_get::<String, _>(0).map_err(db_err)?, "status")
+        ROWS.parse(&row.try_get::<String, _>(0).map_err(db_err)?, "status")
     }
 
     async fn confirm_cancel(&self, lease: &Lease, now: Timestamp) -> Result<()> {
@@ -427,11 +429,11 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|row| {
                 Ok(Reclaimed {
-                    tenant: parse_column(&row.try_get::<String, _>(0).map_err(db_err)?, "tenant")?,
-                    task: parse_column(&row.try_get::<String, _>(1).map_err(db_err)?, "id")?,
+                    tenant: ROWS.parse(&row.try_get::<String, _>(0).map_err(db_err)?, "tenant")?,
+                    task: ROWS.parse(&row.try_get::<String, _>(1).map_err(db_err)?, "id")?,
                     attempt: row.try_get(2).map_err(db_err)?,
-                    status: parse_column(&row.try_get::<String, _>(3).map_err(db_err)?, "status")?,
-                    priority: priority_from_rank(row.try_get(4).map_err(db_err)?)?,
+                    status: ROWS.parse(&row.try_get::<String, _>(3).map_err(db_err)?, "status")?,
+                    priority: ROWS.priority(row.try_get(4).map_err(db_err)?)?,
                 })
             })
             .collect()
@@ -543,7 +545,7 @@ impl Store for SqliteStore {
             .map(|row| {
                 Ok(OutputRecord {
                     attempt: row.try_get(0).map_err(db_err)?,
-                    stream: parse_column(&row.try_get::<String, _>(1).map_err(db_err)?, "stream")?,
+                    stream: ROWS.parse(&row.try_get::<String, _>(1).map_err(db_err)?, "stream")?,
                     data: row.try_get(2).map_err(db_err)?,
                     at: Timestamp::from_millis(row.try_get(3).map_err(db_err)?),
                 })
@@ -568,9 +570,9 @@ impl Store for SqliteStore {
                 Ok(HistoryEntry {
                     at: Timestamp::from_millis(row.try_get(0).map_err(db_err)?),
                     attempt: row.try_get(1).map_err(db_err)?,
-                    status: parse_column(&row.try_get::<String, _>(2).map_err(db_err)?, "status")?,
-                    agent: agent.map(|a| parse_column(&a, "agent_id")).transpose()?,
-                    error: error.map(|e| json(&e, "error")).transpose()?,
+                    status: ROWS.parse(&row.try_get::<String, _>(2).map_err(db_err)?, "status")?,
+                    agent: agent.map(|a| ROWS.parse(&a, "agent_id")).transpose()?,
+                    error: error.map(|e| ROWS.json(&e, "error")).transpose()?,
                     cancel_requested: row.try_get(5).map_err(db_err)?,
                 })
             })
@@ -588,7 +590,7 @@ impl Store for SqliteStore {
         .map_err(db_err)?;
         let mut depth = QueueDepth::default();
         for (rank, n) in rows {
-            depth.add(priority_from_rank(rank)?, u64::try_from(n).unwrap_or(0));
+            depth.add(ROWS.priority(rank)?, u64::try_from(n).unwrap_or(0));
         }
         Ok(depth)
     }
@@ -604,7 +606,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db_err)?;
         for (status, n) in by_status {
-            counts.add_status(parse_column(&status, "status")?, u64::try_from(n).unwrap_or(0));
+            counts.add_status(ROWS.parse(&status, "status")?, u64::try_from(n).unwrap_or(0));
         }
         let (ready, scheduled, oldest): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT sum(run_at <= ?1), sum(run_at > ?1), min(CASE WHEN run_at <= ?1 THEN run_at END) \
@@ -944,7 +946,7 @@ async fn insert_tasks(
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(db_err)?;
-        Some(found.iter().map(|id| parse_column(id, "id")).collect::<Result<_>>()?)
+        Some(found.iter().map(|id| ROWS.parse(id, "id")).collect::<Result<_>>()?)
     };
     let mut created = HashMap::with_capacity(tasks.len());
     for ((new, id), row) in tasks.iter().zip(ids).zip(&rows) {
@@ -953,7 +955,7 @@ async fn insert_tasks(
         }
         let mut task = Task::pending(*id, tenant.clone(), new.clone(), now);
         // Read back from the very text stored, as `get` will.
-        task.payload = json(&row.2, "payload")?;
+        task.payload = ROWS.json(&row.2, "payload")?;
         task.timeout = row.8.map(timeout_from_ms);
         task.run_at = Timestamp::from_millis(row.9);
         created.insert(*id, task);
@@ -1000,7 +1002,7 @@ async fn enqueued_in_order(
             .map_err(db_err)?;
         for row in &rows {
             let (_, task, _) = decode_task(row)?;
-            let key = task.idempotency_key.clone().ok_or_else(|| corrupt("keyed task has no idempotency key"))?;
+            let key = task.idempotency_key.clone().ok_or_else(|| ROWS.corrupt("keyed task has no idempotency key"))?;
             existing.insert(key, task);
         }
     }
@@ -1012,7 +1014,8 @@ async fn enqueued_in_order(
         }
         // Not inserted: its key was taken, before or earlier in this batch (rule 7).
         let first = task.idempotency_key.as_ref().and_then(|k| existing.get(k));
-        let first = first.ok_or_else(|| corrupt("a task was neither inserted nor found by its idempotency key"))?;
+        let first =
+            first.ok_or_else(|| ROWS.corrupt("a task was neither inserted nor found by its idempotency key"))?;
         out.push(Enqueued { task: first.clone(), created: false });
     }
     Ok(out)
@@ -1125,7 +1128,7 @@ async fn write_group(
             return Ok(());
         }
         // Each entry names a different task and can change only that row.
-        changed => return Err(corrupt(format!("a batched write changed {changed} of {n} tasks"))),
+        changed => return Err(ROWS.corrupt(format!("a batched write changed {changed} of {n} tasks"))),
     }
     let rows = sqlx::query(&write_sql(false))
         .bind(&batch)
@@ -1136,7 +1139,7 @@ async fn write_group(
     // Within a group each task appears at most once, so its id names its entry.
     let mut changed: HashMap<TaskId, bool> = HashMap::with_capacity(rows.len());
     for row in &rows {
-        let id = parse_column::<TaskId>(&row.try_get::<String, _>(0).map_err(db_err)?, "id")?;
+        let id = ROWS.parse::<TaskId>(&row.try_get::<String, _>(0).map_err(db_err)?, "id")?;
         changed.insert(id, row.try_get(1).map_err(db_err)?);
     }
     for &i in group {
@@ -1173,7 +1176,7 @@ fn claims_in_order(mut claimed: Vec<(i64, Task, Option<LeaseToken>)>) -> Result<
     claimed
         .into_iter()
         .map(|(_, task, token)| {
-            let token = token.ok_or_else(|| corrupt("claimed task has no lease token"))?;
+            let token = token.ok_or_else(|| ROWS.corrupt("claimed task has no lease token"))?;
             let lease = Lease { tenant: task.tenant.clone(), task: task.id, attempt: task.attempt, token };
             Ok(Claim { lease, task })
         })
@@ -1264,14 +1267,15 @@ const SESSION_COLUMNS: &str = "id, tenant, agent_id, task_id, state, error, crea
 
 fn decode_session(row: &SqliteRow) -> Result<Session> {
     let text = |i: usize| -> Result<Option<String>> { row.try_get::<Option<String>, _>(i).map_err(db_err) };
-    let required =
-        |i: usize, name: &'static str| -> Result<String> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
+    let required = |i: usize, name: &'static str| -> Result<String> {
+        text(i)?.ok_or_else(|| ROWS.corrupt(format!("{name} is NULL")))
+    };
     Ok(Session {
-        id: parse_column(&required(0, "id")?, "id")?,
-        tenant: parse_column(&required(1, "tenant")?, "tenant")?,
-        agent: parse_column(&required(2, "agent_id")?, "agent_id")?,
-        task: text(3)?.map(|s| parse_column(&s, "task_id")).transpose()?,
-        state: parse_column(&required(4, "state")?, "state")?,
+        id: ROWS.parse(&required(0, "id")?, "id")?,
+        tenant: ROWS.parse(&required(1, "tenant")?, "tenant")?,
+        agent: ROWS.parse(&required(2, "agent_id")?, "agent_id")?,
+        task: text(3)?.map(|s| ROWS.parse(&s, "task_id")).transpose()?,
+        state: ROWS.parse(&required(4, "state")?, "state")?,
         error: text(5)?,
         created_at: Timestamp::from_millis(row.try_get(6).map_err(db_err)?),
         updated_at: Timestamp::from_millis(row.try_get(7).map_err(db_err)?),
@@ -1281,12 +1285,13 @@ fn decode_session(row: &SqliteRow) -> Result<Session> {
 /// Decodes a row selected with [`COLUMNS`] into (seq, task, lease token).
 fn decode_task(row: &SqliteRow) -> Result<(i64, Task, Option<LeaseToken>)> {
     let text = |i: usize| -> Result<Option<&str>> { row.try_get::<Option<&str>, _>(i).map_err(db_err) };
-    let required =
-        |i: usize, name: &'static str| -> Result<&str> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
+    let required = |i: usize, name: &'static str| -> Result<&str> {
+        text(i)?.ok_or_else(|| ROWS.corrupt(format!("{name} is NULL")))
+    };
     let known = Known {
-        tenant: parse_column(required(2, "tenant")?, "tenant")?,
-        status: parse_column(required(4, "status")?, "status")?,
-        agent: text(14)?.map(|s| parse_column::<AgentId>(s, "agent_id")).transpose()?,
+        tenant: ROWS.parse(required(2, "tenant")?, "tenant")?,
+        status: ROWS.parse(required(4, "status")?, "status")?,
+        agent: text(14)?.map(|s| ROWS.parse::<AgentId>(s, "agent_id")).transpose()?,
         lease_expires_at: timestamp(row, 16)?,
         cancel_requested: row.try_get(17).map_err(db_err)?,
         updated_at: Timestamp::from_millis(row.try_get(21).map_err(db_err)?),
@@ -1396,24 +1401,25 @@ const CLAIMED: Layout = Layout {
 /// Decodes the rest of a task from `row`, laid out as `at` says.
 fn decode_with(row: &SqliteRow, known: Known, at: &Layout) -> Result<(i64, Task, Option<LeaseToken>)> {
     let text = |i: usize| -> Result<Option<&str>> { row.try_get::<Option<&str>, _>(i).map_err(db_err) };
-    let required =
-        |i: usize, name: &'static str| -> Result<&str> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
+    let required = |i: usize, name: &'static str| -> Result<&str> {
+        text(i)?.ok_or_else(|| ROWS.corrupt(format!("{name} is NULL")))
+    };
     let int = |i: usize| -> Result<i64> { row.try_get(i).map_err(db_err) };
     let capabilities = match required(at.capabilities, "capabilities")? {
         // Most tasks need no capability; skip the parser for them.
         "[]" => Vec::new(),
-        caps => json(caps, "capabilities")?,
+        caps => ROWS.json(caps, "capabilities")?,
     };
     let task = Task {
-        id: parse_column(required(at.id, "id")?, "id")?,
+        id: ROWS.parse(required(at.id, "id")?, "id")?,
         tenant: known.tenant,
-        priority: priority_from_rank(int(at.priority)?)?,
+        priority: ROWS.priority(int(at.priority)?)?,
         status: known.status,
-        payload: json(required(at.payload, "payload")?, "payload")?,
+        payload: ROWS.json(required(at.payload, "payload")?, "payload")?,
         capabilities,
         affinity_key: text(at.affinity_key)?.map(str::to_owned),
         idempotency_key: text(at.idempotency_key)?.map(str::to_owned),
-        parent: text(at.parent_id)?.map(|s| parse_column(s, "parent_id")).transpose()?,
+        parent: text(at.parent_id)?.map(|s| ROWS.parse(s, "parent_id")).transpose()?,
         attempt: row.try_get(at.attempt).map_err(db_err)?,
         max_attempts: row.try_get(at.max_attempts).map_err(db_err)?,
         timeout: row.try_get::<Option<i64>, _>(at.timeout_ms).map_err(db_err)?.map(timeout_from_ms),
@@ -1421,41 +1427,21 @@ fn decode_with(row: &SqliteRow, known: Known, at: &Layout) -> Result<(i64, Task,
         agent: known.agent,
         lease_expires_at: known.lease_expires_at,
         cancel_requested: known.cancel_requested,
-        result: text(at.result)?.map(|s| json(s, "result")).transpose()?,
-        error: text(at.error)?.map(|s| json(s, "error")).transpose()?,
+        result: text(at.result)?.map(|s| ROWS.json(s, "result")).transpose()?,
+        error: text(at.error)?.map(|s| ROWS.json(s, "error")).transpose()?,
         created_at: Timestamp::from_millis(int(at.created_at)?),
         updated_at: known.updated_at,
         started_at: known.started_at,
         completed_at: timestamp(row, at.completed_at)?,
         dead_lettered_at: timestamp(row, at.dead_lettered_at)?,
     };
-    let token = text(at.lease_token)?.map(|s| parse_column(s, "lease_token")).transpose()?;
+    let token = text(at.lease_token)?.map(|s| ROWS.parse(s, "lease_token")).transpose()?;
     Ok((int(at.seq)?, task, token))
 }
 
 /// A nullable time column.
 fn timestamp(row: &SqliteRow, i: usize) -> Result<Option<Timestamp>> {
     Ok(row.try_get::<Option<i64>, _>(i).map_err(db_err)?.map(Timestamp::from_millis))
-}
-
-fn json<T: serde::de::DeserializeOwned>(value: &str, column: &str) -> Result<T> {
-    serde_json::from_str(value).map_err(|e| corrupt(format!("column {column} holds invalid JSON: {e}")))
-}
-
-fn priority_from_rank(rank: i64) -> Result<Priority> {
-    u8::try_from(rank)
-        .ok()
-        .and_then(Priority::from_rank)
-        .ok_or_else(|| corrupt(format!("priority rank {rank} is out of range")))
-}
-
-fn parse_column<T: FromStr<Err = InvalidInput>>(value: &str, column: &str) -> Result<T> {
-    value.parse().map_err(|e: InvalidInput| corrupt(format!("column {column}: {e}")))
-}
-
-/// A row that does not decode: the file was edited by something else or is damaged.
-fn corrupt(message: impl Into<String>) -> StoreError {
-    StoreError::Backend { backend: BACKEND, source: format!("corrupt row: {}", message.into()).into() }
 }
 
 fn backend_err(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {

@@ -21,7 +21,6 @@ mod notify;
 mod options;
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,13 +34,14 @@ use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::session::Session;
 use crate::store::postgres::notify::{KEEP_LARGE, ListenTask, MAX_INLINE};
 use crate::store::postgres::options::PgOptions;
+use crate::store::rows::Rows;
 use crate::store::{
     BatchCompletion, BoxError, CancelOutcome, Claim, ClaimRequest, ClusterMessage, Completion, Cursor, Enqueued,
     Envelope, FailOutcome, Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite, Member, MemberKind, Micros, NodeId,
     OutputChunk, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery, SortOrder, Store,
     StoreError, TaskFilter, TaskQuery, WriteOutcome,
 };
-use crate::task::{NewTask, Priority, Task, TaskErrorKind, TaskStatus};
+use crate::task::{NewTask, Task, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
 use crate::{InvalidInput, TaskError};
 
@@ -70,6 +70,8 @@ macro_rules! scoped {
 }
 
 const BACKEND: &str = "postgres";
+/// Decoding with this backend's name in errors.
+const ROWS: Rows = Rows(BACKEND);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -397,7 +399,7 @@ impl Store for PostgresStore {
             query.fetch_optional(conn).await.map_err(db_err)
         })?;
         let row = row.ok_or(StoreError::LeaseLost(lease.task))?;
-        Ok(match parse_column::<TaskStatus>(row.try_get(0).map_err(db_err)?, "status")? {
+        Ok(match ROWS.parse::<TaskStatus>(row.try_get(0).map_err(db_err)?, "status")? {
             TaskStatus::Pending => {
                 FailOutcome::Retrying { run_at: Timestamp::from_millis(row.try_get(1).map_err(db_err)?) }
             }
@@ -422,7 +424,7 @@ impl Store for PostgresStore {
             fenced(&sql, lease).bind(now.as_millis()).fetch_optional(conn).await.map_err(db_err)
         })?;
         let row = row.ok_or(StoreError::LeaseLost(lease.task))?;
-        parse_column(row.try_get(0).map_err(db_err)?, "status")
+        ROWS.parse(row.try_get(0).map_err(db_err)?, "status")
     }
 
     async fn confirm_cancel(&self, lease: &Lease, now: Timestamp) -> Result<()> {
@@ -502,11 +504,11 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|row| {
                 Ok(Reclaimed {
-                    tenant: parse_column(row.try_get(0).map_err(db_err)?, "tenant")?,
-                    task: parse_column(row.try_get(1).map_err(db_err)?, "id")?,
+                    tenant: ROWS.parse(row.try_get(0).map_err(db_err)?, "tenant")?,
+                    task: ROWS.parse(row.try_get(1).map_err(db_err)?, "id")?,
                     attempt: unsigned(row.try_get(2).map_err(db_err)?, "attempt")?,
-                    status: parse_column(row.try_get(3).map_err(db_err)?, "status")?,
-                    priority: priority_from_rank(row.try_get(4).map_err(db_err)?)?,
+                    status: ROWS.parse(row.try_get(3).map_err(db_err)?, "status")?,
+                    priority: ROWS.priority(i64::from(row.try_get::<i16, _>(4).map_err(db_err)?))?,
                 })
             })
             .collect()
@@ -629,7 +631,7 @@ impl Store for PostgresStore {
             .map(|row| {
                 Ok(OutputRecord {
                     attempt: unsigned(row.try_get(0).map_err(db_err)?, "attempt")?,
-                    stream: parse_column(row.try_get(1).map_err(db_err)?, "stream")?,
+                    stream: ROWS.parse(row.try_get(1).map_err(db_err)?, "stream")?,
                     data: row.try_get(2).map_err(db_err)?,
                     at: Timestamp::from_millis(row.try_get(3).map_err(db_err)?),
                 })
@@ -656,9 +658,9 @@ impl Store for PostgresStore {
                 Ok(HistoryEntry {
                     at: Timestamp::from_millis(row.try_get(0).map_err(db_err)?),
                     attempt: unsigned(row.try_get(1).map_err(db_err)?, "attempt")?,
-                    status: parse_column(row.try_get(2).map_err(db_err)?, "status")?,
-                    agent: agent.map(|a| parse_column(a, "agent_id")).transpose()?,
-                    error: error.map(|e| json(e, "error")).transpose()?,
+                    status: ROWS.parse(row.try_get(2).map_err(db_err)?, "status")?,
+                    agent: agent.map(|a| ROWS.parse(a, "agent_id")).transpose()?,
+                    error: error.map(|e| ROWS.json(e, "error")).transpose()?,
                     cancel_requested: row.try_get(5).map_err(db_err)?,
                 })
             })
@@ -679,7 +681,7 @@ impl Store for PostgresStore {
         })?;
         let mut depth = QueueDepth::default();
         for (rank, n) in rows {
-            depth.add(priority_from_rank(rank)?, u64::try_from(n).unwrap_or(0));
+            depth.add(ROWS.priority(i64::from(rank))?, u64::try_from(n).unwrap_or(0));
         }
         Ok(depth)
     }
@@ -712,7 +714,7 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db_err)?;
         let mut counts = QueueCounts::default();
         for (status, n) in by_status {
-            counts.add_status(parse_column(&status, "status")?, u64::try_from(n).unwrap_or(0));
+            counts.add_status(ROWS.parse(&status, "status")?, u64::try_from(n).unwrap_or(0));
         }
         counts.ready = u64::try_from(ready).unwrap_or(0);
         counts.scheduled = u64::try_from(scheduled).unwrap_or(0);
@@ -930,7 +932,7 @@ impl Store for PostgresStore {
                     kind,
                     id: row.try_get(0).map_err(db_err)?,
                     node: row.try_get(1).map_err(db_err)?,
-                    doc: json(row.try_get(2).map_err(db_err)?, "doc")?,
+                    doc: ROWS.json(row.try_get(2).map_err(db_err)?, "doc")?,
                     updated_at: Timestamp::from_millis(row.try_get(3).map_err(db_err)?),
                     expires_at: Timestamp::from_millis(row.try_get(4).map_err(db_err)?),
                 })
@@ -1049,7 +1051,7 @@ async fn status_of(conn: &mut PgConnection, tenant: &TenantId, id: TaskId) -> Re
         .fetch_optional(conn)
         .await
         .map_err(db_err)?;
-    parse_column(&status.ok_or(StoreError::NotFound(id))?, "status")
+    ROWS.parse(&status.ok_or(StoreError::NotFound(id))?, "status")
 }
 
 async fn seq_of(conn: &mut PgConnection, tenant: &TenantId, id: TaskId) -> Result<i64> {
@@ -1092,7 +1094,7 @@ impl NewRow {
     fn task(&self, tenant: &TenantId, new: NewTask, now: Timestamp) -> Result<Task> {
         let mut task = Task::pending(self.id, tenant.clone(), new, now);
         // Read back from the very text stored, as `get` will.
-        task.payload = json(&self.payload, "payload")?;
+        task.payload = ROWS.json(&self.payload, "payload")?;
         task.timeout = self.timeout_ms.map(timeout_from_ms);
         task.run_at = Timestamp::from_millis(self.run_at);
         Ok(task)
@@ -1198,7 +1200,7 @@ async fn insert_tasks(
         .await
         .map_err(db_err)?;
     let inserted: std::collections::HashSet<TaskId> =
-        found.iter().map(|id| parse_column(id, "id")).collect::<Result<_>>()?;
+        found.iter().map(|id| ROWS.parse(id, "id")).collect::<Result<_>>()?;
     let taken: Vec<&str> = tasks
         .iter()
         .zip(&rows)
@@ -1211,7 +1213,7 @@ async fn insert_tasks(
     let mut existing: HashMap<String, Task> = HashMap::new();
     for row in &existing_rows {
         let (_, task, _) = decode_task(row)?;
-        let key = task.idempotency_key.clone().ok_or_else(|| corrupt("keyed task has no idempotency key"))?;
+        let key = task.idempotency_key.clone().ok_or_else(|| ROWS.corrupt("keyed task has no idempotency key"))?;
         existing.insert(key, task);
     }
     let mut out = Vec::with_capacity(tasks.len());
@@ -1222,7 +1224,8 @@ async fn insert_tasks(
         }
         // Not inserted: its key was taken, before or earlier in this batch (rule 7).
         let first = new.idempotency_key.as_ref().and_then(|k| existing.get(k));
-        let first = first.ok_or_else(|| corrupt("a task was neither inserted nor found by its idempotency key"))?;
+        let first =
+            first.ok_or_else(|| ROWS.corrupt("a task was neither inserted nor found by its idempotency key"))?;
         out.push(Enqueued { task: first.clone(), created: false });
     }
     Ok(out)
@@ -1313,7 +1316,7 @@ async fn write_round(
     // Within a round each task appears at most once, so its id names its entry.
     let mut changed: HashMap<TaskId, bool> = HashMap::with_capacity(rows.len());
     for row in &rows {
-        changed.insert(parse_column(row.try_get(0).map_err(db_err)?, "id")?, row.try_get(1).map_err(db_err)?);
+        changed.insert(ROWS.parse(row.try_get(0).map_err(db_err)?, "id")?, row.try_get(1).map_err(db_err)?);
     }
     for &i in round {
         let e = &entries[i];
@@ -1330,7 +1333,7 @@ fn claims_in_order(mut claimed: Vec<(i64, Task, Option<LeaseToken>)>) -> Result<
     claimed
         .into_iter()
         .map(|(_, task, token)| {
-            let token = token.ok_or_else(|| corrupt("claimed task has no lease token"))?;
+            let token = token.ok_or_else(|| ROWS.corrupt("claimed task has no lease token"))?;
             let lease = Lease { tenant: task.tenant.clone(), task: task.id, attempt: task.attempt, token };
             Ok(Claim { lease, task })
         })
@@ -1365,14 +1368,15 @@ const SESSION_COLUMNS: &str = "id::text, tenant, agent_id, task_id::text, state,
 
 fn decode_session(row: &PgRow) -> Result<Session> {
     let text = |i: usize| -> Result<Option<&str>> { row.try_get::<Option<&str>, _>(i).map_err(db_err) };
-    let required =
-        |i: usize, name: &'static str| -> Result<&str> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
+    let required = |i: usize, name: &'static str| -> Result<&str> {
+        text(i)?.ok_or_else(|| ROWS.corrupt(format!("{name} is NULL")))
+    };
     Ok(Session {
-        id: parse_column(required(0, "id")?, "id")?,
-        tenant: parse_column(required(1, "tenant")?, "tenant")?,
-        agent: parse_column(required(2, "agent_id")?, "agent_id")?,
-        task: text(3)?.map(|s| parse_column(s, "task_id")).transpose()?,
-        state: parse_column(required(4, "state")?, "state")?,
+        id: ROWS.parse(required(0, "id")?, "id")?,
+        tenant: ROWS.parse(required(1, "tenant")?, "tenant")?,
+        agent: ROWS.parse(required(2, "agent_id")?, "agent_id")?,
+        task: text(3)?.map(|s| ROWS.parse(s, "task_id")).transpose()?,
+        state: ROWS.parse(required(4, "state")?, "state")?,
         error: text(5)?.map(str::to_owned),
         created_at: Timestamp::from_millis(row.try_get(6).map_err(db_err)?),
         updated_at: Timestamp::from_millis(row.try_get(7).map_err(db_err)?),
@@ -1382,63 +1386,44 @@ fn decode_session(row: &PgRow) -> Result<Session> {
 /// Decodes a row selected with [`COLUMNS`] into (seq, task, lease token).
 fn decode_task(row: &PgRow) -> Result<(i64, Task, Option<LeaseToken>)> {
     let text = |i: usize| -> Result<Option<&str>> { row.try_get::<Option<&str>, _>(i).map_err(db_err) };
-    let required =
-        |i: usize, name: &'static str| -> Result<&str> { text(i)?.ok_or_else(|| corrupt(format!("{name} is NULL"))) };
+    let required = |i: usize, name: &'static str| -> Result<&str> {
+        text(i)?.ok_or_else(|| ROWS.corrupt(format!("{name} is NULL")))
+    };
     let int = |i: usize| -> Result<i64> { row.try_get(i).map_err(db_err) };
     let time = |i: usize| -> Result<Option<Timestamp>> {
         Ok(row.try_get::<Option<i64>, _>(i).map_err(db_err)?.map(Timestamp::from_millis))
     };
     let task = Task {
-        id: parse_column(required(1, "id")?, "id")?,
-        tenant: parse_column(required(2, "tenant")?, "tenant")?,
-        priority: priority_from_rank(row.try_get(3).map_err(db_err)?)?,
-        status: parse_column(required(4, "status")?, "status")?,
-        payload: json(required(5, "payload")?, "payload")?,
+        id: ROWS.parse(required(1, "id")?, "id")?,
+        tenant: ROWS.parse(required(2, "tenant")?, "tenant")?,
+        priority: ROWS.priority(i64::from(row.try_get::<i16, _>(3).map_err(db_err)?))?,
+        status: ROWS.parse(required(4, "status")?, "status")?,
+        payload: ROWS.json(required(5, "payload")?, "payload")?,
         capabilities: row.try_get(6).map_err(db_err)?,
         affinity_key: text(7)?.map(str::to_owned),
         idempotency_key: text(8)?.map(str::to_owned),
-        parent: text(9)?.map(|s| parse_column(s, "parent_id")).transpose()?,
+        parent: text(9)?.map(|s| ROWS.parse(s, "parent_id")).transpose()?,
         attempt: unsigned(row.try_get(10).map_err(db_err)?, "attempt")?,
         max_attempts: unsigned(row.try_get(11).map_err(db_err)?, "max_attempts")?,
         timeout: row.try_get::<Option<i64>, _>(12).map_err(db_err)?.map(timeout_from_ms),
         run_at: Timestamp::from_millis(int(13)?),
-        agent: text(14)?.map(|s| parse_column::<AgentId>(s, "agent_id")).transpose()?,
+        agent: text(14)?.map(|s| ROWS.parse::<AgentId>(s, "agent_id")).transpose()?,
         lease_expires_at: time(16)?,
         cancel_requested: row.try_get(17).map_err(db_err)?,
-        result: text(18)?.map(|s| json(s, "result")).transpose()?,
-        error: text(19)?.map(|s| json(s, "error")).transpose()?,
+        result: text(18)?.map(|s| ROWS.json(s, "result")).transpose()?,
+        error: text(19)?.map(|s| ROWS.json(s, "error")).transpose()?,
         created_at: Timestamp::from_millis(int(20)?),
         updated_at: Timestamp::from_millis(int(21)?),
         started_at: time(22)?,
         completed_at: time(23)?,
         dead_lettered_at: time(24)?,
     };
-    let token = text(15)?.map(|s| parse_column(s, "lease_token")).transpose()?;
+    let token = text(15)?.map(|s| ROWS.parse(s, "lease_token")).transpose()?;
     Ok((int(0)?, task, token))
 }
 
 fn unsigned(value: i32, column: &str) -> Result<u32> {
-    u32::try_from(value).map_err(|_| corrupt(format!("column {column} holds {value}")))
-}
-
-fn json<T: serde::de::DeserializeOwned>(value: &str, column: &str) -> Result<T> {
-    serde_json::from_str(value).map_err(|e| corrupt(format!("column {column} holds invalid JSON: {e}")))
-}
-
-fn priority_from_rank(rank: i16) -> Result<Priority> {
-    u8::try_from(rank)
-        .ok()
-        .and_then(Priority::from_rank)
-        .ok_or_else(|| corrupt(format!("priority rank {rank} is out of range")))
-}
-
-fn parse_column<T: FromStr<Err = InvalidInput>>(value: &str, column: &str) -> Result<T> {
-    value.parse().map_err(|e: InvalidInput| corrupt(format!("column {column}: {e}")))
-}
-
-/// A row that does not decode: something else wrote to the schema.
-fn corrupt(message: impl Into<String>) -> StoreError {
-    StoreError::Backend { backend: BACKEND, source: format!("corrupt row: {}", message.into()).into() }
+    u32::try_from(value).map_err(|_| ROWS.corrupt(format!("column {column} holds {value}")))
 }
 
 fn backend_err(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
