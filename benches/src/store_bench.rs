@@ -137,6 +137,18 @@ struct Latency {
     max: Duration,
 }
 
+impl Latency {
+    fn of(mut timings: Vec<Duration>) -> Self {
+        timings.sort_unstable();
+        Self {
+            samples: timings.len(),
+            p50: percentile(&timings, 0.50),
+            p99: percentile(&timings, 0.99),
+            max: *timings.last().expect("at least one sample"),
+        }
+    }
+}
+
 impl FromStr for BackendChoice {
     type Err = String;
 
@@ -384,13 +396,7 @@ async fn wake_latency(backend: Backend, samples: usize) -> anyhow::Result<Latenc
         }
     }
     fixture.finish().await?;
-    timings.sort_unstable();
-    Ok(Latency {
-        samples,
-        p50: percentile(&timings, 0.50),
-        p99: percentile(&timings, 0.99),
-        max: *timings.last().expect("at least one sample"),
-    })
+    Ok(Latency::of(timings))
 }
 
 /// A random number for fresh key prefixes (the benches do not depend on `rand`).
@@ -466,13 +472,7 @@ async fn enqueue_to_claim(backend: Backend, samples: usize) -> anyhow::Result<La
         }
     }
     fixture.finish().await?;
-    timings.sort_unstable();
-    Ok(Latency {
-        samples,
-        p50: percentile(&timings, 0.50),
-        p99: percentile(&timings, 0.99),
-        max: *timings.last().expect("at least one sample"),
-    })
+    Ok(Latency::of(timings))
 }
 
 /// Enqueues `tasks` tasks with one `enqueue_batch` call per `batch`.
