@@ -28,14 +28,14 @@ use crate::engine::{CancellationToken, Inner};
 use crate::store::{ClusterMessage, Member, MemberKind, StoreError};
 
 /// How often a node renews its agents' announcements.
-pub(super) const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// How long an announcement lives without renewal.
 const ANNOUNCE_TTL: Duration = Duration::from_secs(10);
 /// Most events in one relayed message.
 const RELAY_BATCH: usize = 256;
 
 /// The registry id of `agent` on `node`: agents on different nodes may share an id.
-pub(super) fn member_id(node: &str, agent: &str) -> String {
+fn member_id(node: &str, agent: &str) -> String {
     format!("{node}/{agent}")
 }
 

@@ -94,16 +94,6 @@ impl MemberKind {
             MemberKind::Gateway => "gateway",
         }
     }
-
-    /// Parses [`MemberKind::as_str`]'s output.
-    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
-        match s {
-            "agent" => Ok(MemberKind::Agent),
-            "instance" => Ok(MemberKind::Instance),
-            "gateway" => Ok(MemberKind::Gateway),
-            _ => Err(InvalidInput::new("member kind", format!("expected agent, instance or gateway, got {s:?}"))),
-        }
-    }
 }
 
 /// A registry row: something a node announced, alive until `expires_at`
