@@ -80,6 +80,26 @@ uuid_id!(
     "lease token"
 );
 
+uuid_id!(
+    /// An API key's id (UUIDv7): what lists, revocations and the audit log
+    /// name, never the key itself.
+    KeyId,
+    "key id"
+);
+
+impl KeyId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for KeyId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TaskId {
     /// A fresh, time-ordered id.
     pub fn new() -> Self {
