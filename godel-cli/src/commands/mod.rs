@@ -1,0 +1,138 @@
+//! What each command does, one file per command or group of commands, and
+//! the one place that picks the file for a parsed command line.
+//!
+//! Most commands talk to a server through one `Client` and stop with exit
+//! 130 on Ctrl-C; `serve` runs the server in this process, and `worker`
+//! handles its own signals (the first one drains).
+
+mod agents;
+mod dlq;
+mod doctor;
+mod instances;
+mod queue;
+mod serve;
+mod sessions;
+mod submit;
+mod tasks;
+mod watch;
+mod worker;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use godel_sdk::embed::{InvalidInput, TaskId, Timestamp};
+use godel_sdk::{Client, DEFAULT_SERVER};
+
+use crate::args::Command;
+use crate::exit::{CliResult, Exit, Failure};
+use crate::output;
+
+/// Runs a parsed command; `command_tail` is what followed `--`.
+pub(crate) fn run(server: Option<String>, command: Command, command_tail: Vec<String>) -> ExitCode {
+    match command {
+        Command::Serve(a) => serve::run(a),
+        _ if !command_tail.is_empty() && !matches!(command, Command::Submit(_) | Command::Worker(_)) => {
+            output::err("godel: only `submit` and `worker` take a command after `--`");
+            Exit::Usage.into()
+        }
+        Command::Worker(a) => on_runtime(worker::run(server, a, command_tail)),
+        Command::Submit(a) => remote(server, async |c| submit::submit(c, a, command_tail).await),
+        Command::Do(a) => remote(server, async |c| submit::run_do(c, a).await),
+        Command::List(a) => remote(server, async |c| tasks::list(c, a).await),
+        Command::Show(a) => remote(server, async |c| tasks::show(c, a).await),
+        Command::Logs(a) => remote(server, async |c| tasks::logs(c, a).await),
+        Command::Cancel(a) => remote(server, async |c| tasks::stop(c, &a.id, false).await),
+        Command::Kill(a) => remote(server, async |c| tasks::stop(c, &a.id, true).await),
+        Command::Retry(a) => remote(server, async |c| tasks::retry(c, a).await),
+        Command::Purge(a) => remote(server, async |c| tasks::purge(c, a).await),
+        Command::Queue(a) => remote(server, async |c| queue::run(c, a).await),
+        Command::Dlq(a) => remote(server, async |c| dlq::run(c, a).await),
+        Command::Agents(a) => remote(server, async |c| agents::run(c, a).await),
+        Command::Sessions(a) => remote(server, async |c| sessions::run(c, a).await),
+        Command::Watch(a) => remote(server, async |c| watch::run(c, a).await),
+        Command::Doctor(_) => remote(server, async |c| doctor::run(c, server_address(None).1).await),
+        Command::Instances(a) => remote(server, async |c| instances::run(c, a).await),
+    }
+}
+
+/// Runs `command` with a client of the server, on a fresh runtime; Ctrl-C
+/// stops it with [`Exit::Interrupted`].
+fn remote(server: Option<String>, command: impl AsyncFnOnce(&Client) -> CliResult) -> ExitCode {
+    on_runtime(async {
+        tokio::select! {
+            result = async {
+                let (url, _) = server_address(server);
+                let client = Client::new(&url)?;
+                command(&client).await
+            } => result,
+            _ = tokio::signal::ctrl_c() => Err(Failure::new(Exit::Interrupted, "interrupted")),
+        }
+    })
+}
+
+/// Runs `command` on a fresh runtime and reports how it ended: nothing on
+/// success, else one line on stderr, and the failure's exit code.
+fn on_runtime(command: impl Future<Output = CliResult>) -> ExitCode {
+    let result = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => Err(Failure::new(Exit::Internal, format!("cannot start: {e}"))),
+    };
+    match result {
+        Ok(()) => Exit::Success.into(),
+        Err(failure) => {
+            output::err(&format!("godel: {}", failure.message));
+            failure.exit.into()
+        }
+    }
+}
+
+/// The server URL and where it came from: --server, GODEL_SERVER, the
+/// `bind` of ./godel.toml (or GODEL_CONFIG), else the default.
+fn server_address(flag: Option<String>) -> (String, &'static str) {
+    if let Some(url) = flag {
+        return (url, "--server");
+    }
+    if let Ok(url) = std::env::var("GODEL_SERVER") {
+        return (url, "GODEL_SERVER");
+    }
+    let path = std::env::var("GODEL_CONFIG").unwrap_or_else(|_| "godel.toml".to_owned());
+    let bind = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("bind").and_then(|b| b.as_str()).map(str::to_owned));
+    if let Some(bind) = bind {
+        let bind = bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+        return (format!("http://{bind}"), "godel.toml");
+    }
+    (DEFAULT_SERVER.to_owned(), "the default")
+}
+
+fn task_id(raw: &str) -> CliResult<TaskId> {
+    raw.parse().map_err(|_| {
+        Failure::usage(format!("{raw:?} is not a task id (expected a UUID such as those `godel list` prints)"))
+    })
+}
+
+fn duration(flag: &str, value: &str) -> CliResult<Duration> {
+    humantime::parse_duration(value)
+        .map_err(|e| Failure::usage(format!("--{flag}: expected a duration like 30s or 10m, got {value:?} ({e})")))
+}
+
+fn list_of<T: std::str::FromStr<Err = InvalidInput>>(flag: &str, value: Option<&str>) -> CliResult<Vec<T>> {
+    value.unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(|s| parsed(flag, s)).collect()
+}
+
+fn parsed<T: std::str::FromStr<Err = InvalidInput>>(flag: &str, value: &str) -> CliResult<T> {
+    value.parse().map_err(|e: InvalidInput| Failure::usage(format!("--{flag}: {}", e.reason)))
+}
+
+/// How long ago `t` was, roughly: `42s ago`, `5m ago`, `3h ago`, `2d ago`.
+fn age(t: Timestamp) -> String {
+    let d = Timestamp::now().saturating_since(t);
+    match d.as_secs() {
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3_600 => format!("{}m ago", s / 60),
+        s if s < 86_400 => format!("{}h ago", s / 3_600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
