@@ -23,7 +23,7 @@ use godel_core::{
     AgentConfig, AgentId, AgentKind, CancellationToken, EngineConfig, EventPattern, NewTask, Orchestrator, Store,
 };
 
-/// Cross-node wake-up p99 the issue asks for.
+/// The cross-node wake-up p99 Godel aims for.
 const TARGET: Duration = Duration::from_millis(10);
 const WARMUP: usize = 50;
 
