@@ -181,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
     // 1. Overhead per task.
     let fake = FakeGateway::start(FakeConfig { script: script(Duration::ZERO), ..FakeConfig::default() }).await?;
     let registry = OpenclawRegistry::new(DeviceIdentity::generate());
-    let agent = registry.add(GatewayConfig::new("solo", fake.url()))?;
+    let agent = registry.add(GatewayConfig::new("solo", fake.url()))?.into();
     let run = Running::start(vec![agent])?;
     ready(&registry, &run.orchestrator).await?;
     run.sequential(WARMUP).await?;
@@ -220,10 +220,12 @@ async fn main() -> anyhow::Result<()> {
             fakes.push(FakeGateway::start(FakeConfig { script: script(run_for), ..FakeConfig::default() }).await?);
         }
         let registry = OpenclawRegistry::new(DeviceIdentity::generate());
-        let mut agents = Vec::new();
+        let mut agents: Vec<AgentConfig> = Vec::new();
         for (i, (f, limit)) in fakes.iter().zip([19, 19, 18]).enumerate() {
             agents.push(
-                registry.add(GatewayConfig { max_sessions: limit, ..GatewayConfig::new(format!("g{i}"), f.url()) })?,
+                registry
+                    .add(GatewayConfig { max_sessions: limit, ..GatewayConfig::new(format!("g{i}"), f.url()) })?
+                    .into(),
             );
         }
         ensure!(agents.iter().map(|a| a.max_capacity).sum::<u32>() == 50, "capacities add up to 50");

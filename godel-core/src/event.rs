@@ -71,6 +71,9 @@ pub enum EventKind {
     TaskDeadLettered { task: TaskId, priority: Priority, attempts: u32, error: Option<TaskError> },
     /// `task.cancelled`
     TaskCancelled { task: TaskId, priority: Priority },
+    /// `task.replayed`: a finished task (dead-lettered, failed or cancelled)
+    /// was put back in the queue with fresh attempts.
+    TaskReplayed { task: TaskId, priority: Priority },
     /// `agent.connected`
     AgentConnected { agent: AgentId },
     /// `agent.disconnected`
@@ -105,6 +108,7 @@ impl EventKind {
             EventKind::TaskRetrying { .. } => "task.retrying",
             EventKind::TaskDeadLettered { .. } => "task.dead_lettered",
             EventKind::TaskCancelled { .. } => "task.cancelled",
+            EventKind::TaskReplayed { .. } => "task.replayed",
             EventKind::AgentConnected { .. } => "agent.connected",
             EventKind::AgentDisconnected { .. } => "agent.disconnected",
             EventKind::AgentStatus { .. } => "agent.status",
@@ -129,7 +133,8 @@ impl EventKind {
             | EventKind::TaskFailed { task, .. }
             | EventKind::TaskRetrying { task, .. }
             | EventKind::TaskDeadLettered { task, .. }
-            | EventKind::TaskCancelled { task, .. } => Some(*task),
+            | EventKind::TaskCancelled { task, .. }
+            | EventKind::TaskReplayed { task, .. } => Some(*task),
             _ => None,
         }
     }

@@ -27,7 +27,9 @@ pub use crate::agent::{Agent, AgentKind, AgentStatus};
 pub use crate::bus::{EventBus, Published, ReplayGone, Subscription};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::credential::{ApiKey, AuditEntry, AuditOutcome, AuditQuery, KeyHash, Role};
-pub use crate::engine::{AgentConfig, CancellationToken, ClusterAgent, EngineConfig, Orchestrator, SchedulingPolicy};
+pub use crate::engine::{
+    AgentConfig, CancellationToken, ClusterAgent, EngineConfig, EngineError, Orchestrator, SchedulingPolicy,
+};
 pub use crate::event::{Event, EventKind, EventPattern};
 pub use crate::ids::{AgentId, KeyId, LeaseToken, SessionId, TaskId, TenantId};
 pub use crate::retry::Backoff;

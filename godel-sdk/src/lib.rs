@@ -86,10 +86,10 @@ pub mod embed {
     pub use godel_core::event::{self, EventKind, OutputStream};
     pub use godel_core::store::{self, Store, StoreError};
     pub use godel_core::{
-        AgentConfig, AgentId, AgentKind, AgentStatus, Backoff, CancellationToken, Clock, EngineConfig, EventBus,
-        EventPattern, InvalidInput, ManualClock, NewTask, Orchestrator, Priority, Published, SchedulingPolicy,
-        SessionId, SessionState, Subscription, SystemClock, Task, TaskError, TaskErrorKind, TaskId, TaskPayload,
-        TaskStatus, TenantId, Timestamp,
+        AgentConfig, AgentId, AgentKind, AgentStatus, Backoff, CancellationToken, Clock, EngineConfig, EngineError,
+        EventBus, EventPattern, InvalidInput, ManualClock, NewTask, Orchestrator, Priority, Published,
+        SchedulingPolicy, SessionId, SessionState, Subscription, SystemClock, Task, TaskError, TaskErrorKind, TaskId,
+        TaskPayload, TaskStatus, TenantId, Timestamp,
     };
 }
 

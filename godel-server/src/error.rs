@@ -1,11 +1,12 @@
 //! API errors: the `{"error":{"code","message","retryable"}}` envelope, and
-//! the one function that maps every failure (ours, the store's, warp's) to
-//! an HTTP status.
+//! the one function that maps every failure (ours, the engine's, the
+//! store's, warp's) to an HTTP status: engine and store errors by their
+//! variant, never by their message.
 
 use std::convert::Infallible;
 
-use godel_core::InvalidInput;
 use godel_core::store::StoreError;
+use godel_core::{EngineError, InvalidInput};
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -88,19 +89,32 @@ impl From<InvalidInput> for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(_) | StoreError::SessionNotFound(_) => ApiError::not_found(e.to_string()),
-            StoreError::InvalidTransition { .. } | StoreError::Conflict(_) | StoreError::LeaseLost(_) => {
-                ApiError::new(Code::Conflict, e.to_string())
+impl From<EngineError> for ApiError {
+    /// The status of every engine (and so store) error, by meaning.
+    fn from(e: EngineError) -> Self {
+        let code = match &e {
+            EngineError::TaskNotFound(_) | EngineError::SessionNotFound(_) | EngineError::AgentNotFound(_) => {
+                Code::NotFound
             }
-            StoreError::InvalidInput(e) => e.into(),
-            StoreError::Unavailable { .. } => ApiError::new(Code::ServiceUnavailable, e.to_string()),
+            EngineError::AgentExists(_)
+            | EngineError::InvalidTransition { .. }
+            | EngineError::NotDeadLettered { .. }
+            | EngineError::SessionEnded { .. } => Code::Conflict,
+            EngineError::InvalidInput(_) => Code::InvalidRequest,
             // Retrying does not help until the budget is raised or the month ends.
-            StoreError::BudgetExceeded { .. } => ApiError::new(Code::Forbidden, e.to_string()),
-            other => ApiError::new(Code::InternalError, other.to_string()),
-        }
+            EngineError::BudgetExceeded { .. } => Code::Forbidden,
+            EngineError::Store(StoreError::LeaseLost(_) | StoreError::Conflict(_)) => Code::Conflict,
+            EngineError::Store(StoreError::Unavailable { .. }) => Code::ServiceUnavailable,
+            _ => Code::InternalError,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    /// A read's failure: the same statuses as the engine's commands.
+    fn from(e: StoreError) -> Self {
+        EngineError::from(e).into()
     }
 }
 
@@ -110,7 +124,7 @@ pub(crate) async fn recover(rejection: Rejection) -> Result<Response, Infallible
     let error = if rejection.is_not_found() {
         ApiError::not_found("no such route; see /openapi.json for the API")
     } else if let Some(e) = rejection.find::<warp::reject::PayloadTooLarge>() {
-        let error = ApiError::invalid(format!("request body too large: {e} (limit {} bytes)", crate::api::MAX_BODY))
+        let error = ApiError::invalid(format!("request body too large: {e} (limit {} bytes)", crate::routes::MAX_BODY))
             .with_status(StatusCode::PAYLOAD_TOO_LARGE);
         // The unread body makes the connection unusable; say so, or a client
         // reusing it fails its next request.

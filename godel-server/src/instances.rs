@@ -1,5 +1,8 @@
-//! The federation of OpenClaw gateways as the API shows it:
-//! `/api/v1/instances` (list, register, deregister, health).
+//! The federation of OpenClaw gateways, and the wiring between the gateway
+//! registry and the orchestrator: the registry (an adapter) never calls the
+//! engine, so this module adds each gateway's engine agent when it connects
+//! to a gateway and removes it when it disconnects. The routes are in
+//! `routes/instances.rs`.
 //!
 //! Gateways come from two places. `[[gateways]]` in `godel.toml` belong to
 //! the node whose file names them. Gateways registered through the API are
@@ -17,17 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godel_core::adapter::openclaw::{GatewayAuth, GatewayConfig, GatewaySnapshot, session_capacity};
-use godel_core::store::{Member, MemberKind};
-use godel_core::{CancellationToken, Timestamp};
+use godel_core::engine::MemberEntry;
+use godel_core::store::MemberKind;
+use godel_core::{CancellationToken, EngineError, InvalidInput};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use warp::http::StatusCode;
-use warp::hyper::body::Bytes;
-use warp::reply::Reply;
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult, Code};
-use crate::wire::{opt_ts, parse_body};
+use crate::wire::opt_ts;
 
 /// How often a node reconciles registrations and announces its view.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
@@ -37,8 +37,8 @@ const VIEW_TTL: Duration = Duration::from_secs(10);
 /// A gateway registered through the API, as the store keeps it.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 #[serde(deny_unknown_fields)]
-struct Registration {
-    name: String,
+pub(crate) struct Registration {
+    pub(crate) name: String,
     url: String,
     /// The gateway's token, kept in the store in clear; prefer `token_env`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,7 +66,7 @@ fn default_max_sessions() -> u32 {
 impl Registration {
     /// The gateway's configuration on this node; secrets named by `*_env`
     /// are read from this node's environment.
-    fn config(&self) -> Result<GatewayConfig, String> {
+    pub(crate) fn config(&self) -> Result<GatewayConfig, String> {
         let secret = |var: &str, field: &str| {
             std::env::var(var).map_err(|_| format!("invalid {field}: the environment variable {var} is not set"))
         };
@@ -110,12 +110,12 @@ fn view_json(g: &GatewaySnapshot, source: &str, node: &str, capacity: Option<u32
     })
 }
 
-fn source_of(state: &AppState, name: &str) -> &'static str {
+pub(crate) fn source_of(state: &AppState, name: &str) -> &'static str {
     if state.configured_gateways.contains(name) { "config" } else { "api" }
 }
 
 /// This node's view of its gateway `g`, with its share of the capacity.
-fn local_view(state: &AppState, g: &GatewaySnapshot) -> Value {
+pub(crate) fn local_view(state: &AppState, g: &GatewaySnapshot) -> Value {
     let capacity = state.orchestrator.agents().into_iter().find(|a| a.id == g.agent).map(|a| a.max_capacity);
     view_json(g, source_of(state, &g.name), &state.orchestrator.config().node, capacity)
 }
@@ -130,89 +130,57 @@ fn node_share(total: u32, nodes: &[&str], me: &str) -> u32 {
 }
 
 /// This node's gateways, live, then the views other nodes announced.
-async fn all_views(state: &AppState) -> ApiResult<Vec<Value>> {
+pub(crate) async fn all_views(state: &AppState) -> Result<Vec<Value>, EngineError> {
     let node = &state.orchestrator.config().node;
     let mut items: Vec<Value> = state.gateways.list().iter().map(|g| local_view(state, g)).collect();
-    let others = state.store().members(&state.tenant(), MemberKind::Instance, Timestamp::now()).await?;
+    let others = state.orchestrator.members(MemberKind::Instance).await?;
     items.extend(others.into_iter().filter(|m| m.node != *node).map(|m| m.doc));
     Ok(items)
 }
 
-pub(crate) async fn list(state: Arc<AppState>) -> ApiResult {
-    Ok(warp::reply::json(&json!({ "items": all_views(&state).await? })).into_response())
+/// Whether a gateway of this name is connected here or registered through
+/// the API by any node.
+pub(crate) async fn is_registered(state: &AppState, name: &str) -> Result<bool, EngineError> {
+    if state.gateways.get(name).is_some() {
+        return Ok(true);
+    }
+    Ok(state.orchestrator.members(MemberKind::Gateway).await?.iter().any(|m| m.id == name))
 }
 
-pub(crate) async fn register(state: Arc<AppState>, body: Bytes) -> ApiResult {
-    let registration: Registration = parse_body(&body)?;
-    let config = registration.config().map_err(ApiError::invalid)?;
-    let tenant = state.tenant();
-    let conflict = || ApiError::new(Code::Conflict, format!("a gateway {} is already registered", registration.name));
-    let existing = state.store().members(&tenant, MemberKind::Gateway, Timestamp::now()).await?;
-    if state.gateways.get(&registration.name).is_some() || existing.iter().any(|m| m.id == registration.name) {
-        return Err(conflict());
-    }
-    let now = Timestamp::now();
-    let member = Member {
-        tenant,
-        kind: MemberKind::Gateway,
-        id: registration.name.clone(),
-        node: state.orchestrator.config().node.clone(),
-        doc: serde_json::to_value(&registration).expect("registrations serialize"),
-        updated_at: now,
-        expires_at: Timestamp::from_millis(i64::MAX),
-    };
-    state.store().put_member(&member).await?;
-    let snapshot = match state.gateways.attach(&state.orchestrator, config) {
-        Ok(snapshot) => snapshot,
-        Err(e) => {
-            // Raced with another registration of the name on this node.
-            let _ = state.store().remove_member(&member.tenant, MemberKind::Gateway, &member.id).await;
-            return Err(ApiError::new(Code::Conflict, e.reason));
-        }
-    };
-    let body = local_view(&state, &snapshot);
-    let mut reply = warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response();
-    let location = format!("/api/v1/instances/{}", registration.name);
-    if let Ok(value) = warp::http::HeaderValue::from_str(&location) {
-        reply.headers_mut().insert(warp::http::header::LOCATION, value);
-    }
-    Ok(reply)
+/// Keeps a registration in the store's registry, where every node finds it.
+pub(crate) async fn put_registration(state: &AppState, registration: &Registration) -> Result<(), EngineError> {
+    let doc = serde_json::to_value(registration).expect("registrations serialize");
+    let entry = MemberEntry { kind: MemberKind::Gateway, id: registration.name.clone(), doc, ttl: None };
+    state.orchestrator.put_member(entry).await?;
+    Ok(())
 }
 
-pub(crate) async fn deregister(state: Arc<AppState>, name: String) -> ApiResult {
-    if state.configured_gateways.contains(&name) {
-        return Err(ApiError::new(
-            Code::Conflict,
-            format!(
-                "gateway {name} comes from godel.toml on node {}; remove it there",
-                state.orchestrator.config().node
-            ),
-        ));
-    }
-    let removed = state.store().remove_member(&state.tenant(), MemberKind::Gateway, &name).await?;
-    let detached = state.gateways.detach(&state.orchestrator, &name).is_ok();
-    if !removed && !detached {
-        return Err(ApiError::not_found(format!("gateway {name} not found")));
-    }
-    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+/// Removes a registration from the store's registry; false if there was none.
+pub(crate) async fn remove_registration(state: &AppState, name: &str) -> Result<bool, EngineError> {
+    state.orchestrator.remove_member(MemberKind::Gateway, name).await
 }
 
-pub(crate) async fn health(state: Arc<AppState>, name: String) -> ApiResult {
-    let Some(g) = state.gateways.get(&name) else {
-        return Err(ApiError::not_found(format!("gateway {name} is not connected from this node")));
-    };
-    let ready = g.state.as_str() == "ready";
-    let body = json!({
-        "name": g.name,
-        "ok": ready,
-        "state": g.state.as_str(),
-        "message": g.message,
-        "last_check": opt_ts(g.last_check),
-        "current_sessions": g.current_sessions,
-        "max_sessions": g.max_sessions,
-        "node": state.orchestrator.config().node,
-    });
-    Ok(warp::reply::json(&body).into_response())
+/// Connects to a gateway and registers the engine agent standing for it;
+/// the connection is dropped again if the engine refuses the agent.
+pub(crate) fn attach(state: &AppState, config: GatewayConfig) -> Result<GatewaySnapshot, EngineError> {
+    let name = config.name.clone();
+    let gateway = state.gateways.add(config)?;
+    if let Err(e) = state.orchestrator.add_agent(gateway.into()) {
+        state.gateways.remove(&name);
+        return Err(e);
+    }
+    let vanished = || InvalidInput::new("name", "the gateway vanished while it was added");
+    Ok(state.gateways.get(&name).ok_or_else(vanished)?)
+}
+
+/// Deregisters a gateway's engine agent (it takes no new work; runs still
+/// open there fail retryable and run again elsewhere) and stops its
+/// connection. False if this node has no such gateway.
+pub(crate) fn detach(state: &AppState, name: &str) -> bool {
+    let Some(gateway) = state.gateways.get(name) else { return false };
+    // The agent is gone already if the engine never took it; the connection still goes.
+    let _ = state.orchestrator.remove_agent(&gateway.agent);
+    state.gateways.remove(name)
 }
 
 /// Until `stop`: connects to gateways registered through the API (by any
@@ -235,12 +203,12 @@ pub(crate) async fn sync(state: Arc<AppState>, stop: CancellationToken) {
         announced = announce(&state, &announced).await;
     }
     for id in announced {
-        let _ = state.store().remove_member(&state.tenant(), MemberKind::Instance, &id).await;
+        let _ = state.orchestrator.remove_member(MemberKind::Instance, &id).await;
     }
 }
 
-async fn reconcile(state: &AppState) -> Result<(), godel_core::StoreError> {
-    let rows = state.store().members(&state.tenant(), MemberKind::Gateway, Timestamp::now()).await?;
+async fn reconcile(state: &AppState) -> Result<(), EngineError> {
+    let rows = state.orchestrator.members(MemberKind::Gateway).await?;
     let registered: BTreeMap<String, Value> = rows.into_iter().map(|m| (m.id, m.doc)).collect();
     for (name, doc) in &registered {
         if state.gateways.get(name).is_some() || state.configured_gateways.contains(name) {
@@ -249,7 +217,7 @@ async fn reconcile(state: &AppState) -> Result<(), godel_core::StoreError> {
         let config =
             serde_json::from_value::<Registration>(doc.clone()).map_err(|e| e.to_string()).and_then(|r| r.config());
         match config {
-            Ok(config) => match state.gateways.attach(&state.orchestrator, config) {
+            Ok(config) => match attach(state, config) {
                 Ok(_) => tracing::info!(gateway = name, "connected to a gateway registered through the API"),
                 Err(e) => tracing::warn!(gateway = name, error = %e, "cannot connect to a registered gateway"),
             },
@@ -259,7 +227,7 @@ async fn reconcile(state: &AppState) -> Result<(), godel_core::StoreError> {
     for g in state.gateways.list() {
         if !state.configured_gateways.contains(&g.name) && !registered.contains_key(&g.name) {
             tracing::info!(gateway = g.name, "gateway deregistered; disconnecting");
-            let _ = state.gateways.detach(&state.orchestrator, &g.name);
+            detach(state, &g.name);
         }
     }
     Ok(())
@@ -268,9 +236,9 @@ async fn reconcile(state: &AppState) -> Result<(), godel_core::StoreError> {
 /// Sets this node's share of each gateway's capacity from the nodes whose
 /// views of it are current. A node that dies stops announcing, and the others
 /// take its share back once its views lapse.
-async fn share(state: &AppState) -> Result<(), godel_core::StoreError> {
+async fn share(state: &AppState) -> Result<(), EngineError> {
     let node = &state.orchestrator.config().node;
-    let views = state.store().members(&state.tenant(), MemberKind::Instance, Timestamp::now()).await?;
+    let views = state.orchestrator.members(MemberKind::Instance).await?;
     for g in state.gateways.list() {
         let mut nodes: Vec<&str> = views
             .iter()
@@ -290,26 +258,18 @@ async fn share(state: &AppState) -> Result<(), godel_core::StoreError> {
 
 async fn announce(state: &AppState, before: &[String]) -> Vec<String> {
     let node = state.orchestrator.config().node.clone();
-    let now = Timestamp::now();
     let mut ids = Vec::new();
     for g in state.gateways.list() {
         let id = format!("{node}/{}", g.name);
-        let member = Member {
-            tenant: state.tenant(),
-            kind: MemberKind::Instance,
-            id: id.clone(),
-            node: node.clone(),
-            doc: local_view(state, &g),
-            updated_at: now,
-            expires_at: now + VIEW_TTL,
-        };
-        if let Err(e) = state.store().put_member(&member).await {
+        let entry =
+            MemberEntry { kind: MemberKind::Instance, id: id.clone(), doc: local_view(state, &g), ttl: Some(VIEW_TTL) };
+        if let Err(e) = state.orchestrator.put_member(entry).await {
             tracing::warn!(error = %e, gateway = g.name, "could not announce gateway state");
         }
         ids.push(id);
     }
     for gone in before.iter().filter(|id| !ids.contains(id)) {
-        let _ = state.store().remove_member(&state.tenant(), MemberKind::Instance, gone).await;
+        let _ = state.orchestrator.remove_member(MemberKind::Instance, gone).await;
     }
     ids
 }

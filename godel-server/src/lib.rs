@@ -5,13 +5,13 @@
 //! The binary is a thin `main` over [`run`], which takes its shutdown trigger
 //! as a parameter so that tests (and `godel serve`) can stop it.
 
-mod api;
 pub mod config;
 pub mod daemon;
 mod error;
 mod events;
 mod instances;
 mod metrics;
+mod routes;
 mod wire;
 mod workers;
 
@@ -49,8 +49,9 @@ pub(crate) struct AppState {
     /// Remote workers connected to this node.
     workers: workers::Workers,
     /// The OpenClaw gateways (`[[gateways]]`): list them with
-    /// `OpenclawRegistry::list`, add or remove them at runtime with `attach` /
-    /// `detach` (the device key is loaded from `state_dir` on first use).
+    /// `OpenclawRegistry::list`, add or remove them at runtime with
+    /// `instances::attach` / `instances::detach`, which also register their
+    /// engine agents (the device key is loaded from `state_dir` on first use).
     gateways: Arc<godel_core::adapter::OpenclawRegistry>,
     /// Names of the gateways `godel.toml` defines (the rest came through the API).
     configured_gateways: std::collections::BTreeSet<String>,
@@ -97,18 +98,20 @@ pub async fn run(
     let store =
         store::open(&config.store_url).await.with_context(|| format!("cannot open the store {}", config.store_url))?;
     let bus = godel_core::EventBus::new(4_096, config.replay_window);
-    let mut builder = Orchestrator::builder(store).config(config.engine.clone()).bus(bus);
+    // One clock for the engine and the gateway connections: only the server picks it.
+    let clock: Arc<dyn godel_core::Clock> = Arc::new(godel_core::SystemClock);
+    let mut builder = Orchestrator::builder(store).config(config.engine.clone()).bus(bus).clock(clock.clone());
     for agent in config.agents.clone() {
         builder = builder.agent(agent);
     }
     // One engine agent per OpenClaw gateway; the registry owns their
     // connections. It exists without gateways too (for gateways added at
     // runtime) and loads the device key only when the first one is added.
-    let gateways = Arc::new(godel_core::adapter::OpenclawRegistry::lazy(&config.state_dir));
+    let gateways = Arc::new(godel_core::adapter::OpenclawRegistry::lazy(&config.state_dir).clock(clock));
     for gateway in config.gateways.clone() {
         let name = gateway.name.clone();
-        let agent = gateways.add(gateway).with_context(|| format!("cannot set up gateway {name}"))?;
-        builder = builder.agent(agent);
+        let gateway = gateways.add(gateway).with_context(|| format!("cannot set up gateway {name}"))?;
+        builder = builder.agent(gateway.into());
     }
     if !config.gateways.is_empty() {
         tracing::info!(gateways = config.gateways.len(), device = gateways.device_id(), "openclaw gateways configured");
@@ -129,7 +132,7 @@ pub async fn run(
     });
 
     let log_state = state.clone();
-    let routes = api::routes(state.clone()).recover(error::recover).unify().with(warp::log::custom(move |info| {
+    let routes = routes::routes(state.clone()).recover(error::recover).unify().with(warp::log::custom(move |info| {
         log_state.metrics.request(info.method().as_str(), info.path(), info.status().as_u16(), info.elapsed());
     }));
     let (stop_http_tx, stop_http_rx) = oneshot::channel::<()>();

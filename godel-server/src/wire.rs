@@ -376,6 +376,7 @@ pub(crate) fn event_json(published: &Published) -> Value {
             "task_id": task.to_string(), "priority": priority, "attempts": attempts, "error": error.as_ref().map(ErrorDto::from)
         }),
         EventKind::TaskCancelled { task, priority } => json!({"task_id": task.to_string(), "priority": priority}),
+        EventKind::TaskReplayed { task, priority } => json!({"task_id": task.to_string(), "priority": priority}),
         EventKind::AgentConnected { agent } => json!({"agent_id": agent.to_string()}),
         EventKind::AgentDisconnected { agent, reason } => json!({"agent_id": agent.to_string(), "reason": reason}),
         EventKind::AgentStatus { agent, status } => json!({"agent_id": agent.to_string(), "status": status}),

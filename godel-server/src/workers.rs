@@ -364,7 +364,7 @@ fn attach(
         .capacity(hello.concurrency);
     config.capabilities = hello.capabilities.clone();
     config.region = hello.region.clone();
-    state.orchestrator.add_agent(config).map_err(|e| ("conflict", e.reason))?;
+    state.orchestrator.add_agent(config).map_err(|e| ("conflict", e.to_string()))?;
     links.insert(agent, link.clone());
     Ok((link, 1, outbox_rx))
 }

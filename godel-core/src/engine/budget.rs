@@ -8,7 +8,7 @@
 //! carries the total across a limit publishes `budget.exceeded` (once per
 //! limit and period, since totals only grow). Past the hard limit,
 //! [`crate::Orchestrator::submit`] and its siblings refuse new tasks with
-//! [`StoreError::BudgetExceeded`]; tasks already queued still run.
+//! [`EngineError::BudgetExceeded`]; tasks already queued still run.
 
 use std::collections::BTreeMap;
 
@@ -16,10 +16,10 @@ use serde_json::Value;
 
 use crate::InvalidInput;
 use crate::adapter::Outcome;
-use crate::engine::Inner;
+use crate::engine::{EngineError, Inner};
 use crate::event::EventKind;
 use crate::ids::TenantId;
-use crate::store::{Micros, StoreError};
+use crate::store::Micros;
 use crate::time::Timestamp;
 
 /// One tenant's limits for a calendar month (UTC), in micros (millionths of
@@ -108,7 +108,7 @@ pub(crate) fn period(at: Timestamp) -> String {
 impl Inner {
     /// Refuses new work when the tenant's spend this month has reached its
     /// hard limit. One store read, and only when a hard limit applies.
-    pub(crate) async fn check_budget(&self) -> Result<(), StoreError> {
+    pub(crate) async fn check_budget(&self) -> Result<(), EngineError> {
         let tenant = &self.config.tenant;
         let Some(limit) = self.config.budgets.for_tenant(tenant).hard else {
             return Ok(());
@@ -116,7 +116,7 @@ impl Inner {
         let period = period(self.clock.now());
         let spent = self.store.spend(tenant, &period).await?;
         if spent >= limit {
-            return Err(StoreError::BudgetExceeded { tenant: tenant.clone(), period, spent, limit });
+            return Err(EngineError::BudgetExceeded { tenant: tenant.clone(), period, spent, limit });
         }
         Ok(())
     }

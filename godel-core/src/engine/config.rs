@@ -136,6 +136,20 @@ impl AgentConfig {
     }
 }
 
+/// The agent standing for an OpenClaw gateway: its owner (the server) adds
+/// a gateway to the registry and registers this with the orchestrator.
+#[cfg(feature = "openclaw")]
+impl From<crate::adapter::openclaw::Gateway> for AgentConfig {
+    fn from(gateway: crate::adapter::openclaw::Gateway) -> Self {
+        let mut agent = AgentConfig::new(gateway.agent, AgentKind::Openclaw, gateway.adapter)
+            .capacity(gateway.capacity)
+            .capabilities(gateway.capabilities);
+        agent.name = gateway.name;
+        agent.region = gateway.region;
+        agent
+    }
+}
+
 /// How the engine behaves. The defaults suit a local machine.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {

@@ -15,14 +15,30 @@
 //! - **Writes are group-committed.** Executions' starts and completions go
 //!   to the store together: at once when nothing else is being written, else
 //!   in one batch with everything that queued meanwhile (`engine/batch.rs`).
+//! - **One door for writes.** The server and the CLI change tasks and
+//!   agents only through the orchestrator's commands (`engine/tasks.rs`,
+//!   `engine/agents.rs`), so each publishes its events, wakes the dispatcher
+//!   and applies budgets here; they fail with an [`EngineError`] by meaning.
+//!   Reads may go to the store directly.
 //! - **One tenant per orchestrator.** It serves `EngineConfig::tenant`.
+//!
+//! The run loop's parts live beside this file: `dispatch.rs` (claims and
+//! starts executions), `reclaim.rs` (the lapsed-lease sweep), `health.rs`
+//! (agent health checks), `execute.rs` (one attempt), `batch.rs` (group
+//! commit) and `cluster.rs` (nodes sharing a store).
 
+mod agents;
 mod batch;
 pub(crate) mod budget;
 mod cluster;
 mod config;
+mod dispatch;
+mod error;
 mod execute;
+mod health;
+mod reclaim;
 mod scheduler;
+mod tasks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -32,12 +48,13 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
+pub use crate::engine::agents::MemberEntry;
 pub use crate::engine::budget::{Budget, Budgets, format_micros, micros_from_units};
 pub use crate::engine::cluster::ClusterAgent;
 pub use crate::engine::config::{AgentConfig, EngineConfig, SchedulingPolicy};
+pub use crate::engine::error::EngineError;
 
 use crate::InvalidInput;
-use crate::agent::{Agent, AgentStatus};
 use crate::bus::{EventBus, Subscription};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::batch::{Batcher, Turn};
@@ -45,15 +62,10 @@ use crate::engine::scheduler::Scheduler;
 use crate::event::{Event, EventKind, EventPattern};
 use crate::ids::{AgentId, TaskId};
 use crate::session::Session;
-use crate::store::{CancelOutcome, ClaimRequest, Completion, Lease, LeaseWrite, Store, StoreError, WriteOutcome};
-use crate::task::{NewTask, Task, TaskStatus};
+use crate::store::{Completion, Lease, LeaseWrite, Store, StoreError, WriteOutcome};
 
-/// Most leases reclaimed per sweep.
-const RECLAIM_BATCH: usize = 1_000;
 /// How often buffered session changes are written.
 const SESSION_FLUSH: Duration = Duration::from_millis(50);
-/// How long a health check may take before it counts as failed.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The engine. Clone it freely: clones share one engine.
 #[derive(Clone, Debug)]
@@ -200,156 +212,6 @@ impl Orchestrator {
         self.inner.bus.subscribe(patterns)
     }
 
-    /// Queues a task and wakes the dispatcher. With an idempotency key already
-    /// used, returns the first task unchanged.
-    pub async fn submit(&self, task: NewTask) -> Result<Task, StoreError> {
-        Ok(self.enqueue(task).await?.task)
-    }
-
-    /// Like [`Orchestrator::submit`], saying whether the task is new or an
-    /// earlier one returned for its idempotency key.
-    pub async fn enqueue(&self, task: NewTask) -> Result<crate::store::Enqueued, StoreError> {
-        let inner = &self.inner;
-        inner.check_budget().await?;
-        let enqueued = inner.store.enqueue(&inner.config.tenant, task, inner.clock.now()).await?;
-        if enqueued.created {
-            inner.publish(EventKind::TaskCreated { task: enqueued.task.id, priority: enqueued.task.priority });
-            inner.wake.notify_one();
-        }
-        Ok(enqueued)
-    }
-
-    /// Queues many tasks in one transaction.
-    pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, StoreError> {
-        let inner = &self.inner;
-        inner.check_budget().await?;
-        let enqueued = inner.store.enqueue_batch(&inner.config.tenant, tasks, inner.clock.now()).await?;
-        for e in enqueued.iter().filter(|e| e.created) {
-            inner.publish(EventKind::TaskCreated { task: e.task.id, priority: e.task.priority });
-        }
-        inner.wake.notify_one();
-        Ok(enqueued.into_iter().map(|e| e.task).collect())
-    }
-
-    /// One task.
-    pub async fn get(&self, id: TaskId) -> Result<Task, StoreError> {
-        self.inner.store.get(&self.inner.config.tenant, id).await
-    }
-
-    /// Cancels a task: at once if pending; a running one is asked to stop
-    /// (SIGTERM, then killed after `kill_grace`), here or on whichever engine holds it.
-    pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, StoreError> {
-        self.stop(id, Control::Cancel).await
-    }
-
-    /// Like [`Orchestrator::cancel`] but skips the grace period.
-    pub async fn kill(&self, id: TaskId) -> Result<CancelOutcome, StoreError> {
-        self.stop(id, Control::Kill).await
-    }
-
-    async fn stop(&self, id: TaskId, control: Control) -> Result<CancelOutcome, StoreError> {
-        let inner = &self.inner;
-        let outcome = inner.store.cancel(&inner.config.tenant, id, inner.clock.now()).await?;
-        match outcome {
-            CancelOutcome::Cancelled => {
-                let priority = inner.store.get(&inner.config.tenant, id).await.map(|t| t.priority).unwrap_or_default();
-                inner.publish(EventKind::TaskCancelled { task: id, priority });
-            }
-            CancelOutcome::Requested => {
-                if let Some(running) = inner.lock_running().get(&id) {
-                    running.control.send_replace(control);
-                }
-            }
-        }
-        Ok(outcome)
-    }
-
-    /// The agents with their load and status.
-    pub fn agents(&self) -> Vec<Agent> {
-        let tenant = &self.inner.config.tenant;
-        self.inner.lock_scheduler().agents.iter().map(|a| a.snapshot(tenant)).collect()
-    }
-
-    /// Adds an agent while the engine runs. Its id must be new.
-    pub fn add_agent(&self, agent: AgentConfig) -> Result<Agent, InvalidInput> {
-        let mut agent = agent;
-        agent.validate()?;
-        let id = agent.id.clone();
-        let snapshot = {
-            let mut scheduler = self.inner.lock_scheduler();
-            if !scheduler.add(agent) {
-                return Err(InvalidInput::new("agent id", format!("an agent {id} is already registered")));
-            }
-            scheduler.agent(&id).expect("just added").snapshot(&self.inner.config.tenant)
-        };
-        self.inner.publish(EventKind::AgentConnected { agent: id });
-        self.inner.wake.notify_one();
-        self.inner.agents_changed.notify_one();
-        Ok(snapshot)
-    }
-
-    /// Deregisters an agent: it takes no new work, finishes what it runs, then disappears.
-    pub fn remove_agent(&self, agent: &AgentId) -> Result<(), InvalidInput> {
-        if !self.inner.lock_scheduler().remove(agent) {
-            return Err(InvalidInput::new("agent id", format!("no agent {agent} is registered")));
-        }
-        self.inner.publish(EventKind::AgentDisconnected { agent: agent.clone(), reason: "deregistered".into() });
-        self.inner.agents_changed.notify_one();
-        Ok(())
-    }
-
-    /// Every agent announced by the nodes sharing the store (this one
-    /// included; see `engine/cluster.rs`), by node and agent id. Announcements
-    /// are renewed every few seconds, so load and status may be that old.
-    pub async fn cluster_agents(&self) -> Result<Vec<ClusterAgent>, StoreError> {
-        self.inner.cluster_agents().await
-    }
-
-    /// Changes how many tasks `agent` may run at once (e.g. this node's share
-    /// of a gateway that several nodes use). Lowering it takes effect for new
-    /// work only: running tasks finish.
-    pub fn set_capacity(&self, agent: &AgentId, max_capacity: u32) -> Result<(), InvalidInput> {
-        {
-            let mut scheduler = self.inner.lock_scheduler();
-            let state = scheduler
-                .agent_mut(agent)
-                .ok_or_else(|| InvalidInput::new("agent id", format!("no agent {agent} is registered")))?;
-            state.config.max_capacity = max_capacity;
-        }
-        self.inner.wake.notify_one();
-        self.inner.agents_changed.notify_one();
-        Ok(())
-    }
-
-    /// Tasks running on `agent` in this process.
-    pub fn active_tasks(&self, agent: &AgentId) -> Vec<TaskId> {
-        self.inner.lock_running().iter().filter(|(_, r)| r.agent == *agent).map(|(id, _)| *id).collect()
-    }
-
-    /// Records a heartbeat from an agent (e.g. a remote worker): it counts as alive until
-    /// `agent_offline_after` passes without another.
-    pub fn agent_heartbeat(&self, agent: &AgentId) -> Result<(), InvalidInput> {
-        let now = self.inner.clock.now();
-        let revived = {
-            let mut scheduler = self.inner.lock_scheduler();
-            let state = scheduler
-                .agent_mut(agent)
-                .ok_or_else(|| InvalidInput::new("agent id", format!("no agent {agent} is configured")))?;
-            state.last_heartbeat = Some(now);
-            let revived = state.down == Some(AgentStatus::Offline);
-            if revived {
-                state.down = None;
-            }
-            revived.then(|| state.status())
-        };
-        if let Some(status) = revived {
-            self.inner.publish(EventKind::AgentConnected { agent: agent.clone() });
-            self.inner.publish(EventKind::AgentStatus { agent: agent.clone(), status });
-            self.inner.wake.notify_one();
-        }
-        Ok(())
-    }
-
     /// Wakes the dispatcher (e.g. after tasks were enqueued behind the engine's back).
     pub fn wake(&self) {
         self.inner.wake.notify_one();
@@ -447,142 +309,6 @@ impl Orchestrator {
             log_join(joined);
         }
         Ok(())
-    }
-
-    /// Claims work for every agent with free slots, in the policy's order,
-    /// until slots or ready tasks run out.
-    async fn dispatch(&self, executions: &mut JoinSet<()>) {
-        let inner = &self.inner;
-        loop {
-            let order = inner.lock_scheduler().claim_order();
-            let mut progress = false;
-            for (claimer, _) in order {
-                // Recomputed per agent: an affinity hand-off may have used this agent's slot.
-                let free = inner
-                    .lock_scheduler()
-                    .agent(&claimer)
-                    .map_or(0, |a| if a.down.is_some() { 0 } else { a.config.max_capacity.saturating_sub(a.load) });
-                if free == 0 {
-                    continue;
-                }
-                let capabilities = inner.lock_scheduler().agent(&claimer).map(|a| a.config.capabilities.clone());
-                let request = ClaimRequest {
-                    tenant: inner.config.tenant.clone(),
-                    agent: claimer.clone(),
-                    capabilities: capabilities.unwrap_or_default(),
-                    limit: free as usize,
-                    lease_for: inner.config.lease,
-                };
-                let claims = match inner.store.claim(&request, inner.clock.now()).await {
-                    Ok(claims) => claims,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claim failed; retrying on the next poll");
-                        return;
-                    }
-                };
-                progress |= !claims.is_empty();
-                for claim in claims {
-                    let (agent, control) = {
-                        let mut scheduler = inner.lock_scheduler();
-                        let target = scheduler.pick(&claim.task, &claimer);
-                        let agent = scheduler.reserve(&target, &claim.task).expect("picked agent exists");
-                        let (tx, rx) = watch::channel(Control::Run);
-                        inner.lock_running().insert(claim.task.id, Running { agent: target, control: tx });
-                        (agent, rx)
-                    };
-                    let execution = execute::Execution::new(self.inner.clone(), agent, claim, control);
-                    executions.spawn(execution.run());
-                }
-            }
-            if !progress {
-                return;
-            }
-        }
-    }
-
-    /// Sweeps lapsed leases (of any engine) and reports what moved.
-    async fn reclaim(&self) {
-        let inner = &self.inner;
-        let now = inner.clock.now();
-        let reclaimed = match inner.store.reclaim_expired(now, RECLAIM_BATCH).await {
-            Ok(reclaimed) => reclaimed,
-            Err(e) => {
-                tracing::warn!(error = %e, "lease sweep failed");
-                return;
-            }
-        };
-        for r in reclaimed.iter().filter(|r| r.tenant == inner.config.tenant) {
-            tracing::info!(task = %r.task, attempt = r.attempt, status = %r.status, "lease expired");
-            let error = crate::TaskError::new(
-                crate::TaskErrorKind::LeaseExpired,
-                format!("lease of attempt {} expired", r.attempt),
-            );
-            let kind = match r.status {
-                TaskStatus::Pending => EventKind::TaskRetrying { task: r.task, attempt: r.attempt, run_at: now, error },
-                TaskStatus::DeadLetter => EventKind::TaskDeadLettered {
-                    task: r.task,
-                    priority: r.priority,
-                    attempts: r.attempt,
-                    error: Some(error),
-                },
-                _ => EventKind::TaskCancelled { task: r.task, priority: r.priority },
-            };
-            inner.publish(kind);
-        }
-        if !reclaimed.is_empty() {
-            inner.wake.notify_one();
-        }
-    }
-
-    /// Health-checks every agent; one without a successful check for
-    /// `agent_offline_after` goes offline and gets no work until it recovers.
-    async fn check_agents(&self) {
-        let inner = &self.inner;
-        let agents: Vec<AgentConfig> = inner.lock_scheduler().agents.iter().map(|a| a.config.clone()).collect();
-        for agent in agents {
-            let healthy = match tokio::time::timeout(HEALTH_TIMEOUT, agent.adapter.health()).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(crate::adapter::AdapterError::transient("health check timed out")),
-            };
-            let now = inner.clock.now();
-            let change = {
-                let mut scheduler = inner.lock_scheduler();
-                let Some(state) = scheduler.agent_mut(&agent.id) else { continue };
-                let before = state.status();
-                match &healthy {
-                    Ok(()) => {
-                        state.last_heartbeat = Some(now);
-                        state.down = None;
-                    }
-                    Err(e) if !e.retryable => state.down = Some(AgentStatus::Error),
-                    Err(_) => {
-                        let stale = state
-                            .last_heartbeat
-                            .is_none_or(|t| now.saturating_since(t) >= inner.config.agent_offline_after);
-                        if stale {
-                            state.down = Some(AgentStatus::Offline);
-                        }
-                    }
-                }
-                let after = state.status();
-                (before != after).then_some((before, after))
-            };
-            if let Err(e) = &healthy {
-                tracing::warn!(agent = %agent.id, error = %e, "agent health check failed");
-            }
-            if let Some((before, after)) = change {
-                tracing::info!(agent = %agent.id, from = %before, to = %after, "agent status changed");
-                if after == AgentStatus::Offline {
-                    let reason = healthy.err().map_or_else(|| "no heartbeat".to_owned(), |e| e.message);
-                    inner.publish(EventKind::AgentDisconnected { agent: agent.id.clone(), reason });
-                } else if matches!(before, AgentStatus::Offline | AgentStatus::Error) {
-                    inner.publish(EventKind::AgentConnected { agent: agent.id.clone() });
-                    inner.wake.notify_one();
-                }
-                inner.publish(EventKind::AgentStatus { agent: agent.id.clone(), status: after });
-            }
-        }
     }
 }
 

@@ -2,8 +2,7 @@
 //! in `source`, never in a string to parse.
 
 use crate::InvalidInput;
-use crate::ids::{SessionId, TaskId, TenantId};
-use crate::store::Micros;
+use crate::ids::{SessionId, TaskId};
 use crate::task::TaskStatus;
 
 /// A boxed error from a backend driver.
@@ -57,23 +56,6 @@ pub enum StoreError {
         /// The underlying error.
         #[source]
         source: BoxError,
-    },
-    /// The tenant's spend this period has reached its hard budget: new tasks
-    /// are refused (tasks already queued still run).
-    #[error(
-        "tenant {tenant} has spent {} of its hard budget of {} for {period}; new tasks are refused until the budget is raised or the period ends",
-        crate::engine::budget::format_micros(*spent),
-        crate::engine::budget::format_micros(*limit)
-    )]
-    BudgetExceeded {
-        /// Whose budget.
-        tenant: TenantId,
-        /// The period (UTC month, e.g. `2026-11`).
-        period: String,
-        /// Spent so far in the period, in micros.
-        spent: Micros,
-        /// The hard limit, in micros.
-        limit: Micros,
     },
     /// Any other backend failure.
     #[error("{backend} store error: {source}")]

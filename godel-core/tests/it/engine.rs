@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use godel_core::adapter::{AbortMode, Adapter, AdapterError, AgentSession, Outcome, OutputSink, WorkDir};
 use godel_core::adapter::{Cleanup, ProcessAdapter, ProcessConfig};
 use godel_core::event::{EventKind, OutputStream};
-use godel_core::store::{SessionQuery, SqliteStore, Store};
+use godel_core::store::{SessionQuery, SqliteStore, Store, TaskFilter};
 use godel_core::{
-    AgentConfig, AgentId, AgentKind, AgentStatus, CancellationToken, EngineConfig, ManualClock, NewTask, Orchestrator,
-    Priority, SchedulingPolicy, SessionState, Task, TaskErrorKind, TaskId, TaskStatus, Timestamp,
+    AgentConfig, AgentId, AgentKind, AgentStatus, CancellationToken, EngineConfig, EngineError, ManualClock, NewTask,
+    Orchestrator, Priority, SchedulingPolicy, SessionState, Task, TaskErrorKind, TaskId, TaskStatus, Timestamp,
 };
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -646,4 +646,56 @@ async fn bad_configuration_is_refused_with_the_field_named() {
         .unwrap_err();
     assert_eq!(err.field, "max_capacity");
     assert_eq!("fastest".parse::<SchedulingPolicy>().unwrap_err().field, "policy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_replays_are_published_and_woken() {
+    let config = EngineConfig { poll_interval: Duration::from_secs(3_600), ..fast_engine() };
+    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default())], config).await;
+    let mut events = h.orchestrator.subscribe(vec!["task.replayed".parse().unwrap()]);
+    h.start();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ready");
+    let script = format!("test -e {}", marker.display());
+    let mut failing = shell(&script);
+    failing.max_attempts = 1;
+    let first = h.orchestrator.submit(failing.clone()).await.unwrap().id;
+    let second = h.orchestrator.submit(failing).await.unwrap().id;
+    let settled = h.wait_terminal(&[first, second]).await;
+    assert!(settled.iter().all(|t| t.status == TaskStatus::DeadLetter), "{settled:?}");
+    std::fs::write(&marker, b"").unwrap();
+
+    // One by id, through the door: its event, and it runs without a poll.
+    let replayed = h.orchestrator.replay_dead_letter(first).await.unwrap();
+    assert_eq!(replayed.status, TaskStatus::Pending);
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
+    assert!(matches!(event.event.kind, EventKind::TaskReplayed { task, .. } if task == first), "{event:?}");
+    assert_eq!(h.wait_terminal(&[first]).await[0].status, TaskStatus::Completed);
+    assert!(matches!(
+        h.orchestrator.replay_dead_letter(first).await,
+        Err(EngineError::NotDeadLettered { status: TaskStatus::Completed, .. })
+    ));
+
+    // By filter: woken too.
+    assert_eq!(h.orchestrator.replay_dead_letters(&TaskFilter::default()).await.unwrap(), 1);
+    assert_eq!(h.wait_terminal(&[second]).await[0].status, TaskStatus::Completed);
+
+    // A retry of a completed task is an invalid transition; of a missing one, not found.
+    assert!(matches!(h.orchestrator.retry(first).await, Err(EngineError::InvalidTransition { .. })));
+    assert!(matches!(h.orchestrator.retry(TaskId::new()).await, Err(EngineError::TaskNotFound(_))));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn agent_commands_report_by_meaning() {
+    let h = Harness::new(vec![process_agent("a", ProcessConfig::default())], fast_engine()).await;
+    let nobody = AgentId::new("nobody").unwrap();
+    assert!(matches!(h.orchestrator.remove_agent(&nobody), Err(EngineError::AgentNotFound(id)) if id == nobody));
+    assert!(matches!(h.orchestrator.agent_heartbeat(&nobody), Err(EngineError::AgentNotFound(_))));
+    assert!(matches!(h.orchestrator.set_capacity(&nobody, 2), Err(EngineError::AgentNotFound(_))));
+    let again = process_agent("a", ProcessConfig::default());
+    assert!(matches!(h.orchestrator.add_agent(again), Err(EngineError::AgentExists(id)) if id.as_str() == "a"));
+    let removed = h.orchestrator.remove_agent(&AgentId::new("a").unwrap()).unwrap();
+    assert_eq!(removed.id.as_str(), "a");
+    assert!(h.orchestrator.agents().is_empty());
 }

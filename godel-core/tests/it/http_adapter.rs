@@ -12,7 +12,7 @@ use godel_core::engine::{Budget, Budgets};
 use godel_core::event::{EventKind, OutputStream};
 use godel_core::store::{SqliteStore, Store, StoreError};
 use godel_core::{
-    AgentConfig, AgentId, AgentKind, CancellationToken, EngineConfig, EventPattern, NewTask, Orchestrator,
+    AgentConfig, AgentId, AgentKind, CancellationToken, EngineConfig, EngineError, EventPattern, NewTask, Orchestrator,
     Subscription, Task, TaskErrorKind, TaskId, TaskStatus, TenantId, Timestamp,
 };
 use godel_fakes::openai::{FakeOpenAi, Reply};
@@ -449,7 +449,7 @@ async fn past_the_hard_limit_new_tasks_are_refused_and_queued_ones_finish() {
 
     let refused = h.orchestrator.submit(prompt("four")).await.unwrap_err();
     match &refused {
-        StoreError::BudgetExceeded { tenant, spent, limit, period } => {
+        EngineError::BudgetExceeded { tenant, spent, limit, period } => {
             assert_eq!((tenant, *spent, *limit, period), (&acme, 3 * COST, 100, &this_month()));
         }
         other => panic!("expected BudgetExceeded, got {other:?}"),
@@ -457,8 +457,8 @@ async fn past_the_hard_limit_new_tasks_are_refused_and_queued_ones_finish() {
     assert!(!refused.is_retryable());
     let message = refused.to_string();
     assert!(message.contains("acme") && message.contains("0.000192") && message.contains("0.0001"), "{message}");
-    assert!(matches!(h.orchestrator.enqueue(prompt("five")).await, Err(StoreError::BudgetExceeded { .. })));
-    assert!(matches!(h.orchestrator.submit_batch(vec![prompt("six")]).await, Err(StoreError::BudgetExceeded { .. })));
+    assert!(matches!(h.orchestrator.enqueue(prompt("five")).await, Err(EngineError::BudgetExceeded { .. })));
+    assert!(matches!(h.orchestrator.submit_batch(vec![prompt("six")]).await, Err(EngineError::BudgetExceeded { .. })));
     assert_eq!(fake.requests("gpt-a"), 3, "nothing refused reached the endpoint");
 
     // Another tenant on the same store has its own spend.
@@ -494,7 +494,7 @@ async fn spend_is_shared_by_orchestrators_on_one_store() {
     // a refuses because of what b spent.
     assert!(matches!(
         a.orchestrator.submit(prompt("refused")).await,
-        Err(StoreError::BudgetExceeded { spent, .. }) if spent == 2 * COST
+        Err(EngineError::BudgetExceeded { spent, .. }) if spent == 2 * COST
     ));
     a.stop().await;
     b.stop().await;

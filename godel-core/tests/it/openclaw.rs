@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godel_core::adapter::openclaw::{
-    DeviceIdentity, GatewayAuth, GatewayConfig, GatewayState, GatewayTiming, OpenclawRegistry,
+    DeviceIdentity, GatewayAuth, GatewayConfig, GatewaySnapshot, GatewayState, GatewayTiming, OpenclawRegistry,
 };
 use godel_core::event::OutputStream;
 use godel_core::store::{MemoryStore, Store};
@@ -84,7 +84,7 @@ impl Fleet {
         let registry = OpenclawRegistry::new(device);
         let mut builder = Orchestrator::builder(store).config(engine_config());
         for g in gateways {
-            builder = builder.agent(registry.add(g).unwrap());
+            builder = builder.agent(registry.add(g).unwrap().into());
         }
         let orchestrator = builder.build().unwrap();
         let shutdown = CancellationToken::new();
@@ -93,6 +93,26 @@ impl Fleet {
             async move { o.run(s).await }
         });
         Self { orchestrator, registry, shutdown, engine: Some(engine) }
+    }
+
+    /// Connects to a gateway and registers its agent, as the server does:
+    /// the registry never calls the engine itself.
+    fn attach(&self, config: GatewayConfig) -> Result<GatewaySnapshot, String> {
+        let name = config.name.clone();
+        let gateway = self.registry.add(config).map_err(|e| e.to_string())?;
+        if let Err(e) = self.orchestrator.add_agent(gateway.into()) {
+            self.registry.remove(&name);
+            return Err(e.to_string());
+        }
+        self.registry.get(&name).ok_or_else(|| "vanished".to_owned())
+    }
+
+    /// Deregisters a gateway's agent and stops its connection.
+    fn detach(&self, name: &str) -> Result<(), String> {
+        let gateway = self.registry.get(name).ok_or_else(|| format!("no gateway {name}"))?;
+        let _ = self.orchestrator.remove_agent(&gateway.agent);
+        self.registry.remove(name);
+        Ok(())
     }
 
     async fn submit(&self, task: NewTask) -> TaskId {
@@ -494,12 +514,12 @@ async fn a_gateway_restarted_mid_run_runs_it_again_under_the_same_key() {
 async fn gateways_are_added_and_removed_at_runtime() {
     let fake = FakeGateway::start(fake_config()).await.unwrap();
     let fleet = Fleet::start(vec![]).await;
-    let snapshot = fleet.registry.attach(&fleet.orchestrator, gateway("late", &fake)).unwrap();
+    let snapshot = fleet.attach(gateway("late", &fake)).unwrap();
     assert_eq!(snapshot.agent.as_str(), "gateway-late");
-    assert!(fleet.registry.attach(&fleet.orchestrator, gateway("late", &fake)).is_err(), "names are unique");
+    assert!(fleet.attach(gateway("late", &fake)).is_err(), "names are unique");
     let id = fleet.submit(NewTask::prompt("x")).await;
     assert_eq!(fleet.settled(id).await.status, TaskStatus::Completed);
-    fleet.registry.detach(&fleet.orchestrator, "late").unwrap();
+    fleet.detach("late").unwrap();
     assert!(fleet.registry.list().is_empty());
     wait_until("the connection to close", || async { fake.connections() == 0 }).await;
     fleet.stop().await;

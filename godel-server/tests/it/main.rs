@@ -7,3 +7,4 @@ mod instances;
 mod openapi;
 mod shutdown;
 mod support;
+mod writes;

@@ -1,7 +1,7 @@
 //! `openapi.json` checked against the running server.
 //!
 //! The routes come from two sources that must both agree with the document:
-//! the `warp::path!` declarations in `src/api.rs` (so a route added there
+//! the `warp::path!` declarations in `src/routes/` (so a route added there
 //! without being documented fails here, before anyone reads the scenario),
 //! and requests sent to a real server. Every documented operation must
 //! answer a real request with success, every path/method pair the document
@@ -24,8 +24,23 @@ use crate::support::TestServer;
 /// The document compiled into the server; the test also checks that
 /// `/openapi.json` serves exactly this.
 const DOCUMENT: &str = include_str!("../../openapi.json");
-/// The routes' source, scanned for the paths and methods it serves.
-const API_SOURCE: &str = include_str!("../../src/api.rs");
+/// The route files serving resources under `/api/v1`, scanned for the paths
+/// and methods they declare.
+const API_SOURCES: [&str; 6] = [
+    include_str!("../../src/routes/tasks.rs"),
+    include_str!("../../src/routes/queue.rs"),
+    include_str!("../../src/routes/dead_letters.rs"),
+    include_str!("../../src/routes/agents.rs"),
+    include_str!("../../src/routes/sessions.rs"),
+    include_str!("../../src/routes/instances.rs"),
+];
+/// The route files serving paths at the root (and the workers' socket).
+const ROOT_SOURCES: [&str; 4] = [
+    include_str!("../../src/routes/mod.rs"),
+    include_str!("../../src/routes/health.rs"),
+    include_str!("../../src/routes/metrics.rs"),
+    include_str!("../../src/routes/events.rs"),
+];
 /// The methods the document may use for operations, lowercase as in OpenAPI.
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 /// Stands in for `{id}` when probing paths; valid as a task, session and agent id.
@@ -54,17 +69,17 @@ async fn the_document_matches_the_server() {
     api.call(Method::GET, "/openapi.json", None, 200).await;
 
     // What the code declares is what the document describes.
-    let declared = routes_in_source(API_SOURCE);
+    let declared = declared_routes();
     let documented = api.spec.routes();
     assert_eq!(
         declared.difference(&documented).collect::<Vec<_>>(),
         Vec::<&Route>::new(),
-        "routes declared in src/api.rs but missing from openapi.json"
+        "routes declared in src/routes/ but missing from openapi.json"
     );
     assert_eq!(
         documented.difference(&declared).collect::<Vec<_>>(),
         Vec::<&Route>::new(),
-        "routes in openapi.json that src/api.rs does not declare"
+        "routes in openapi.json that src/routes/ does not declare"
     );
 
     scenario(&mut api).await;
@@ -768,13 +783,21 @@ impl Spec {
     }
 }
 
-/// The routes `src/api.rs` declares with `warp::path!`, each with the method
-/// filter of its statement; the ones in `api_routes` live under `/api/v1`.
-/// Panics on a declaration it cannot read, so a new shape of route cannot
-/// slip past unnoticed.
-fn routes_in_source(source: &str) -> BTreeSet<Route> {
-    let api_start = source.find("fn api_routes(").expect("api.rs defines api_routes");
-    let api_end = api_start + source[api_start..].find("\n}\n").expect("api_routes ends");
+/// The routes `src/routes/` declares with `warp::path!`: those of the
+/// resource files live under `/api/v1`, the others at the root.
+fn declared_routes() -> BTreeSet<Route> {
+    let api = API_SOURCES.iter().map(|source| ("/api/v1", *source));
+    let root = ROOT_SOURCES.iter().map(|source| ("", *source));
+    let routes: BTreeSet<Route> =
+        api.chain(root).flat_map(|(prefix, source)| routes_in_source(source, prefix)).collect();
+    assert!(routes.len() > 20, "found only {} routes in src/routes/; has its shape changed?", routes.len());
+    routes
+}
+
+/// The routes one file declares with `warp::path!`, each with the method
+/// filter of its statement, under `prefix`. Panics on a declaration it
+/// cannot read, so a new shape of route cannot slip past unnoticed.
+fn routes_in_source(source: &str, prefix: &str) -> BTreeSet<Route> {
     let mut routes = BTreeSet::new();
     for (at, macro_call) in source.match_indices("warp::path!(") {
         let rest = &source[at + macro_call.len()..];
@@ -804,10 +827,8 @@ fn routes_in_source(source: &str) -> BTreeSet<Route> {
                 _ => panic!("cannot tell the method of warp::path!({args}): {statement}"),
             }
         };
-        let prefix = if (api_start..api_end).contains(&at) { "/api/v1" } else { "" };
         routes.insert((method, format!("{prefix}/{}", path.join("/"))));
     }
-    assert!(routes.len() > 20, "found only {} routes in api.rs; has its shape changed?", routes.len());
     routes
 }
 

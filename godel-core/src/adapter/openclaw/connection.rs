@@ -28,6 +28,7 @@ use crate::adapter::openclaw::protocol::{
     PROTOCOL_MIN, ROLE, Request, Response, SCOPES, SignatureInput, signature_payload, str_at,
 };
 use crate::adapter::openclaw::{GatewayAuth, GatewayConfig, GatewayState};
+use crate::clock::Clock;
 use crate::time::Timestamp;
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -98,6 +99,8 @@ pub(crate) struct RunEvent {
 pub(crate) struct Shared {
     pub(crate) config: GatewayConfig,
     device: DeviceIdentity,
+    /// Where "now" comes from (the owner's clock: time is an input here).
+    clock: Arc<dyn Clock>,
     status: Mutex<Status>,
     pending: Mutex<HashMap<String, Pending>>,
     runs: Mutex<HashMap<String, mpsc::UnboundedSender<RunEvent>>>,
@@ -114,12 +117,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(config: GatewayConfig, device: DeviceIdentity) -> (Arc<Self>, Connection) {
+    pub(crate) fn new(config: GatewayConfig, device: DeviceIdentity, clock: Arc<dyn Clock>) -> (Arc<Self>, Connection) {
         let (tx, rx) = mpsc::unbounded_channel();
         let device_token = crate::adapter::openclaw::device::load_token(&device, &config.name);
         let shared = Arc::new(Self {
             config,
             device,
+            clock,
             status: Mutex::new(Status {
                 state: GatewayState::Connecting,
                 message: None,
@@ -142,7 +146,7 @@ impl Shared {
     }
 
     pub(crate) fn touch_check(&self) {
-        lock(&self.status).last_check = Some(Timestamp::now());
+        lock(&self.status).last_check = Some(self.clock.now());
     }
 
     fn set_state(&self, state: GatewayState, message: Option<String>) {
@@ -423,7 +427,7 @@ impl Connection {
         let signed_at = challenge
             .get("ts")
             .and_then(Value::as_u64)
-            .unwrap_or_else(|| u64::try_from(Timestamp::now().as_millis()).unwrap_or(0));
+            .unwrap_or_else(|| u64::try_from(self.shared.clock.now().as_millis()).unwrap_or(0));
 
         let device_token = lock(&self.shared.status).device_token.clone();
         let auth = match &cfg.auth {

@@ -10,13 +10,16 @@
 //! - `adapter.rs`: [`OpenclawAdapter`] and its sessions: one gateway run per
 //!   task attempt, streamed output, abort, reconcile after a reconnect.
 //!
-//! One gateway is one engine agent ([`AgentKind::Openclaw`]): its capacity is
+//! One gateway is one engine agent (`AgentKind::Openclaw`): its capacity is
 //! 90% of the gateway's session limit (backpressure), its capabilities are
 //! the configured ones plus `agent:<id>` per hosted agent id and
 //! `region:<region>`, so the engine's scheduler does capability, least-loaded
 //! and affinity routing across gateways. [`OpenclawRegistry`] holds the
 //! connections, lists them as [`GatewaySnapshot`]s and adds or removes
-//! gateways at runtime.
+//! gateways at runtime; [`OpenclawRegistry::add`] hands back a [`Gateway`]
+//! (the adapter and what the scheduler routes by). The adapter never calls
+//! the engine: whoever owns both (the server) registers each gateway with
+//! the orchestrator and deregisters it when it removes it.
 
 mod adapter;
 mod connection;
@@ -37,8 +40,7 @@ pub use crate::adapter::openclaw::device::{DeviceError, DeviceIdentity};
 
 use crate::InvalidInput;
 use crate::adapter::openclaw::connection::Shared;
-use crate::agent::AgentKind;
-use crate::engine::{AgentConfig, Orchestrator};
+use crate::clock::{Clock, SystemClock};
 use crate::ids::AgentId;
 use crate::time::Timestamp;
 
@@ -325,6 +327,24 @@ fn snapshot(shared: &Shared) -> GatewaySnapshot {
     }
 }
 
+/// A gateway just added to an [`OpenclawRegistry`]: the adapter that runs
+/// tasks there and what the engine's agent standing for it routes by.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    /// The engine agent's id, `gateway-<name>`.
+    pub agent: AgentId,
+    /// The gateway's name (the agent's display name).
+    pub name: String,
+    /// Sessions Godel opens there at most (see [`GatewayConfig::capacity`]).
+    pub capacity: u32,
+    /// The capabilities the engine routes by.
+    pub capabilities: Vec<String>,
+    /// Where it runs.
+    pub region: Option<String>,
+    /// Runs tasks on the gateway.
+    pub adapter: Arc<OpenclawAdapter>,
+}
+
 /// The gateways Godel is connected to. Owns their connection tasks: they
 /// stop when [`OpenclawRegistry::shutdown`] is called or the registry drops.
 #[derive(Debug)]
@@ -333,6 +353,7 @@ pub struct OpenclawRegistry {
     /// Where the device key is loaded from on first use, for a lazy registry.
     state_dir: Option<PathBuf>,
     gateways: Mutex<BTreeMap<String, (Arc<Shared>, CancellationToken)>>,
+    clock: Arc<dyn Clock>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -352,11 +373,20 @@ impl OpenclawRegistry {
         Self::build(Some(state_dir.into()))
     }
 
+    /// Stamps gateway checks with `clock` instead of the system clock (give
+    /// it the orchestrator's clock). Call it before adding gateways.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     fn build(state_dir: Option<PathBuf>) -> Self {
         Self {
             device: OnceLock::new(),
             state_dir,
             gateways: Mutex::new(BTreeMap::new()),
+            clock: Arc::new(SystemClock),
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
         }
@@ -371,45 +401,27 @@ impl OpenclawRegistry {
         Ok(self.device.get_or_init(|| device))
     }
 
-    /// Starts connecting to a gateway and returns the engine agent standing for
-    /// it (give it to the orchestrator's builder or `add_agent`).
-    pub fn add(&self, config: GatewayConfig) -> Result<AgentConfig, InvalidInput> {
+    /// Starts connecting to a gateway and returns it, for its owner to
+    /// register with the engine (one agent per gateway). Names are unique.
+    pub fn add(&self, config: GatewayConfig) -> Result<Gateway, InvalidInput> {
         config.validate()?;
-        let id = config.agent_id()?;
+        let agent = config.agent_id()?;
         let mut gateways = self.gateways.lock().unwrap_or_else(PoisonError::into_inner);
         if gateways.contains_key(&config.name) {
             return Err(InvalidInput::new("name", format!("a gateway {} is already registered", config.name)));
         }
-        let (shared, connection) = Shared::new(config.clone(), self.device()?.clone());
+        let (shared, connection) = Shared::new(config.clone(), self.device()?.clone(), self.clock.clone());
         let cancel = self.cancel.child_token();
         self.tracker.spawn(connection.run(cancel.clone()));
         gateways.insert(config.name.clone(), (shared.clone(), cancel));
-        let mut agent = AgentConfig::new(id, AgentKind::Openclaw, Arc::new(OpenclawAdapter::new(shared)))
-            .capacity(config.capacity())
-            .capabilities(config.routing_capabilities());
-        agent.name = config.name;
-        agent.region = config.region;
-        Ok(agent)
-    }
-
-    /// Adds a gateway to a running orchestrator.
-    pub fn attach(&self, orchestrator: &Orchestrator, config: GatewayConfig) -> Result<GatewaySnapshot, InvalidInput> {
-        let name = config.name.clone();
-        let agent = self.add(config)?;
-        if let Err(e) = orchestrator.add_agent(agent) {
-            self.remove(&name);
-            return Err(e);
-        }
-        self.get(&name).ok_or_else(|| InvalidInput::new("name", "the gateway vanished while it was added"))
-    }
-
-    /// Removes a gateway from a running orchestrator: it takes no new work;
-    /// its connection stops. Runs still open there fail retryable and run again elsewhere.
-    pub fn detach(&self, orchestrator: &Orchestrator, name: &str) -> Result<(), InvalidInput> {
-        let shared = self.shared(name).ok_or_else(|| InvalidInput::new("name", format!("no gateway {name}")))?;
-        let _ = orchestrator.remove_agent(&shared.config.agent_id()?);
-        self.remove(name);
-        Ok(())
+        Ok(Gateway {
+            agent,
+            capacity: config.capacity(),
+            capabilities: config.routing_capabilities(),
+            name: config.name,
+            region: config.region,
+            adapter: Arc::new(OpenclawAdapter::new(shared)),
+        })
     }
 
     /// Stops a gateway's connection and forgets it; false if unknown.

@@ -1,0 +1,43 @@
+//! The reclaim sweep: makes tasks whose lease lapsed (on any engine sharing
+//! the store) ready again, dead-letters or cancels them, and publishes what
+//! moved for this engine's tenant.
+
+use crate::engine::Orchestrator;
+use crate::event::EventKind;
+use crate::task::{TaskError, TaskErrorKind, TaskStatus};
+
+/// Most leases reclaimed per sweep.
+const RECLAIM_BATCH: usize = 1_000;
+
+impl Orchestrator {
+    /// Sweeps lapsed leases (of any engine) and reports what moved.
+    pub(crate) async fn reclaim(&self) {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let reclaimed = match inner.store.reclaim_expired(now, RECLAIM_BATCH).await {
+            Ok(reclaimed) => reclaimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease sweep failed");
+                return;
+            }
+        };
+        for r in reclaimed.iter().filter(|r| r.tenant == inner.config.tenant) {
+            tracing::info!(task = %r.task, attempt = r.attempt, status = %r.status, "lease expired");
+            let error = TaskError::new(TaskErrorKind::LeaseExpired, format!("lease of attempt {} expired", r.attempt));
+            let kind = match r.status {
+                TaskStatus::Pending => EventKind::TaskRetrying { task: r.task, attempt: r.attempt, run_at: now, error },
+                TaskStatus::DeadLetter => EventKind::TaskDeadLettered {
+                    task: r.task,
+                    priority: r.priority,
+                    attempts: r.attempt,
+                    error: Some(error),
+                },
+                _ => EventKind::TaskCancelled { task: r.task, priority: r.priority },
+            };
+            inner.publish(kind);
+        }
+        if !reclaimed.is_empty() {
+            inner.wake.notify_one();
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The orchestrator's task commands: submit, cancel, kill, retry, replay
+//! dead letters, purge and terminate a session. They are the only way the
+//! server and the CLI change a task, so that each publishes its event, wakes
+//! the dispatcher when work became ready, and checks the budget before work
+//! is added, in one place.
+
+use crate::engine::{Control, EngineError, Orchestrator};
+use crate::event::EventKind;
+use crate::ids::{SessionId, TaskId};
+use crate::session::Session;
+use crate::store::{CancelOutcome, Enqueued, TaskFilter};
+use crate::task::{NewTask, Task, TaskStatus};
+use crate::time::Timestamp;
+
+impl Orchestrator {
+    /// Queues a task and wakes the dispatcher. With an idempotency key already
+    /// used, returns the first task unchanged.
+    pub async fn submit(&self, task: NewTask) -> Result<Task, EngineError> {
+        Ok(self.enqueue(task).await?.task)
+    }
+
+    /// Like [`Orchestrator::submit`], saying whether the task is new or an
+    /// earlier one returned for its idempotency key.
+    pub async fn enqueue(&self, task: NewTask) -> Result<Enqueued, EngineError> {
+        let inner = &self.inner;
+        inner.check_budget().await?;
+        let enqueued = inner.store.enqueue(&inner.config.tenant, task, inner.clock.now()).await?;
+        if enqueued.created {
+            inner.publish(EventKind::TaskCreated { task: enqueued.task.id, priority: enqueued.task.priority });
+            inner.wake.notify_one();
+        }
+        Ok(enqueued)
+    }
+
+    /// Queues many tasks in one transaction.
+    pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, EngineError> {
+        let inner = &self.inner;
+        inner.check_budget().await?;
+        let enqueued = inner.store.enqueue_batch(&inner.config.tenant, tasks, inner.clock.now()).await?;
+        for e in enqueued.iter().filter(|e| e.created) {
+            inner.publish(EventKind::TaskCreated { task: e.task.id, priority: e.task.priority });
+        }
+        inner.wake.notify_one();
+        Ok(enqueued.into_iter().map(|e| e.task).collect())
+    }
+
+    /// One task.
+    pub async fn get(&self, id: TaskId) -> Result<Task, EngineError> {
+        Ok(self.inner.store.get(&self.inner.config.tenant, id).await?)
+    }
+
+    /// Cancels a task: at once if pending; a running one is asked to stop
+    /// (SIGTERM, then killed after `kill_grace`), here or on whichever engine holds it.
+    pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, EngineError> {
+        self.stop(id, Control::Cancel).await
+    }
+
+    /// Like [`Orchestrator::cancel`] but skips the grace period.
+    pub async fn kill(&self, id: TaskId) -> Result<CancelOutcome, EngineError> {
+        self.stop(id, Control::Kill).await
+    }
+
+    async fn stop(&self, id: TaskId, control: Control) -> Result<CancelOutcome, EngineError> {
+        let inner = &self.inner;
+        let outcome = inner.store.cancel(&inner.config.tenant, id, inner.clock.now()).await?;
+        match outcome {
+            CancelOutcome::Cancelled => {
+                let priority = inner.store.get(&inner.config.tenant, id).await.map(|t| t.priority).unwrap_or_default();
+                inner.publish(EventKind::TaskCancelled { task: id, priority });
+            }
+            CancelOutcome::Requested => {
+                if let Some(running) = inner.lock_running().get(&id) {
+                    running.control.send_replace(control);
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Puts a dead-lettered, failed or cancelled task back in the queue with
+    /// a fresh set of attempts, publishes `task.replayed` and wakes the
+    /// dispatcher. Refused past the hard budget, like a submit.
+    pub async fn retry(&self, id: TaskId) -> Result<Task, EngineError> {
+        let inner = &self.inner;
+        inner.check_budget().await?;
+        let task = inner.store.replay(&inner.config.tenant, id, inner.clock.now()).await?;
+        inner.publish(EventKind::TaskReplayed { task: task.id, priority: task.priority });
+        inner.wake.notify_one();
+        Ok(task)
+    }
+
+    /// Like [`Orchestrator::retry`], for a dead-lettered task only: any other
+    /// status gives [`EngineError::NotDeadLettered`].
+    pub async fn replay_dead_letter(&self, id: TaskId) -> Result<Task, EngineError> {
+        let inner = &self.inner;
+        // Two store calls: between them a dead letter can only leave that
+        // status through another replay (or a purge), and the store's replay
+        // refuses a task that is no longer terminal, so of two racing replays
+        // one wins and the other gets InvalidTransition. A task replayed, run
+        // and failed again inside that window would be replayed once more;
+        // closing it needs a replay conditioned on the status in the store.
+        let task = inner.store.get(&inner.config.tenant, id).await?;
+        if task.status != TaskStatus::DeadLetter {
+            return Err(EngineError::NotDeadLettered { task: id, status: task.status });
+        }
+        self.retry(id).await
+    }
+
+    /// Replays every dead letter matching `filter` (its `statuses` must be
+    /// empty or exactly `[dead_letter]`) in one store call, publishes
+    /// `system.dead_letters_replayed` with the count when there were any, and
+    /// wakes the dispatcher. Returns how many were replayed.
+    pub async fn replay_dead_letters(&self, filter: &TaskFilter) -> Result<u64, EngineError> {
+        let inner = &self.inner;
+        inner.check_budget().await?;
+        let replayed = inner.store.replay_dead_letters(&inner.config.tenant, filter, inner.clock.now()).await?;
+        if replayed > 0 {
+            inner.publish(EventKind::System {
+                name: "dead_letters_replayed".into(),
+                message: format!("{replayed} dead-lettered tasks replayed"),
+            });
+            inner.wake.notify_one();
+        }
+        Ok(replayed)
+    }
+
+    /// Deletes a finished task and its output. A task still queued or running
+    /// gives [`EngineError::InvalidTransition`].
+    pub async fn purge(&self, id: TaskId) -> Result<(), EngineError> {
+        Ok(self.inner.store.purge(&self.inner.config.tenant, id).await?)
+    }
+
+    /// Deletes finished tasks matching `filter` (terminal statuses only; none
+    /// means every terminal status) that finished before `finished_before`.
+    /// Returns how many were deleted.
+    pub async fn purge_finished(&self, filter: &TaskFilter, finished_before: Timestamp) -> Result<u64, EngineError> {
+        Ok(self.inner.store.purge_finished(&self.inner.config.tenant, filter, finished_before).await?)
+    }
+
+    /// Ends a session by killing the task it runs (see [`Orchestrator::kill`]).
+    /// Returns the session as it was and the task. A session that has ended
+    /// gives [`EngineError::SessionEnded`].
+    pub async fn terminate_session(&self, id: SessionId) -> Result<(Session, TaskId), EngineError> {
+        let session = self.inner.store.get_session(&self.inner.config.tenant, id).await?;
+        let task = match session.task {
+            Some(task) if !session.state.is_terminal() => task,
+            _ => return Err(EngineError::SessionEnded { session: session.id, state: session.state }),
+        };
+        self.kill(task).await?;
+        Ok((session, task))
+    }
+}

@@ -1,0 +1,42 @@
+//! `/events`: the WebSocket upgrade, with its query (`since`, `epoch`,
+//! `patterns`) checked before it; the protocol itself is `crate::events`.
+
+use std::sync::Arc;
+
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::{Params, raw_query, with};
+
+pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
+    warp::path!("events")
+        .and(warp::ws())
+        .and(raw_query())
+        .and(with(state.clone()))
+        .map(|ws: warp::ws::Ws, query: String, state: Arc<AppState>| -> Response {
+            let (resume, patterns) = match events_params(&query) {
+                Ok(params) => params,
+                Err(e) => return e.into_response(),
+            };
+            let tracker = state.connections.clone();
+            ws.on_upgrade(move |socket| tracker.track_future(crate::events::serve(socket, state, resume, patterns)))
+                .into_response()
+        })
+        .boxed()
+}
+
+fn events_params(query: &str) -> ApiResult<(crate::events::Resume, Vec<godel_core::EventPattern>)> {
+    let params = Params::parse(query, &["since", "epoch", "patterns"])?;
+    let since = params
+        .get("since")
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| ApiError::invalid(format!("invalid since: expected a sequence number, got {s:?}")))
+        })
+        .transpose()?;
+    let patterns = crate::events::parse_patterns(params.get("patterns").unwrap_or("")).map_err(ApiError::invalid)?;
+    Ok((crate::events::Resume { since, epoch: params.get("epoch").map(str::to_owned) }, patterns))
+}

@@ -1,0 +1,29 @@
+//! `/metrics`: the Prometheus (OpenMetrics) text, with the queue depth read
+//! at scrape time.
+
+use std::sync::Arc;
+
+use godel_core::Timestamp;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::header;
+use warp::reply::Response;
+
+use crate::AppState;
+use crate::error::ApiResult;
+use crate::routes::{respond, with};
+
+pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
+    warp::path!("metrics").and(warp::get()).and(with(state.clone())).then(|s| respond(metrics(s))).boxed()
+}
+
+async fn metrics(state: Arc<AppState>) -> ApiResult {
+    let depth = state.store().depth(&state.tenant(), Timestamp::now()).await?;
+    let text = state.metrics.render(&depth, &state.orchestrator.agents());
+    let mut reply = Response::new(text.into());
+    reply.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(reply)
+}
