@@ -2,18 +2,18 @@
 
 use std::time::Duration;
 
-use godel_core::{SessionId, SessionState, TaskId};
+use godel_wire::{
+    Agent, Cancelled, ErrorEnvelope, Health, Instance, InstanceHealth, Page, Priority, QueueDepth, QueueHealth,
+    RegisterAgent, RegisterInstance, ReplayDeadLetters, Replayed, Session, SessionId, SessionState, SubmitBatch,
+    SubmitTask, Task, TaskEvent, TaskId, TaskStatus, Timestamp,
+};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::EventStream;
-use crate::types::{
-    Agent, Cancelled, Health, Instance, InstanceHealth, ListTasks, Page, QueueDepth, QueueHealth, RegisterAgent,
-    RegisterInstance, Session, SubmitTask, Task, TaskEvent,
-};
 
 /// The address a client uses when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7373";
@@ -38,6 +38,64 @@ impl Default for ClientOptions {
     /// 30 s per request, 5 s to connect.
     fn default() -> Self {
         Self { timeout: Duration::from_secs(30), connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Which tasks [`crate::Client::tasks`] lists.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct ListTasks {
+    /// Page size, 1 to 100 (server default 20).
+    pub limit: Option<usize>,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
+    /// Any of these statuses.
+    pub status: Vec<TaskStatus>,
+    /// Any of these priorities.
+    pub priority: Vec<Priority>,
+    /// Held or last held by this agent.
+    pub agent_id: Option<String>,
+    /// Children of this task.
+    pub parent_id: Option<TaskId>,
+    /// Created at or after.
+    pub created_after: Option<Timestamp>,
+    /// Created before.
+    pub created_before: Option<Timestamp>,
+}
+
+impl ListTasks {
+    pub(crate) fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        let join = |items: Vec<&str>| items.join(",");
+        if let Some(limit) = self.limit {
+            q.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &self.cursor {
+            q.push(("cursor", cursor.clone()));
+        }
+        if self.newest_first {
+            q.push(("sort", "-created_at".to_owned()));
+        }
+        if !self.status.is_empty() {
+            q.push(("status", join(self.status.iter().map(|s| s.as_str()).collect())));
+        }
+        if !self.priority.is_empty() {
+            q.push(("priority", join(self.priority.iter().map(|p| p.as_str()).collect())));
+        }
+        if let Some(agent) = &self.agent_id {
+            q.push(("agent_id", agent.clone()));
+        }
+        if let Some(parent) = self.parent_id {
+            q.push(("parent_id", parent.to_string()));
+        }
+        if let Some(t) = self.created_after {
+            q.push(("created_after", t.to_string()));
+        }
+        if let Some(t) = self.created_before {
+            q.push(("created_before", t.to_string()));
+        }
+        q
     }
 }
 
@@ -92,11 +150,8 @@ impl Client {
 
     /// Submits many tasks in one transaction (all or none).
     pub async fn submit_batch(&self, tasks: &[SubmitTask]) -> Result<Vec<Task>> {
-        #[derive(serde::Deserialize)]
-        struct Created {
-            tasks: Vec<Task>,
-        }
-        let created: Created = self.send(Method::POST, "/api/v1/tasks/batch", Some(&json!({ "tasks": tasks }))).await?;
+        let batch = SubmitBatch { tasks: tasks.to_vec() };
+        let created: SubmitBatch<Task> = self.send(Method::POST, "/api/v1/tasks/batch", Some(&batch)).await?;
         Ok(created.tasks)
     }
 
@@ -158,10 +213,10 @@ impl Client {
     }
 
     /// Replays every dead-lettered task of these priorities (all if empty); returns how many.
-    pub async fn replay_dead_letters(&self, priorities: &[godel_core::Priority]) -> Result<u64> {
-        let body = json!({ "priority": priorities });
-        let reply: Value = self.send(Method::POST, "/api/v1/dead-letters/replay", Some(&body)).await?;
-        reply["replayed"].as_u64().ok_or_else(|| self.protocol("replay answer without `replayed`"))
+    pub async fn replay_dead_letters(&self, priorities: &[Priority]) -> Result<u64> {
+        let body = ReplayDeadLetters { priority: priorities.to_vec(), ..ReplayDeadLetters::default() };
+        let reply: Replayed = self.send(Method::POST, "/api/v1/dead-letters/replay", Some(&body)).await?;
+        Ok(reply.replayed)
     }
 
     /// Every dead-lettered task as NDJSON, one task per line.
@@ -336,12 +391,12 @@ impl Client {
 async fn api_error(response: reqwest::Response, url: &str) -> Error {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
-    match serde_json::from_str::<Value>(&text) {
-        Ok(body) if body["error"]["code"].is_string() => Error::Api {
+    match serde_json::from_str::<ErrorEnvelope>(&text) {
+        Ok(ErrorEnvelope { error }) => Error::Api {
             status,
-            code: ErrorCode::parse(body["error"]["code"].as_str().unwrap_or_default()),
-            message: body["error"]["message"].as_str().unwrap_or_default().to_owned(),
-            retryable: body["error"]["retryable"].as_bool().unwrap_or(false),
+            code: ErrorCode::parse(&error.code),
+            message: error.message,
+            retryable: error.retryable,
         },
         _ => Error::Protocol {
             url: url.to_owned(),

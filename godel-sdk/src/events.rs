@@ -27,11 +27,10 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{SinkExt, Stream, StreamExt};
-use serde_json::{Value, json};
+use godel_wire::{ClientFrame, Control, Event, ServerMessage};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::error::{Error, Result};
-use crate::types::Event;
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -195,8 +194,18 @@ impl State {
                 }
                 _ => continue,
             };
-            let Ok(value) = serde_json::from_str::<Value>(text.as_str()) else { continue };
-            if let Some(signal) = self.handle(value) {
+            let message = match serde_json::from_str::<ServerMessage>(text.as_str()) {
+                Ok(message) => message,
+                // Not a frame at all (no `type`): nothing to act on.
+                Err(_) if !has_type(text.as_str()) => continue,
+                Err(e) => {
+                    return Signal::Item(Err(Error::Protocol {
+                        url: format!("{}/events", self.base),
+                        message: format!("{e}: {text}"),
+                    }));
+                }
+            };
+            if let Some(signal) = self.handle(message) {
                 return signal;
             }
         }
@@ -224,8 +233,9 @@ impl State {
         }
         match tokio_tungstenite::connect_async(url.as_str()).await {
             Ok((mut socket, _)) => {
-                let subscribe = json!({"action": "subscribe", "patterns": self.patterns});
-                if socket.send(Message::text(subscribe.to_string())).await.is_err() {
+                let subscribe = ClientFrame::Subscribe { patterns: self.patterns.clone() };
+                let subscribe = serde_json::to_string(&subscribe).expect("client frames serialize");
+                if socket.send(Message::text(subscribe)).await.is_err() {
                     self.failures += 1;
                     return Ok(());
                 }
@@ -242,13 +252,12 @@ impl State {
 
     /// One server message: an event to deliver, an error to report, a
     /// confirmation, or nothing.
-    fn handle(&mut self, value: Value) -> Option<Signal> {
+    fn handle(&mut self, message: ServerMessage) -> Option<Signal> {
         let item = |item: Result<Event>| Some(Signal::Item(item));
-        match value["type"].as_str() {
-            Some("welcome") => {
+        match message {
+            ServerMessage::Control(Control::Welcome { seq, epoch, .. }) => {
                 self.failures = 0;
-                let epoch = value["epoch"].as_str().map(str::to_owned);
-                let seq = value["seq"].as_u64().unwrap_or(0);
+                let epoch = Some(epoch);
                 self.welcome_seq = seq;
                 let restarted = self.epoch.is_some() && epoch != self.epoch;
                 // Numbering behind where we resume: a run the epoch could not
@@ -278,53 +287,42 @@ impl State {
                 self.last_seq.get_or_insert(seq);
                 None
             }
-            Some("subscribed") => Some(Signal::Subscribed),
-            Some("pong") => None,
-            Some("lagged") => {
+            ServerMessage::Control(Control::Subscribed { .. }) => Some(Signal::Subscribed),
+            ServerMessage::Control(Control::Pong { .. }) => None,
+            ServerMessage::Control(Control::Lagged { missed, .. }) => {
                 // The server skipped events on this connection; a new one
                 // resumes after the last event delivered and gets them from
                 // the replay window, or hears that they are gone.
-                tracing::debug!(missed = value["missed"].as_u64(), "event stream lagged; reconnecting to resume");
+                tracing::debug!(missed, "event stream lagged; reconnecting to resume");
                 self.socket = None;
                 None
             }
-            Some("replay_unavailable") => {
-                let missed = match (value["since"].as_u64(), value["oldest"].as_u64()) {
+            ServerMessage::Control(Control::ReplayUnavailable { since, oldest, message }) => {
+                let missed = match (since, oldest) {
                     (Some(since), Some(oldest)) if oldest > since + 1 => oldest - since - 1,
                     _ => 0,
                 };
                 // The server now streams live events; a later reconnect
                 // resumes from where this connection went live.
                 self.last_seq = Some(self.welcome_seq);
-                item(Err(Error::EventsMissed {
-                    missed,
-                    message: value["message"].as_str().unwrap_or("replay unavailable").to_owned(),
-                }))
+                item(Err(Error::EventsMissed { missed, message }))
             }
-            Some("error") => {
+            ServerMessage::Control(Control::Error { message, .. }) => {
                 self.finished = true;
-                item(Err(Error::Protocol {
-                    url: format!("{}/events", self.base),
-                    message: value["message"].as_str().unwrap_or("event stream error").to_owned(),
-                }))
+                item(Err(Error::Protocol { url: format!("{}/events", self.base), message }))
             }
-            Some(_) => {
-                let event: Event = match serde_json::from_value(value) {
-                    Ok(event) => event,
-                    Err(e) => {
-                        return item(Err(Error::Protocol {
-                            url: format!("{}/events", self.base),
-                            message: e.to_string(),
-                        }));
-                    }
-                };
+            ServerMessage::Event(event) => {
                 if self.last_seq.is_some_and(|last| event.seq <= last) {
                     return None; // already delivered before a reconnect
                 }
                 self.last_seq = Some(event.seq);
                 item(Ok(event))
             }
-            None => None,
         }
     }
+}
+
+/// Whether `text` is a JSON object with a `type`, i.e. meant as a frame.
+fn has_type(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v["type"].is_string())
 }

@@ -5,6 +5,18 @@
 //! [`docs/sdk.md`](https://github.com/godel-rs/godel/blob/main/docs/sdk.md)
 //! in the repository.
 //!
+//! # Features
+//!
+//! The default build is the client alone: HTTP (reqwest with rustls), the
+//! `/events` WebSocket and the API's types from `godel-wire`. It compiles
+//! no database driver.
+//!
+//! - `embed`: the `embed` module, to run the orchestrator in-process, with
+//!   the memory and SQLite stores; `postgres`, `redis`, `openclaw` and `http`
+//!   add those store backends and adapters (each implies `embed`);
+//! - `worker`: the `worker` module, the remote worker runtime that
+//!   `godel worker` runs.
+//!
 //! # Talking to a server
 //!
 //! [`Client`] has one method per API route, typed requests and responses,
@@ -13,8 +25,7 @@
 //!
 //! ```
 //! use futures::StreamExt;
-//! use godel_sdk::embed::{Priority, TaskStatus};
-//! use godel_sdk::{Client, SubmitTask};
+//! use godel_sdk::{Client, Priority, SubmitTask, TaskStatus};
 //!
 //! # async fn example(url: String) -> Result<(), godel_sdk::Error> {
 //! let client = Client::new("http://127.0.0.1:7373")?;
@@ -37,10 +48,11 @@
 //!
 //! # Embedding
 //!
-//! [`embed`] re-exports what a program needs to run the orchestrator
-//! in-process: the store, the engine, adapters and events.
+//! With the `embed` feature, `embed` re-exports what a program needs to run
+//! the orchestrator in-process: the store, the engine, adapters and events.
 //!
 //! ```
+//! # #[cfg(feature = "embed")] {
 //! use std::sync::Arc;
 //! use godel_sdk::embed::{store, AgentConfig, AgentId, AgentKind, CancellationToken, NewTask, NoopAdapter, Orchestrator};
 //!
@@ -61,23 +73,27 @@
 //! engine.await??;
 //! # Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
 //! # }).unwrap();
+//! # }
 //! ```
 
 mod client;
 mod error;
 mod events;
-mod types;
+#[cfg(feature = "worker")]
 pub mod worker;
 
-pub use crate::client::{Client, ClientOptions, DEFAULT_SERVER, ListSessions};
+pub use crate::client::{Client, ClientOptions, DEFAULT_SERVER, ListSessions, ListTasks};
 pub use crate::error::{Error, ErrorCode, Result};
 pub use crate::events::EventStream;
-pub use crate::types::{
-    Agent, AgentSummary, CancelOutcome, Cancelled, Event, Health, Instance, InstanceHealth, ListTasks, Page,
-    QueueDepth, QueueHealth, RegisterAgent, RegisterInstance, Session, StoreHealth, SubmitTask, Task, TaskEvent,
+/// The API's shapes, shared with the server through `godel-wire`.
+pub use godel_wire::{
+    Agent, AgentKind, AgentStatus, AgentSummary, CancelOutcome, Cancelled, Event, Health, Instance, InstanceHealth,
+    Page, Priority, QueueDepth, QueueHealth, RegisterAgent, RegisterInstance, Session, SessionId, SessionState,
+    StoreHealth, SubmitTask, Task, TaskError, TaskErrorKind, TaskEvent, TaskId, TaskStatus, Timestamp,
 };
 
-/// Everything a program needs to run Godel in-process.
+/// Everything a program needs to run Godel in-process (feature `embed`).
+#[cfg(feature = "embed")]
 pub mod embed {
     pub use godel_core::adapter::{
         self, AbortMode, Adapter, AdapterError, AgentSession, NoopAdapter, Outcome, OutputSink, ProcessAdapter,

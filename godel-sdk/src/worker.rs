@@ -12,18 +12,19 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use godel_core::adapter::{AbortMode, Adapter, OutputSink, ProcessAdapter, ProcessConfig};
-use godel_core::{
-    CancellationToken, NewTask, Outcome, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskPayload, TaskStatus,
-    TenantId, Timestamp,
-};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use godel_core::adapter::{AbortMode, Adapter, OutputSink, ProcessAdapter};
+use godel_core::{NewTask, Outcome, Task, TaskError, TaskErrorKind, TaskStatus, TenantId, Timestamp};
+use godel_wire::worker::{Assignment, RunOutcome, RunRef, ServerFrame, WorkerFrame};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::error::{Error, Result};
+
+/// What [`WorkerOptions`] and [`Worker::run`] take, for programs built
+/// without the `embed` feature.
+pub use godel_core::CancellationToken;
+pub use godel_core::adapter::{ProcessConfig, WorkDir};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -63,50 +64,6 @@ pub struct Worker {
     ws_url: String,
 }
 
-/// A run as the server names it.
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
-struct RunRef {
-    task: TaskId,
-    attempt: u32,
-}
-
-/// What the server sends.
-#[derive(Deserialize, Debug)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum FromServer {
-    Welcome { agent: String, heartbeat_ms: u64 },
-    Assign { task: Assignment },
-    Abort { task: TaskId, attempt: u32, mode: String },
-    Drain,
-    Error { code: String, message: String },
-}
-
-#[derive(Deserialize, Debug)]
-struct Assignment {
-    id: TaskId,
-    attempt: u32,
-    priority: Priority,
-    payload: TaskPayload,
-    #[serde(default)]
-    capabilities: Vec<String>,
-    timeout_ms: Option<u64>,
-}
-
-impl Assignment {
-    fn into_task(self) -> Task {
-        let now = Timestamp::now();
-        let mut task = Task::pending(self.id, TenantId::default_tenant(), NewTask::prompt(""), now);
-        task.payload = self.payload;
-        task.priority = self.priority;
-        task.capabilities = self.capabilities;
-        task.attempt = self.attempt;
-        task.timeout = self.timeout_ms.map(Duration::from_millis);
-        task.status = TaskStatus::Running;
-        task.started_at = Some(now);
-        task
-    }
-}
-
 /// Runs this worker has that the server has not yet heard the end of, with
 /// the switch that aborts each.
 type Active = Arc<Mutex<HashMap<RunRef, watch::Sender<Option<AbortMode>>>>>;
@@ -118,7 +75,7 @@ fn lock(active: &Active) -> MutexGuard<'_, HashMap<RunRef, watch::Sender<Option<
 /// A frame for the server; `finished` frames end a run's life here once sent.
 #[derive(Debug)]
 struct Outgoing {
-    frame: Value,
+    frame: WorkerFrame,
     finishes: Option<RunRef>,
 }
 
@@ -183,7 +140,7 @@ impl Worker {
             };
             failures = 0;
             if draining {
-                let _ = send(&mut session.socket, &json!({"type": "drain"})).await;
+                let _ = send(&mut session.socket, &WorkerFrame::Drain).await;
             }
             // Outcomes that ended while disconnected go first.
             let mut lost = false;
@@ -208,7 +165,7 @@ impl Worker {
             let mut silent_ticks = 0;
             let ended = loop {
                 if draining && runs.is_empty() && lock(&active).is_empty() {
-                    let _ = send(&mut session.socket, &json!({"type": "bye"})).await;
+                    let _ = send(&mut session.socket, &WorkerFrame::Bye).await;
                     let _ = session.socket.close(None).await;
                     return Ok(WorkerExit::Drained);
                 }
@@ -216,7 +173,7 @@ impl Worker {
                     () = drain.cancelled(), if !draining => {
                         tracing::info!("draining: finishing the runs in hand, taking nothing new");
                         draining = true;
-                        if send(&mut session.socket, &json!({"type": "drain"})).await.is_err() {
+                        if send(&mut session.socket, &WorkerFrame::Drain).await.is_err() {
                             break "send failed";
                         }
                     }
@@ -251,8 +208,8 @@ impl Worker {
                             Some(Ok(Message::Close(_))) => break "closed by the server",
                             Some(Ok(_)) => continue,
                         };
-                        match serde_json::from_str::<FromServer>(&text) {
-                            Ok(FromServer::Assign { task }) => {
+                        match serde_json::from_str::<ServerFrame>(&text) {
+                            Ok(ServerFrame::Assign { task }) => {
                                 let run = RunRef { task: task.id, attempt: task.attempt };
                                 if draining {
                                     // Assigned before the server saw our drain: give it back as retryable.
@@ -265,24 +222,23 @@ impl Worker {
                                 }
                                 let (control, watch) = watch::channel(None);
                                 lock(&active).insert(run, control);
-                                runs.spawn(execute(self.adapter.clone(), task.into_task(), watch, out_tx.clone()));
+                                runs.spawn(execute(self.adapter.clone(), into_task(task), watch, out_tx.clone()));
                             }
-                            Ok(FromServer::Abort { task, attempt, mode }) => {
-                                let mode = if mode == "force" { AbortMode::Force } else { AbortMode::Graceful };
+                            Ok(ServerFrame::Abort { task, attempt, mode }) => {
                                 if let Some(control) = lock(&active).get(&RunRef { task, attempt }) {
-                                    control.send_replace(Some(mode));
+                                    control.send_replace(Some(AbortMode::from(mode)));
                                 }
                             }
-                            Ok(FromServer::Drain) => {
+                            Ok(ServerFrame::Drain) => {
                                 if !draining {
                                     tracing::info!("the server asked this worker to drain");
                                 }
                                 draining = true;
                             }
-                            Ok(FromServer::Error { code, message }) => {
+                            Ok(ServerFrame::Error { code, message }) => {
                                 tracing::warn!(code, message, "the server reported an error");
                             }
-                            Ok(FromServer::Welcome { .. }) => {}
+                            Ok(ServerFrame::Welcome { .. }) => {}
                             Err(e) => tracing::warn!(error = %e, frame = %text, "unexpected frame from the server"),
                         }
                     }
@@ -297,20 +253,19 @@ impl Worker {
         let (mut socket, _) =
             tokio_tungstenite::connect_async(self.ws_url.as_str()).await.map_err(|e| Refused::Retry(e.to_string()))?;
         let running: Vec<RunRef> = lock(active).keys().copied().collect();
-        let hello = json!({
-            "type": "hello",
-            "name": self.options.name,
-            "capabilities": self.options.capabilities,
-            "concurrency": self.options.concurrency,
-            "region": self.options.region,
-            "version": env!("CARGO_PKG_VERSION"),
-            "running": running,
-        });
+        let hello = WorkerFrame::Hello {
+            name: self.options.name.clone(),
+            capabilities: self.options.capabilities.clone(),
+            concurrency: self.options.concurrency,
+            region: self.options.region.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            running,
+        };
         send(&mut socket, &hello).await.map_err(|e| Refused::Retry(e.to_string()))?;
         let welcome = tokio::time::timeout(WELCOME_TIMEOUT, async {
             while let Some(message) = socket.next().await {
                 match message {
-                    Ok(Message::Text(text)) => return serde_json::from_str::<FromServer>(&text).ok(),
+                    Ok(Message::Text(text)) => return serde_json::from_str::<ServerFrame>(&text).ok(),
                     Ok(Message::Close(_)) | Err(_) => return None,
                     Ok(_) => {}
                 }
@@ -319,13 +274,13 @@ impl Worker {
         })
         .await;
         match welcome {
-            Ok(Some(FromServer::Welcome { agent, heartbeat_ms })) => {
+            Ok(Some(ServerFrame::Welcome { agent, heartbeat_ms, .. })) => {
                 tracing::info!(server = %self.options.server, agent, "connected");
                 Ok(Session { socket, heartbeat: Duration::from_millis(heartbeat_ms.max(100)) })
             }
             // Another connection by this name may still be closing on the server: retry.
-            Ok(Some(FromServer::Error { code, message })) if code == "conflict" => Err(Refused::Retry(message)),
-            Ok(Some(FromServer::Error { message, .. })) => Err(Refused::Fatal(Error::Protocol {
+            Ok(Some(ServerFrame::Error { code, message })) if code == "conflict" => Err(Refused::Retry(message)),
+            Ok(Some(ServerFrame::Error { message, .. })) => Err(Refused::Fatal(Error::Protocol {
                 url: self.options.server.clone(),
                 message: format!("the server refused this worker: {message}"),
             })),
@@ -347,17 +302,16 @@ enum Refused {
     Fatal(Error),
 }
 
-async fn send(socket: &mut Socket, frame: &Value) -> std::result::Result<(), tokio_tungstenite::tungstenite::Error> {
-    socket.send(Message::text(frame.to_string())).await
+async fn send(
+    socket: &mut Socket,
+    frame: &WorkerFrame,
+) -> std::result::Result<(), tokio_tungstenite::tungstenite::Error> {
+    socket.send(Message::text(serde_json::to_string(frame).expect("worker frames serialize"))).await
 }
 
 fn finished(run: RunRef, outcome: &Outcome) -> Outgoing {
-    let outcome = match outcome {
-        Outcome::Completed { result } => json!({"status": "completed", "result": result}),
-        Outcome::Failed { error, retryable } => json!({"status": "failed", "error": error, "retryable": retryable}),
-    };
     Outgoing {
-        frame: json!({"type": "finished", "task": run.task, "attempt": run.attempt, "outcome": outcome}),
+        frame: WorkerFrame::Finished { task: run.task, attempt: run.attempt, outcome: RunOutcome::from(outcome) },
         finishes: Some(run),
     }
 }
@@ -382,10 +336,8 @@ async fn execute(
     let (sink, mut chunks) = OutputSink::channel(64);
     let forward = async {
         while let Some(chunk) = chunks.recv().await {
-            let frame = json!({
-                "type": "output", "task": run.task, "attempt": run.attempt,
-                "stream": chunk.stream, "data": chunk.data,
-            });
+            let frame =
+                WorkerFrame::Output { task: run.task, attempt: run.attempt, stream: chunk.stream, data: chunk.data };
             let _ = out.send(Outgoing { frame, finishes: None });
         }
     };
@@ -410,4 +362,19 @@ async fn execute(
     let ((), outcome) = tokio::join!(forward, drive);
     session.close(&outcome).await;
     let _ = out.send(finished(run, &outcome));
+}
+
+/// A task as this machine runs it: the assignment with the rest of a
+/// record filled in.
+fn into_task(assignment: Assignment) -> Task {
+    let now = Timestamp::now();
+    let mut task = Task::pending(assignment.id, TenantId::default_tenant(), NewTask::prompt(""), now);
+    task.payload = assignment.payload;
+    task.priority = assignment.priority;
+    task.capabilities = assignment.capabilities;
+    task.attempt = assignment.attempt;
+    task.timeout = assignment.timeout_ms.map(Duration::from_millis);
+    task.status = TaskStatus::Running;
+    task.started_at = Some(now);
+    task
 }

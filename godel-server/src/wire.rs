@@ -1,6 +1,7 @@
-//! The API's JSON shapes, converted by hand from core types. Requests are
-//! strict (unknown fields are errors that name the field); responses are
-//! plain structs so that the OpenAPI document can describe them exactly.
+//! The API's JSON shapes as the routes use them: godel-wire's types (one
+//! definition shared with the SDK and the OpenAPI test), converted by hand
+//! from core's records here. Requests are strict (unknown fields are errors
+//! that name the field, see [`parse_body`]).
 
 use std::time::Duration;
 
@@ -8,10 +9,11 @@ use godel_core::adapter::ProcessConfig;
 use godel_core::event::EventKind;
 use godel_core::session::Session;
 use godel_core::store::{HistoryEntry, OutputRecord, QueueDepth};
-use godel_core::{Agent, NewTask, Priority, Published, Task, TaskError, TaskId, TaskPayload, Timestamp};
+use godel_core::{Agent, NewTask, Priority, Published, Task, TaskId, TaskPayload, Timestamp};
+pub(crate) use godel_wire::Page;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
 
@@ -46,124 +48,71 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A task as the API shows it.
+/// A task as the API shows it: godel-wire's [`godel_wire::Task`], built
+/// from the store's record.
 #[derive(Serialize, Debug)]
-pub(crate) struct TaskDto {
-    id: String,
-    priority: Priority,
-    status: godel_core::TaskStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prompt: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    command: Option<Vec<String>>,
-    metadata: Map<String, Value>,
-    capabilities: Vec<String>,
-    affinity_key: Option<String>,
-    idempotency_key: Option<String>,
-    parent_id: Option<String>,
-    attempt: u32,
-    max_attempts: u32,
-    timeout_ms: Option<u64>,
-    run_at: String,
-    agent_id: Option<String>,
-    cancel_requested: bool,
-    result: Option<Value>,
-    error: Option<ErrorDto>,
-    created_at: String,
-    updated_at: String,
-    started_at: Option<String>,
-    completed_at: Option<String>,
-    dead_lettered_at: Option<String>,
-}
-
-#[derive(Serialize, Debug)]
-pub(crate) struct ErrorDto {
-    kind: godel_core::TaskErrorKind,
-    message: String,
-}
-
-impl From<&TaskError> for ErrorDto {
-    fn from(e: &TaskError) -> Self {
-        Self { kind: e.kind, message: e.message.clone() }
-    }
-}
+#[serde(transparent)]
+pub(crate) struct TaskDto(godel_wire::Task);
 
 impl From<&Task> for TaskDto {
     fn from(t: &Task) -> Self {
-        Self {
-            id: t.id.to_string(),
-            priority: t.priority,
-            status: t.status,
-            prompt: t.payload.prompt.clone(),
-            command: t.payload.command.clone(),
-            metadata: t.payload.extra.clone(),
-            capabilities: t.capabilities.clone(),
-            affinity_key: t.affinity_key.clone(),
-            idempotency_key: t.idempotency_key.clone(),
-            parent_id: t.parent.map(|p| p.to_string()),
-            attempt: t.attempt,
-            max_attempts: t.max_attempts,
-            timeout_ms: t.timeout.map(millis),
-            run_at: ts(t.run_at),
-            agent_id: t.agent.as_ref().map(ToString::to_string),
-            cancel_requested: t.cancel_requested,
-            result: t.result.clone(),
-            error: t.error.as_ref().map(ErrorDto::from),
-            created_at: ts(t.created_at),
-            updated_at: ts(t.updated_at),
-            started_at: opt_ts(t.started_at),
-            completed_at: opt_ts(t.completed_at),
-            dead_lettered_at: opt_ts(t.dead_lettered_at),
-        }
+        let mut dto = godel_wire::Task::new(t.id, t.priority, t.status, t.created_at);
+        dto.prompt.clone_from(&t.payload.prompt);
+        dto.command.clone_from(&t.payload.command);
+        dto.metadata.clone_from(&t.payload.extra);
+        dto.capabilities.clone_from(&t.capabilities);
+        dto.affinity_key.clone_from(&t.affinity_key);
+        dto.idempotency_key.clone_from(&t.idempotency_key);
+        dto.parent_id = t.parent;
+        dto.attempt = t.attempt;
+        dto.max_attempts = t.max_attempts;
+        dto.timeout_ms = t.timeout.map(millis);
+        dto.run_at = t.run_at;
+        dto.agent_id = t.agent.as_ref().map(ToString::to_string);
+        dto.cancel_requested = t.cancel_requested;
+        dto.result.clone_from(&t.result);
+        dto.error.clone_from(&t.error);
+        dto.updated_at = t.updated_at;
+        dto.started_at = t.started_at;
+        dto.completed_at = t.completed_at;
+        dto.dead_lettered_at = t.dead_lettered_at;
+        Self(dto)
     }
 }
 
-/// The body of `POST /tasks` (and each entry of a batch).
+/// The body of `POST /tasks` (and each entry of a batch): godel-wire's
+/// [`godel_wire::SubmitTask`], strict about unknown fields.
 #[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateTask {
-    prompt: Option<String>,
-    command: Option<Vec<String>>,
-    priority: Option<String>,
-    #[serde(default)]
-    capabilities: Vec<String>,
-    affinity_key: Option<String>,
-    idempotency_key: Option<String>,
-    parent_id: Option<String>,
-    max_attempts: Option<u32>,
-    timeout_ms: Option<u64>,
-    run_at: Option<String>,
-    delay_ms: Option<u64>,
-    #[serde(default)]
-    metadata: Map<String, Value>,
-}
+#[serde(transparent)]
+pub(crate) struct CreateTask(godel_wire::SubmitTask);
 
 impl CreateTask {
     /// Validates and converts; `now` resolves `delay_ms`.
     pub(crate) fn into_new_task(self, now: Timestamp) -> ApiResult<NewTask> {
-        let payload = TaskPayload { prompt: self.prompt, command: self.command, extra: self.metadata };
+        let request = self.0;
+        let payload = TaskPayload { prompt: request.prompt, command: request.command, extra: request.metadata };
         let mut task = NewTask::with_payload(payload);
-        if let Some(p) = self.priority {
-            task.priority = p.parse()?;
+        if let Some(p) = request.priority {
+            task.priority = p;
         }
-        task.capabilities = self.capabilities;
-        task.affinity_key = self.affinity_key;
-        task.idempotency_key = self.idempotency_key;
-        if let Some(parent) = self.parent_id {
+        task.capabilities = request.capabilities;
+        task.affinity_key = request.affinity_key;
+        task.idempotency_key = request.idempotency_key;
+        if let Some(parent) = request.parent_id {
             task.parent = Some(
                 parent.parse::<TaskId>().map_err(|e| ApiError::invalid(format!("invalid parent_id: {}", e.reason)))?,
             );
         }
-        if let Some(n) = self.max_attempts {
+        if let Some(n) = request.max_attempts {
             task.max_attempts = n;
         }
-        if let Some(ms) = self.timeout_ms {
+        if let Some(ms) = request.timeout_ms {
             if ms == 0 {
                 return Err(ApiError::invalid("invalid timeout_ms: expected a positive number of milliseconds"));
             }
             task.timeout = Some(Duration::from_millis(ms));
         }
-        task.run_at = match (self.run_at, self.delay_ms) {
+        task.run_at = match (request.run_at, request.delay_ms) {
             (Some(_), Some(_)) => return Err(ApiError::invalid("give run_at or delay_ms, not both")),
             (Some(at), None) => Some(Timestamp::parse_rfc3339("run_at", &at)?),
             (None, Some(ms)) => Some(now + Duration::from_millis(ms)),
@@ -174,47 +123,27 @@ impl CreateTask {
     }
 }
 
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateBatch {
-    pub(crate) tasks: Vec<CreateTask>,
+/// The body of `POST /tasks/batch`.
+pub(crate) type CreateBatch = godel_wire::SubmitBatch<CreateTask>;
+
+pub(crate) fn depth_json(depth: &QueueDepth) -> godel_wire::QueueDepth {
+    godel_wire::QueueDepth {
+        critical: depth.get(Priority::Critical),
+        high: depth.get(Priority::High),
+        medium: depth.get(Priority::Medium),
+        low: depth.get(Priority::Low),
+        total: depth.total(),
+    }
 }
 
+/// An agent with what it runs now: godel-wire's [`godel_wire::Agent`].
 #[derive(Serialize, Debug)]
-pub(crate) struct Page<T> {
-    pub(crate) items: Vec<T>,
-    pub(crate) next_cursor: Option<String>,
-}
-
-pub(crate) fn depth_json(depth: &QueueDepth) -> Value {
-    json!({
-        "critical": depth.get(Priority::Critical),
-        "high": depth.get(Priority::High),
-        "medium": depth.get(Priority::Medium),
-        "low": depth.get(Priority::Low),
-        "total": depth.total(),
-    })
-}
-
-/// An agent with what it runs now.
-#[derive(Serialize, Debug)]
-pub(crate) struct AgentDto {
-    id: String,
-    name: String,
-    kind: godel_core::AgentKind,
-    capabilities: Vec<String>,
-    max_capacity: u32,
-    current_load: u32,
-    status: godel_core::AgentStatus,
-    last_heartbeat: Option<String>,
-    region: Option<String>,
-    active_tasks: Vec<String>,
-    node: String,
-}
+#[serde(transparent)]
+pub(crate) struct AgentDto(godel_wire::Agent);
 
 impl AgentDto {
     pub(crate) fn new(agent: &Agent, active: &[TaskId], node: &str) -> Self {
-        Self {
+        Self(godel_wire::Agent {
             id: agent.id.to_string(),
             name: agent.name.clone(),
             kind: agent.kind,
@@ -222,42 +151,30 @@ impl AgentDto {
             max_capacity: agent.max_capacity,
             current_load: agent.current_load,
             status: agent.status,
-            last_heartbeat: opt_ts(agent.last_heartbeat),
+            last_heartbeat: agent.last_heartbeat,
             region: agent.region.clone(),
             active_tasks: active.iter().map(ToString::to_string).collect(),
-            node: node.to_owned(),
-        }
+            node: Some(node.to_owned()),
+        })
     }
 
     pub(crate) fn id(&self) -> &str {
-        &self.id
+        &self.0.id
     }
 }
 
-/// The body of `POST /agents`: a local process agent.
+/// The body of `POST /agents`: godel-wire's [`godel_wire::RegisterAgent`],
+/// a local process agent.
 #[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RegisterAgent {
-    pub(crate) id: String,
-    pub(crate) name: Option<String>,
-    #[serde(default = "process_kind")]
-    pub(crate) kind: String,
-    #[serde(default)]
-    pub(crate) capabilities: Vec<String>,
-    #[serde(default = "one")]
-    pub(crate) capacity: u32,
-    pub(crate) command: Option<Vec<String>>,
-    pub(crate) workdir: Option<String>,
-    pub(crate) default_timeout_ms: Option<u64>,
-    pub(crate) region: Option<String>,
-}
+#[serde(transparent)]
+pub(crate) struct RegisterAgent(godel_wire::RegisterAgent);
 
-fn process_kind() -> String {
-    "process".to_owned()
-}
+impl std::ops::Deref for RegisterAgent {
+    type Target = godel_wire::RegisterAgent;
 
-fn one() -> u32 {
-    1
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl RegisterAgent {
@@ -276,28 +193,22 @@ impl RegisterAgent {
     }
 }
 
+/// A session as the API shows it: godel-wire's [`godel_wire::Session`].
 #[derive(Serialize, Debug)]
-pub(crate) struct SessionDto {
-    id: String,
-    agent_id: String,
-    task_id: Option<String>,
-    state: godel_core::SessionState,
-    error: Option<String>,
-    created_at: String,
-    updated_at: String,
-}
+#[serde(transparent)]
+pub(crate) struct SessionDto(godel_wire::Session);
 
 impl From<&Session> for SessionDto {
     fn from(s: &Session) -> Self {
-        Self {
-            id: s.id.to_string(),
+        Self(godel_wire::Session {
+            id: s.id,
             agent_id: s.agent.to_string(),
-            task_id: s.task.map(|t| t.to_string()),
+            task_id: s.task,
             state: s.state,
             error: s.error.clone(),
-            created_at: ts(s.created_at),
-            updated_at: ts(s.updated_at),
-        }
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        })
     }
 }
 
@@ -334,7 +245,7 @@ pub(crate) fn history_json(history: &[HistoryEntry], output: &[OutputRecord]) ->
             "agent_id": h.agent.as_ref().map(ToString::to_string),
         });
         if matches!(kind, "task.retrying" | "task.failed" | "task.dead_lettered") {
-            value["error"] = json!(h.error.as_ref().map(ErrorDto::from));
+            value["error"] = json!(h.error);
         }
         // At one instant, output comes before the transition that ends the task.
         let rank = if h.status.is_terminal() { 2 } else { 0 };
@@ -367,13 +278,13 @@ pub(crate) fn event_json(published: &Published) -> Value {
             json!({"task_id": task.to_string(), "priority": priority, "attempt": attempt})
         }
         EventKind::TaskFailed { task, priority, attempt, error } => {
-            json!({"task_id": task.to_string(), "priority": priority, "attempt": attempt, "error": ErrorDto::from(error)})
+            json!({"task_id": task.to_string(), "priority": priority, "attempt": attempt, "error": error})
         }
         EventKind::TaskRetrying { task, attempt, run_at, error } => json!({
-            "task_id": task.to_string(), "attempt": attempt, "run_at": ts(*run_at), "error": ErrorDto::from(error)
+            "task_id": task.to_string(), "attempt": attempt, "run_at": ts(*run_at), "error": error
         }),
         EventKind::TaskDeadLettered { task, priority, attempts, error } => json!({
-            "task_id": task.to_string(), "priority": priority, "attempts": attempts, "error": error.as_ref().map(ErrorDto::from)
+            "task_id": task.to_string(), "priority": priority, "attempts": attempts, "error": error
         }),
         EventKind::TaskCancelled { task, priority } => json!({"task_id": task.to_string(), "priority": priority}),
         EventKind::TaskReplayed { task, priority } => json!({"task_id": task.to_string(), "priority": priority}),
@@ -394,5 +305,6 @@ pub(crate) fn event_json(published: &Published) -> Value {
         }),
         _ => json!({}),
     };
-    json!({"seq": published.seq, "type": event.kind.name(), "at": ts(event.at), "data": data})
+    let envelope = godel_wire::Event { seq: published.seq, kind: event.kind.name().to_owned(), at: event.at, data };
+    serde_json::to_value(envelope).expect("an event envelope serializes")
 }

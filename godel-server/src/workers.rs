@@ -2,14 +2,9 @@
 //! a WebSocket at `/api/v1/workers/connect`, each one an engine agent of kind
 //! `worker` whose sessions run on the worker's machine.
 //!
-//! The protocol (JSON text frames, `type` tells them apart; docs/workers.md):
-//!
-//! - worker → server: `hello` (first, within 10 s: name, capabilities,
-//!   concurrency, and the runs it still has after a reconnect), `output`,
-//!   `finished`, `drain` (it wants to stop), `bye` (it is leaving for good);
-//! - server → worker: `welcome`, `assign` (pushed the moment the engine picks
-//!   the worker: no polling), `abort`, `drain` (finish what you have, take
-//!   nothing new, then leave), `error`.
+//! The protocol's frames are godel-wire's (`godel_wire::worker`,
+//! docs/workers.md); `assign` is pushed the moment the engine picks the
+//! worker: no polling.
 //!
 //! A run belongs to the engine, not to the connection: when a worker's
 //! connection drops, its runs wait up to the engine's lease for it to come
@@ -24,10 +19,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
 use godel_core::adapter::{AbortMode, AdapterError, AgentSession, OutputSink};
-use godel_core::event::OutputStream;
-use godel_core::{Adapter, AgentConfig, AgentId, AgentKind, Outcome, Task, TaskError, TaskErrorKind, TaskId};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use godel_core::{Adapter, AgentConfig, AgentId, AgentKind, Outcome, Task, TaskError, TaskErrorKind};
+use godel_wire::worker::{Assignment, RunRef, ServerFrame, WorkerFrame};
 use tokio::sync::{Notify, mpsc, oneshot};
 use warp::ws::{Message, WebSocket};
 
@@ -39,61 +32,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// Most concurrent tasks a worker may ask for.
 const MAX_CONCURRENCY: u32 = 1_024;
-
-/// What a worker sends.
-#[derive(Deserialize, Debug)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum FromWorker {
-    Hello {
-        name: String,
-        #[serde(default)]
-        capabilities: Vec<String>,
-        concurrency: u32,
-        #[serde(default)]
-        region: Option<String>,
-        version: String,
-        /// Runs it still has, after a reconnect.
-        #[serde(default)]
-        running: Vec<RunRef>,
-    },
-    Output {
-        task: TaskId,
-        attempt: u32,
-        stream: OutputStream,
-        data: String,
-    },
-    Finished {
-        task: TaskId,
-        attempt: u32,
-        outcome: WireOutcome,
-    },
-    Drain,
-    Bye,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[serde(deny_unknown_fields)]
-struct RunRef {
-    task: TaskId,
-    attempt: u32,
-}
-
-/// How a run ended, on the wire.
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
-enum WireOutcome {
-    Completed { result: Value },
-    Failed { error: TaskError, retryable: bool },
-}
-
-impl From<WireOutcome> for Outcome {
-    fn from(outcome: WireOutcome) -> Self {
-        match outcome {
-            WireOutcome::Completed { result } => Outcome::Completed { result },
-            WireOutcome::Failed { error, retryable } => Outcome::Failed { error, retryable },
-        }
-    }
-}
 
 /// The connected workers, by agent id.
 #[derive(Debug, Default)]
@@ -111,7 +49,7 @@ impl Workers {
     /// giving it work.
     pub(crate) fn drain(&self, agent: &AgentId) -> bool {
         match self.lock().get(agent) {
-            Some(link) => link.send(json!({"type": "drain"})),
+            Some(link) => link.send(ServerFrame::Drain),
             None => false,
         }
     }
@@ -132,7 +70,7 @@ struct Link {
 #[derive(Debug, Default)]
 struct LinkState {
     /// Frames for the current connection; `None` while disconnected.
-    outbox: Option<mpsc::UnboundedSender<Value>>,
+    outbox: Option<mpsc::UnboundedSender<ServerFrame>>,
     /// Counts connections, so an old connection's cleanup cannot undo a new one.
     generation: u64,
     disconnected_at: Option<Instant>,
@@ -152,7 +90,7 @@ impl Link {
 
     /// Sends a frame if connected; frames to a disconnected worker are dropped
     /// (the reconnect's `hello` reconciles runs).
-    fn send(&self, frame: Value) -> bool {
+    fn send(&self, frame: ServerFrame) -> bool {
         self.lock().outbox.as_ref().is_some_and(|outbox| outbox.send(frame).is_ok())
     }
 
@@ -202,17 +140,16 @@ impl AgentSession for WorkerSession {
     async fn run(&self, task: &Task, output: OutputSink) -> Outcome {
         let (done, mut outcome) = oneshot::channel();
         self.link.lock().runs.insert(self.run, Run { output, done });
-        let assign = json!({
-            "type": "assign",
-            "task": {
-                "id": task.id,
-                "attempt": task.attempt,
-                "priority": task.priority,
-                "payload": task.payload,
-                "capabilities": task.capabilities,
-                "timeout_ms": task.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        let assign = ServerFrame::Assign {
+            task: Assignment {
+                id: task.id,
+                attempt: task.attempt,
+                priority: task.priority,
+                payload: task.payload.clone(),
+                capabilities: task.capabilities.clone(),
+                timeout_ms: task.timeout.map(millis),
             },
-        });
+        };
         self.link.send(assign);
         loop {
             let changed = self.link.changed.notified();
@@ -239,11 +176,7 @@ impl AgentSession for WorkerSession {
     }
 
     async fn abort(&self, mode: AbortMode) {
-        let mode = match mode {
-            AbortMode::Graceful => "graceful",
-            AbortMode::Force => "force",
-        };
-        let frame = json!({"type": "abort", "task": self.run.task, "attempt": self.run.attempt, "mode": mode});
+        let frame = ServerFrame::Abort { task: self.run.task, attempt: self.run.attempt, mode: mode.into() };
         if !self.link.send(frame) {
             // Nobody to tell: end the run now rather than after the reconnect grace.
             let error =
@@ -264,15 +197,23 @@ fn vanished_outcome(agent: &AgentId, why: &str) -> Outcome {
     }
 }
 
-fn error_frame(code: &str, message: &str) -> Value {
-    json!({"type": "error", "code": code, "message": message})
+fn error_frame(code: &str, message: &str) -> String {
+    frame_text(&ServerFrame::Error { code: code.to_owned(), message: message.to_owned() })
+}
+
+fn frame_text(frame: &ServerFrame) -> String {
+    serde_json::to_string(frame).expect("server frames serialize")
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Serves one worker connection until it leaves or the server shuts down.
 pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>) {
     let (mut tx, mut rx) = socket.split();
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut rx)).await {
-        Ok(Some(Ok(FromWorker::Hello { name, capabilities, concurrency, region, version, running }))) => {
+        Ok(Some(Ok(WorkerFrame::Hello { name, capabilities, concurrency, region, version, running }))) => {
             Hello { name, capabilities, concurrency, region, version, running }
         }
         Ok(Some(Ok(_))) => return refuse(&mut tx, "invalid_request", "the first frame must be hello").await,
@@ -285,13 +226,12 @@ pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>) {
         Err((code, message)) => return refuse(&mut tx, code, &message).await,
     };
     tracing::info!(worker = %link.agent, version = hello.version, generation, "worker connected");
-    let welcome = json!({
-        "type": "welcome",
-        "agent": link.agent,
-        "heartbeat_ms": u64::try_from(PING_EVERY.as_millis()).unwrap_or(u64::MAX),
-        "grace_ms": u64::try_from(link.grace.as_millis()).unwrap_or(u64::MAX),
-    });
-    if tx.send(Message::text(welcome.to_string())).await.is_err() {
+    let welcome = ServerFrame::Welcome {
+        agent: link.agent.to_string(),
+        heartbeat_ms: millis(PING_EVERY),
+        grace_ms: millis(link.grace),
+    };
+    if tx.send(Message::text(frame_text(&welcome))).await.is_err() {
         detach(&state, &link, generation).await;
         return;
     }
@@ -321,7 +261,7 @@ struct Hello {
 }
 
 async fn refuse(tx: &mut futures::stream::SplitSink<WebSocket, Message>, code: &str, message: &str) {
-    let _ = tx.send(Message::text(error_frame(code, message).to_string())).await;
+    let _ = tx.send(Message::text(error_frame(code, message))).await;
     let _ = tx.send(Message::close_with(1008u16, "refused")).await;
 }
 
@@ -330,7 +270,7 @@ async fn refuse(tx: &mut futures::stream::SplitSink<WebSocket, Message>, code: &
 fn attach(
     state: &Arc<AppState>,
     hello: &Hello,
-) -> Result<(Arc<Link>, u64, mpsc::UnboundedReceiver<Value>), (&'static str, String)> {
+) -> Result<(Arc<Link>, u64, mpsc::UnboundedReceiver<ServerFrame>), (&'static str, String)> {
     let agent = AgentId::new(&hello.name).map_err(|e| ("invalid_request", format!("invalid name: {}", e.reason)))?;
     if !(1..=MAX_CONCURRENCY).contains(&hello.concurrency) {
         return Err((
@@ -382,7 +322,7 @@ fn reconcile(link: &Link, running: &[RunRef]) {
         running.iter().filter(|r| !state.runs.contains_key(r)).copied().collect()
     };
     for run in unknown {
-        link.send(json!({"type": "abort", "task": run.task, "attempt": run.attempt, "mode": "force"}));
+        link.send(ServerFrame::Abort { task: run.task, attempt: run.attempt, mode: AbortMode::Force.into() });
     }
 }
 
@@ -393,7 +333,7 @@ async fn pump(
     link: &Arc<Link>,
     mut tx: futures::stream::SplitSink<WebSocket, Message>,
     mut rx: futures::stream::SplitStream<WebSocket>,
-    mut outbox: mpsc::UnboundedReceiver<Value>,
+    mut outbox: mpsc::UnboundedReceiver<ServerFrame>,
 ) -> bool {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
@@ -405,7 +345,7 @@ async fn pump(
             }
             frame = outbox.recv() => match frame {
                 Some(frame) => {
-                    if tx.send(Message::text(frame.to_string())).await.is_err() {
+                    if tx.send(Message::text(frame_text(&frame))).await.is_err() {
                         return false;
                     }
                 }
@@ -431,25 +371,25 @@ async fn pump(
                 };
                 match frame {
                     Err(e) => {
-                        let _ = tx.send(Message::text(error_frame("invalid_request", &e).to_string())).await;
+                        let _ = tx.send(Message::text(error_frame("invalid_request", &e))).await;
                     }
-                    Ok(FromWorker::Hello { .. }) => {
-                        let _ = tx.send(Message::text(error_frame("invalid_request", "hello was already sent").to_string())).await;
+                    Ok(WorkerFrame::Hello { .. }) => {
+                        let _ = tx.send(Message::text(error_frame("invalid_request", "hello was already sent"))).await;
                     }
-                    Ok(FromWorker::Output { task, attempt, stream, data }) => {
+                    Ok(WorkerFrame::Output { task, attempt, stream, data }) => {
                         let sink = link.lock().runs.get(&RunRef { task, attempt }).map(|r| r.output.clone());
                         if let Some(sink) = sink {
                             sink.send(stream, data).await;
                         }
                     }
-                    Ok(FromWorker::Finished { task, attempt, outcome }) => {
+                    Ok(WorkerFrame::Finished { task, attempt, outcome }) => {
                         link.finish(RunRef { task, attempt }, outcome.into());
                     }
-                    Ok(FromWorker::Drain) => {
+                    Ok(WorkerFrame::Drain) => {
                         tracing::info!(worker = %link.agent, "worker is draining");
                         let _ = state.orchestrator.remove_agent(&link.agent);
                     }
-                    Ok(FromWorker::Bye) => return true,
+                    Ok(WorkerFrame::Bye) => return true,
                 }
             }
         }
@@ -459,7 +399,7 @@ async fn pump(
 /// What arrived from the worker.
 enum Incoming {
     /// A frame, or why it is not a valid worker frame.
-    Frame(Result<FromWorker, String>),
+    Frame(Result<WorkerFrame, String>),
     /// A ping or a pong: a sign of life and nothing else (warp answers pings itself).
     Life,
 }
@@ -480,7 +420,7 @@ async fn next_incoming(rx: &mut futures::stream::SplitStream<WebSocket>) -> Opti
 }
 
 /// The next frame, skipping signs of life.
-async fn next_frame(rx: &mut futures::stream::SplitStream<WebSocket>) -> Option<Result<FromWorker, String>> {
+async fn next_frame(rx: &mut futures::stream::SplitStream<WebSocket>) -> Option<Result<WorkerFrame, String>> {
     loop {
         if let Incoming::Frame(frame) = next_incoming(rx).await? {
             return Some(frame);

@@ -46,11 +46,12 @@ async fn a_registered_agent_runs_work_until_it_is_deregistered() -> Result<()> {
         id: "gpu-box".into(),
         name: Some("GPU box".into()),
         capabilities: vec!["gpu".into()],
-        capacity: Some(2),
+        capacity: 2,
         command: Some(vec!["sh".into(), "-c".into(), "printf 'gpu: %s' \"$1\"".into(), "sh".into(), "{prompt}".into()]),
         workdir: Some(server.dir().display().to_string()),
         default_timeout_ms: Some(30_000),
         region: Some("eu-west".into()),
+        ..RegisterAgent::default()
     };
     let agent = client.register_agent(&request).await?;
     assert_eq!((agent.id.as_str(), agent.name.as_str(), agent.kind), ("gpu-box", "GPU box", AgentKind::Process));

@@ -866,3 +866,266 @@ fn is_json(headers: &HeaderMap) -> bool {
 fn id_of(task: &Value) -> String {
     task["id"].as_str().unwrap_or_else(|| panic!("no id in {task}")).to_owned()
 }
+
+/// The document's schemas against godel-wire's types, field by field: the
+/// properties each schema lists are the fields the type has, the fields a
+/// type cannot do without are required by the document, and each enum lists
+/// the values the type accepts. Each type's fields are found by sending a
+/// sample with every field through the type (a field the type does not have
+/// is dropped or refused), and its required fields by leaving each one out.
+#[test]
+fn the_document_matches_godel_wire() {
+    let doc: Value = serde_json::from_str(DOCUMENT).expect("openapi.json is valid JSON");
+    let schemas = &doc["components"]["schemas"];
+    let schema = |pointer: &str| -> &Value {
+        schemas.pointer(pointer).unwrap_or_else(|| panic!("openapi.json has no schema at {pointer}"))
+    };
+    let at = "2024-05-01T12:00:00Z";
+    let id = SAMPLE_ID;
+    let task_error = json!({"kind": "error", "message": "exit 1"});
+    let task = json!({
+        "id": id, "priority": "high", "status": "failed", "prompt": "p", "command": ["true"],
+        "metadata": {"a": 1}, "capabilities": ["gpu"], "affinity_key": "k", "idempotency_key": "i",
+        "parent_id": id, "attempt": 1, "max_attempts": 3, "timeout_ms": 5, "run_at": at, "agent_id": "a",
+        "cancel_requested": false, "result": {"exit_code": 0}, "error": task_error, "created_at": at,
+        "updated_at": at, "started_at": at, "completed_at": at, "dead_lettered_at": at,
+    });
+    let depth = json!({"critical": 1, "high": 2, "medium": 3, "low": 4, "total": 10});
+    let summary = json!({"total": 1, "online": 1, "free_slots": 2});
+    let queue = json!({
+        "status": "healthy", "reasons": [], "pending": 1, "ready": 1, "scheduled": 0, "assigned": 0,
+        "running": 0, "completed": 0, "failed": 0, "cancelled": 0, "dead_letters": 0, "stale_leases": 0,
+        "oldest_pending_age_ms": 3, "completed_last_minute": 0, "depth": depth, "agents": summary,
+    });
+    let store = json!({"backend": "memory", "ok": true, "latency_ms": 0.1, "error": "e"});
+    let health =
+        json!({"status": "healthy", "version": "1", "uptime_s": 1, "ready": true, "store": store, "queue": queue});
+    let agent = json!({
+        "id": "a", "name": "a", "kind": "process", "capabilities": ["gpu"], "max_capacity": 2, "current_load": 1,
+        "status": "busy", "last_heartbeat": at, "region": "eu", "active_tasks": [id], "node": "n",
+    });
+    let session = json!({
+        "id": id, "agent_id": "a", "task_id": id, "state": "running", "error": "e", "created_at": at, "updated_at": at,
+    });
+    let instance = json!({
+        "name": "g", "agent_id": "gateway-g", "url": "ws://h:1", "region": "eu", "agents": ["a"],
+        "capabilities": ["c"], "max_sessions": 10, "current_sessions": 1, "capacity": 9, "state": "ready",
+        "message": "m", "last_check": at, "protocol": 3, "server_version": "1", "default_agent": "a",
+        "source": "api", "node": "n",
+    });
+    let instance_health = json!({
+        "name": "g", "ok": true, "state": "ready", "message": "m", "last_check": at, "current_sessions": 1,
+        "max_sessions": 10, "node": "n",
+    });
+    let submit = json!({
+        "prompt": "p", "command": ["true"], "priority": "low", "capabilities": ["gpu"], "affinity_key": "k",
+        "idempotency_key": "i", "parent_id": id, "max_attempts": 2, "timeout_ms": 5, "run_at": at,
+        "delay_ms": 5, "metadata": {"a": 1},
+    });
+    let register_agent = json!({
+        "id": "a", "name": "a", "kind": "process", "capabilities": ["gpu"], "capacity": 2, "command": ["x"],
+        "workdir": "/tmp", "default_timeout_ms": 5, "region": "eu",
+    });
+    let register_instance = json!({
+        "name": "g", "url": "ws://h:1", "token": "t", "token_env": "T", "password_env": "P", "agents": ["a"],
+        "capabilities": ["c"], "max_sessions": 10, "region": "eu",
+    });
+    let history_entry = json!({
+        "type": "task.failed", "at": at, "attempt": 1, "status": "failed", "agent_id": "a", "stream": "stdout",
+        "data": "hi", "error": task_error,
+    });
+    let event = json!({"seq": 1, "type": "task.created", "at": at, "data": {"task_id": id, "priority": "high"}});
+
+    // Responses: the client needs no field the document does not promise.
+    response::<godel_wire::Task>(schema("/Task"), &task);
+    response::<godel_wire::TaskError>(schema("/TaskError"), &task_error);
+    response::<godel_wire::Page<godel_wire::Task>>(schema("/TaskPage"), &json!({"items": [task], "next_cursor": "c"}));
+    response::<godel_wire::Cancelled>(schema("/StopResult"), &json!({"outcome": "cancelled", "task": task}));
+    response::<godel_wire::SubmitBatch<godel_wire::Task>>(schema("/TaskList"), &json!({"tasks": [task]}));
+    response::<godel_wire::QueueDepth>(schema("/QueueDepth"), &depth);
+    response::<godel_wire::QueueHealth>(schema("/QueueHealth"), &queue);
+    response::<godel_wire::AgentSummary>(schema("/QueueHealth/properties/agents"), &summary);
+    response::<godel_wire::Health>(schema("/Health"), &health);
+    response::<godel_wire::StoreHealth>(schema("/Health/properties/store"), &store);
+    response::<godel_wire::Agent>(schema("/Agent"), &agent);
+    response::<godel_wire::Session>(schema("/Session"), &session);
+    response::<godel_wire::Instance>(schema("/Instance"), &instance);
+    response::<godel_wire::InstanceHealth>(schema("/InstanceHealth"), &instance_health);
+    response::<godel_wire::Replayed>(schema("/ReplayCount"), &json!({"replayed": 2}));
+    response::<godel_wire::ErrorEnvelope>(
+        schema("/Error"),
+        &json!({"error": {"code": "not_found", "message": "m", "retryable": false}}),
+    );
+    response::<godel_wire::ErrorBody>(
+        schema("/Error/properties/error"),
+        &json!({"code": "not_found", "message": "m", "retryable": false}),
+    );
+    response::<godel_wire::Event>(schema("/Event"), &event);
+    // A task's history is one type on the wire side and two in the document.
+    let fields = Fields::of::<godel_wire::TaskEvent>(&history_entry);
+    let mut documented_union = BTreeSet::new();
+    for variant in ["/TaskLifecycleEvent", "/TaskOutputEvent"] {
+        let documented = Fields::documented(schema(variant));
+        assert!(fields.required.is_subset(&documented.required), "{variant}: {fields:?} vs {documented:?}");
+        documented_union.extend(documented.properties);
+    }
+    assert_eq!(fields.properties, documented_union, "godel_wire::TaskEvent: fields differ from the document's");
+
+    // Requests: the same fields, and the same required ones.
+    request::<godel_wire::SubmitTask>(schema("/CreateTask"), &submit);
+    request::<godel_wire::SubmitBatch>(schema("/CreateBatch"), &json!({"tasks": [submit]}));
+    request::<godel_wire::RegisterAgent>(schema("/RegisterAgent"), &register_agent);
+    request::<godel_wire::RegisterInstance>(schema("/RegisterInstance"), &register_instance);
+    request::<godel_wire::ReplayDeadLetters>(
+        schema("/BulkReplay"),
+        &json!({"priority": ["high"], "agent_id": "a", "created_after": at, "created_before": at}),
+    );
+
+    // The /events frames, variant by variant.
+    let client_frames = [
+        json!({"action": "subscribe", "patterns": ["task.*"]}),
+        json!({"action": "unsubscribe", "patterns": ["task.*"]}),
+        json!({"action": "ping"}),
+    ];
+    frames::<godel_wire::ClientFrame>(schema("/ClientMessage"), "action", &client_frames);
+    let control_frames = [
+        json!({"type": "welcome", "seq": 1, "epoch": "e", "replay_window": 10}),
+        json!({"type": "subscribed", "patterns": ["task.*"]}),
+        json!({"type": "lagged", "missed": 2, "message": "m"}),
+        json!({"type": "replay_unavailable", "since": 1, "oldest": 5, "message": "m"}),
+        json!({"type": "pong", "seq": 1}),
+        json!({"type": "error", "code": "invalid_request", "message": "m"}),
+    ];
+    frames::<godel_wire::Control>(schema("/ServerMessage"), "type", &control_frames);
+
+    // Enums: the values the document lists are the ones the type accepts.
+    enum_values::<godel_wire::Priority>(schema("/Priority"));
+    enum_values::<godel_wire::TaskStatus>(schema("/TaskStatus"));
+    enum_values::<godel_wire::TaskErrorKind>(schema("/TaskError/properties/kind"));
+    enum_values::<godel_wire::AgentKind>(schema("/AgentKind"));
+    enum_values::<godel_wire::AgentStatus>(schema("/AgentStatus"));
+    enum_values::<godel_wire::SessionState>(schema("/SessionState"));
+    enum_values::<godel_wire::CancelOutcome>(schema("/StopResult/properties/outcome"));
+}
+
+/// A type's fields as seen through serde, or a schema's as documented.
+#[derive(Debug)]
+struct Fields {
+    properties: BTreeSet<String>,
+    required: BTreeSet<String>,
+}
+
+impl Fields {
+    /// Sends `sample` (every field set) through `T`: the fields it keeps are
+    /// its properties, the fields it cannot be read without are required.
+    fn of<T: serde::Serialize + serde::de::DeserializeOwned>(sample: &Value) -> Self {
+        let name = std::any::type_name::<T>();
+        let parsed: T = serde_json::from_value(sample.clone())
+            .unwrap_or_else(|e| panic!("the sample for {name} does not parse: {e}\n{sample}"));
+        let kept = serde_json::to_value(&parsed).expect("wire types serialize");
+        let object = |v: &Value| -> BTreeSet<String> {
+            v.as_object().unwrap_or_else(|| panic!("{name} is not an object: {v}")).keys().cloned().collect()
+        };
+        let properties = object(&kept);
+        assert_eq!(properties, object(sample), "{name} dropped fields of its sample (or the sample misses some)");
+        let required = properties
+            .iter()
+            .filter(|field| {
+                let mut without = sample.clone();
+                without.as_object_mut().expect("an object").remove(*field);
+                serde_json::from_value::<T>(without).is_err()
+            })
+            .cloned()
+            .collect();
+        Self { properties, required }
+    }
+
+    fn documented(schema: &Value) -> Self {
+        let names = |v: &Value| -> BTreeSet<String> {
+            match v {
+                Value::Object(map) => map.keys().cloned().collect(),
+                Value::Array(items) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+                _ => BTreeSet::new(),
+            }
+        };
+        Self { properties: names(&schema["properties"]), required: names(&schema["required"]) }
+    }
+}
+
+/// A response type: the same fields as the document, and none that the
+/// client requires but the document leaves optional.
+fn response<T: serde::Serialize + serde::de::DeserializeOwned>(schema: &Value, sample: &Value) {
+    let name = std::any::type_name::<T>();
+    let fields = Fields::of::<T>(sample);
+    let documented = Fields::documented(schema);
+    assert_eq!(fields.properties, documented.properties, "{name}: fields differ from the document's");
+    assert!(
+        fields.required.is_subset(&documented.required),
+        "{name} requires fields the document leaves optional: {:?}",
+        fields.required.difference(&documented.required).collect::<Vec<_>>()
+    );
+}
+
+/// A request type: the same fields and the same required ones.
+fn request<T: serde::Serialize + serde::de::DeserializeOwned>(schema: &Value, sample: &Value) {
+    let name = std::any::type_name::<T>();
+    let fields = Fields::of::<T>(sample);
+    let documented = Fields::documented(schema);
+    assert_eq!(fields.properties, documented.properties, "{name}: fields differ from the document's");
+    assert_eq!(fields.required, documented.required, "{name}: required fields differ from the document's");
+    let mut unknown = sample.clone();
+    unknown["not_a_field"] = json!(1);
+    assert!(serde_json::from_value::<T>(unknown).is_err(), "{name} accepts unknown fields");
+}
+
+/// A tagged enum of frames: each variant's fields (tag included) are those
+/// of the document's `oneOf` entry with the same tag.
+fn frames<T: serde::Serialize + serde::de::DeserializeOwned>(schema: &Value, tag: &str, samples: &[Value]) {
+    let variants = schema["oneOf"].as_array().expect("a oneOf of frames");
+    for sample in samples {
+        let value = sample[tag].as_str().expect("a tagged sample");
+        let documented = variants
+            .iter()
+            .find(|v| v["properties"][tag]["const"] == value)
+            .unwrap_or_else(|| panic!("the document has no {tag} {value:?}"));
+        let fields = Fields::of::<T>(sample);
+        let documented = Fields::documented(documented);
+        assert_eq!(fields.properties, documented.properties, "{value}: fields differ from the document's");
+        assert!(fields.required.is_subset(&documented.required), "{value}: {fields:?} vs {documented:?}");
+    }
+    let tagged = variants.iter().filter(|v| v["properties"][tag]["const"].is_string()).count();
+    assert_eq!(
+        tagged,
+        samples.len(),
+        "{}: the document has frames this check does not cover",
+        std::any::type_name::<T>()
+    );
+}
+
+/// The enum's values in the document are exactly those the type accepts.
+/// Serde names every accepted value when it refuses one, which is how the
+/// type's side is read without listing it again here.
+fn enum_values<T: serde::de::DeserializeOwned>(schema: &Value) {
+    let name = std::any::type_name::<T>();
+    let documented: BTreeSet<String> = schema["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{name}: the document lists no enum: {schema}"))
+        .iter()
+        .map(|v| v.as_str().expect("string values").to_owned())
+        .collect();
+    let refusal = match serde_json::from_value::<T>(json!("surely-not-a-value")) {
+        Ok(_) => panic!("{name} accepts anything"),
+        Err(e) => e.to_string(),
+    };
+    // "expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, `c`".
+    let list = refusal
+        .split_once("expected ")
+        .map(|(_, list)| list.trim_start_matches("one of "))
+        .unwrap_or_else(|| panic!("{name}: cannot read the accepted values from {refusal:?}"));
+    let accepted: BTreeSet<String> = list
+        .split(", ")
+        .flat_map(|v| v.split(" or "))
+        .map(|v| v.trim_matches(|c| c == '`' || c == ' ').to_owned())
+        .collect();
+    assert_eq!(accepted, documented, "{name}: values differ from the document's");
+}
