@@ -92,7 +92,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) | StoreError::SessionNotFound(_) => ApiError::not_found(e.to_string()),
-            StoreError::InvalidTransition { .. } | StoreError::Conflict(_) | StoreError::LeaseLost(_) => {
+            StoreError::InvalidTransition { .. } | StoreError::LeaseLost(_) => {
                 ApiError::new(Code::Conflict, e.to_string())
             }
             StoreError::InvalidInput(e) => e.into(),

@@ -3,7 +3,7 @@
 
 use crate::InvalidInput;
 use crate::ids::{SessionId, TaskId, TenantId};
-use crate::store::Micros;
+use crate::money::{Micros, format_micros};
 use crate::task::TaskStatus;
 
 /// A boxed error from a backend driver.
@@ -32,9 +32,6 @@ pub enum StoreError {
         /// What was attempted (`cancel`, `purge`, `replay`, …).
         action: &'static str,
     },
-    /// The operation conflicts with the stored state in another way.
-    #[error("conflict: {0}")]
-    Conflict(String),
     /// The request itself was invalid.
     #[error(transparent)]
     InvalidInput(#[from] InvalidInput),
@@ -62,8 +59,8 @@ pub enum StoreError {
     /// are refused (tasks already queued still run).
     #[error(
         "tenant {tenant} has spent {} of its hard budget of {} for {period}; new tasks are refused until the budget is raised or the period ends",
-        crate::engine::budget::format_micros(*spent),
-        crate::engine::budget::format_micros(*limit)
+        format_micros(*spent),
+        format_micros(*limit)
     )]
     BudgetExceeded {
         /// Whose budget.

@@ -12,12 +12,14 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::money::Micros;
+use crate::output::OutputChunk;
 use crate::session::Session;
 use crate::store::{
-    BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    HistoryEntry, Lease, LeaseStatus, LeaseWrite, Member, MemberKind, Micros, OutputChunk, OutputRecord, Page,
-    QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter,
-    TaskQuery, WriteOutcome,
+    BatchCompletion, CancelOutcome, Claim, ClaimRequest, ClusterChannel, Completion, Cursor, Enqueued, FailOutcome,
+    Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite, Ledger, Member, MemberKind, OutputRecord, Page, QueueCounts,
+    QueueDepth, Reclaimed, Registry, Result, Retry, SessionQuery, SessionStore, SortOrder, Store, StoreError,
+    TaskFilter, TaskQuery, TaskStore, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -240,7 +242,10 @@ impl Store for MemoryStore {
         drop(self.lock());
         Ok(())
     }
+}
 
+#[async_trait]
+impl TaskStore for MemoryStore {
     async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued> {
         self.lock().insert_task(tenant, task, now)
     }
@@ -573,7 +578,10 @@ impl Store for MemoryStore {
         }
         Ok(counts)
     }
+}
 
+#[async_trait]
+impl SessionStore for MemoryStore {
     async fn save_sessions(&self, sessions: &[Session]) -> Result<()> {
         let mut state = self.lock();
         for session in sessions {
@@ -618,7 +626,10 @@ impl Store for MemoryStore {
         }
         Ok(n)
     }
+}
 
+#[async_trait]
+impl Registry for MemoryStore {
     async fn put_member(&self, member: &Member) -> Result<()> {
         member.validate()?;
         let key = (member.tenant.clone(), member.kind, member.id.clone());
@@ -636,7 +647,10 @@ impl Store for MemoryStore {
         let rows = state.members.range(from..).take_while(|((t, k, _), _)| t == tenant && *k == kind);
         Ok(rows.map(|(_, m)| m).filter(|m| m.expires_at > now).cloned().collect())
     }
+}
 
+#[async_trait]
+impl Ledger for MemoryStore {
     async fn add_spend(&self, tenant: &TenantId, period: &str, amount: Micros) -> Result<Micros> {
         let mut state = self.lock();
         let total = state.spend.entry((tenant.clone(), period.to_owned())).or_default();
@@ -648,6 +662,8 @@ impl Store for MemoryStore {
         Ok(self.lock().spend.get(&(tenant.clone(), period.to_owned())).copied().unwrap_or(0))
     }
 }
+
+impl ClusterChannel for MemoryStore {}
 
 fn replay_entry(queue: &mut TenantQueue, seq: i64, now: Timestamp) -> Result<Task> {
     let task = &mut queue.tasks.get_mut(&seq).expect("exists").task;
