@@ -89,6 +89,7 @@ pub(crate) fn settle(
     }
 }
 
+#[cfg(feature = "sqlite")]
 /// Fills in every entry at `round` as written, when the statement changed them all.
 pub(crate) fn settle_all(entries: &[Entry<'_>], round: &[usize], out: &mut [WriteOutcome]) {
     for &i in round {

@@ -18,7 +18,11 @@ use crate::store::{Claim, Enqueued, FailOutcome, Lease, Result};
 use crate::task::{NewTask, Task, TaskStatus};
 use crate::time::Timestamp;
 
-pub(crate) use crate::store::sql::batch::{Entry, Op, batch_completion, entries, rounds, settle, settle_all};
+#[cfg(feature = "postgres")]
+pub(crate) use crate::store::sql::batch::Op;
+#[cfg(feature = "sqlite")]
+pub(crate) use crate::store::sql::batch::settle_all;
+pub(crate) use crate::store::sql::batch::{Entry, batch_completion, entries, rounds, settle};
 pub(crate) use crate::store::sql::query::{page, push_filter, push_page, push_session_query};
 pub(crate) use crate::store::sql::rows::Rows;
 

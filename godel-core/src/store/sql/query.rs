@@ -21,6 +21,7 @@ pub(crate) trait Dialect: Database {
     fn push_in_ranks(qb: &mut QueryBuilder<'_, Self>, column: &str, ranks: Vec<i16>);
 }
 
+#[cfg(feature = "sqlite")]
 impl Dialect for sqlx::Sqlite {
     const UUID: &'static str = "";
 
@@ -43,6 +44,7 @@ impl Dialect for sqlx::Sqlite {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl Dialect for sqlx::Postgres {
     const UUID: &'static str = "::uuid";
 
