@@ -251,11 +251,8 @@ impl TaskStore for MemoryStore {
     }
 
     async fn enqueue_batch(&self, tenant: &TenantId, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>> {
-        // Validate everything first so a bad task leaves nothing behind.
         let mut tasks = tasks;
-        for task in &mut tasks {
-            task.validate()?;
-        }
+        crate::store::validate_batch(&mut tasks)?;
         let mut state = self.lock();
         tasks.into_iter().map(|t| state.insert_task(tenant, t, now)).collect()
     }
@@ -606,20 +603,14 @@ impl SessionStore for MemoryStore {
         Ok(sessions)
     }
 
-    async fn abandon_sessions(
-        &self,
-        tenant: &TenantId,
-        agents: &[AgentId],
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<u64> {
+    async fn abandon_sessions(&self, tenant: &TenantId, agents: &[AgentId], why: &str, now: Timestamp) -> Result<u64> {
         let mut state = self.lock();
         let Some(queue) = state.tenants.get_mut(tenant) else { return Ok(0) };
         let mut n = 0;
         for session in queue.sessions.values_mut() {
             if !session.state.is_terminal() && agents.contains(&session.agent) {
                 session.state = crate::session::SessionState::Error;
-                session.error = Some(reason.to_owned());
+                session.error = Some(why.to_owned());
                 session.updated_at = now;
                 n += 1;
             }

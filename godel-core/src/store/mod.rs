@@ -113,8 +113,15 @@ pub trait Store: TaskStore + SessionStore + Registry + Ledger + ClusterChannel +
 #[async_trait]
 pub trait TaskStore: Send + Sync {
     /// Adds a task. With an idempotency key already used by this tenant, returns
-    /// the first task and `created: false` instead.
-    async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued>;
+    /// the first task and `created: false` instead. By default, an
+    /// [`enqueue_batch`](TaskStore::enqueue_batch) of one.
+    async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued> {
+        let out = self.enqueue_batch(tenant, vec![task], now).await?;
+        out.into_iter().next().ok_or_else(|| StoreError::Backend {
+            backend: "store",
+            source: "a batch of one task was enqueued as none".into(),
+        })
+    }
 
     /// Adds many tasks atomically (all or none), in order; results line up with the input.
     async fn enqueue_batch(&self, tenant: &TenantId, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>>;
@@ -148,7 +155,21 @@ pub trait TaskStore: Send + Sync {
     /// not stop the others; it is reported in [`BatchCompletion::lease_lost`].
     /// Entries for the same task act one after the other, in input order, so
     /// only the first of two identical leases completes.
-    async fn complete_batch(&self, completions: &[Completion], now: Timestamp) -> Result<BatchCompletion>;
+    ///
+    /// By default, a [`write_batch`](TaskStore::write_batch) of the completions.
+    async fn complete_batch(&self, completions: &[Completion], now: Timestamp) -> Result<BatchCompletion> {
+        let writes: Vec<LeaseWrite> = completions.iter().cloned().map(LeaseWrite::Complete).collect();
+        let outcomes = self.write_batch(&writes, now).await?;
+        let mut out = BatchCompletion::default();
+        for (c, outcome) in completions.iter().zip(outcomes) {
+            if outcome == WriteOutcome::Completed {
+                out.completed.push(c.lease.task);
+            } else {
+                out.lease_lost.push(c.lease.task);
+            }
+        }
+        Ok(out)
+    }
 
     /// Fails the current attempt: back to pending after the backoff, dead-letter
     /// when attempts are spent, `failed` when not retryable, `cancelled` when a
@@ -221,15 +242,9 @@ pub trait SessionStore: Send + Sync {
     /// Sessions matching `query`, newest first.
     async fn list_sessions(&self, tenant: &TenantId, query: &SessionQuery) -> Result<Vec<Session>>;
 
-    /// Ends every live session of `agents` in state `error` with `reason`
+    /// Ends every live session of `agents` in state `error` with the reason `why`
     /// (e.g. after an engine restart, whose sessions died with it). Returns how many.
-    async fn abandon_sessions(
-        &self,
-        tenant: &TenantId,
-        agents: &[AgentId],
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<u64>;
+    async fn abandon_sessions(&self, tenant: &TenantId, agents: &[AgentId], why: &str, now: Timestamp) -> Result<u64>;
 }
 
 /// The registry every node sharing the store can read: agents, gateway
@@ -622,6 +637,12 @@ impl TaskFilter {
     }
 }
 
+/// Checks (and normalizes) every task of a batch before any is written, so
+/// that a bad one leaves nothing behind.
+pub(crate) fn validate_batch(tasks: &mut [NewTask]) -> Result<(), InvalidInput> {
+    tasks.iter_mut().try_for_each(NewTask::validate)
+}
+
 /// Most tasks one page may hold.
 pub const MAX_PAGE_SIZE: usize = 1_000;
 
@@ -713,5 +734,19 @@ impl QueueCounts {
 
     pub(crate) fn add_status(&mut self, s: TaskStatus, n: u64) {
         self.by_status[s.index()] += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The server opens stores inside spawned tasks.
+    #[test]
+    fn opening_is_send() {
+        fn send<T: Send + 'static>(_: T) {}
+        send(async { crate::store::open("memory://").await });
+        #[cfg(feature = "sqlite")]
+        send(async { crate::store::SqliteStore::open(std::path::Path::new("never-opened.db")).await });
+        #[cfg(feature = "postgres")]
+        send(async { crate::store::PostgresStore::open("postgres://127.0.0.1:1/none").await });
     }
 }

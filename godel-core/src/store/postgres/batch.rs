@@ -85,48 +85,6 @@ impl NewRow {
     }
 }
 
-pub(super) async fn insert_task(
-    conn: &mut PgConnection,
-    tenant: &TenantId,
-    task: NewTask,
-    row: NewRow,
-    now: Timestamp,
-) -> Result<Enqueued> {
-    let inserted = sqlx::query(
-        "INSERT INTO tasks (id, tenant, priority, status, payload, capabilities, affinity_key, idempotency_key, \
-             parent_id, max_attempts, timeout_ms, run_at, created_at, updated_at) \
-         VALUES ($1::uuid, $2, $3, 'pending', $4, $5, $6, $7, $8::uuid, $9, $10, $11, $12, $12) \
-         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-    )
-    .bind(row.id.to_string())
-    .bind(tenant.as_str())
-    .bind(row.priority)
-    .bind(&row.payload)
-    .bind(&task.capabilities)
-    .bind(task.affinity_key.as_deref())
-    .bind(task.idempotency_key.as_deref())
-    .bind(task.parent.map(|p| p.to_string()))
-    .bind(row.max_attempts)
-    .bind(row.timeout_ms)
-    .bind(row.run_at)
-    .bind(now.as_millis())
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    if inserted.rows_affected() == 1 {
-        return Ok(Enqueued { task: row.task(tenant, task, now)?, created: true });
-    }
-    // The idempotency key is taken: return the first task (rule 7).
-    let sql = format!("SELECT {COLUMNS} FROM tasks t WHERE t.tenant = $1 AND t.idempotency_key = $2");
-    let found = sqlx::query(&sql)
-        .bind(tenant.as_str())
-        .bind(task.idempotency_key.as_deref())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    Ok(Enqueued { task: decode_task(&found)?.1, created: false })
-}
-
 /// Inserts a batch in one statement, skipping tasks whose idempotency key is
 /// taken (also by an earlier task of the same batch), and lines the results
 /// up with the input: the task inserted for each entry, or the first task

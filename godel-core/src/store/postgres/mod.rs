@@ -280,7 +280,7 @@ fn unsigned(value: i32, column: &str) -> Result<u32> {
 }
 
 fn backend_err(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Backend { backend: BACKEND, source: Box::new(e) }
+    ROWS.error(e)
 }
 
 /// Maps a driver error to a meaning. Lost or refused connections, an
@@ -304,21 +304,5 @@ fn db_err(e: sqlx::Error) -> StoreError {
         }),
         _ => false,
     };
-    if transient {
-        StoreError::Unavailable { backend: BACKEND, source: Box::new(e) }
-    } else {
-        StoreError::Backend { backend: BACKEND, source: Box::new(e) }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The server opens stores inside spawned tasks.
-    #[test]
-    fn opening_is_send() {
-        fn send<T: Send + 'static>(_: T) {}
-        send(async { PostgresStore::open("postgres://127.0.0.1:1/none").await });
-    }
+    ROWS.driver(e, transient)
 }

@@ -95,13 +95,7 @@ impl SessionStore for PostgresStore {
         rows.iter().map(decode_session).collect()
     }
 
-    async fn abandon_sessions(
-        &self,
-        tenant: &TenantId,
-        agents: &[AgentId],
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<u64> {
+    async fn abandon_sessions(&self, tenant: &TenantId, agents: &[AgentId], why: &str, now: Timestamp) -> Result<u64> {
         if agents.is_empty() {
             return Ok(0);
         }
@@ -112,7 +106,7 @@ impl SessionStore for PostgresStore {
                      WHERE tenant = $3 AND state NOT IN ('completed', 'failed', 'cancelled', 'timeout', 'error') \
                      AND agent_id = ANY($4)",
             )
-            .bind(reason)
+            .bind(why)
             .bind(now.as_millis())
             .bind(tenant.as_str())
             .bind(&agents)

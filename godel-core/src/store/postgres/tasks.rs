@@ -9,34 +9,24 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use crate::ids::{AgentId, TaskId, TenantId};
 use crate::output::OutputChunk;
-use crate::store::postgres::batch::{NewRow, insert_task, insert_tasks, write_entries};
+use crate::store::postgres::batch::{NewRow, insert_tasks, write_entries};
 use crate::store::postgres::decode::{COLUMNS, decode_task};
 use crate::store::postgres::{
     FENCE, PostgresStore, ROWS, backend_err, db_err, fenced, lease_status, seq_of, status_of, unsigned,
 };
-use crate::store::sql::{self, Entry};
+use crate::store::sql;
 use crate::store::{
-    BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Enqueued, FailOutcome, Failure, HistoryEntry,
-    Lease, LeaseStatus, LeaseWrite, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, Retry, StoreError,
-    TaskFilter, TaskQuery, TaskStore, WriteOutcome,
+    CancelOutcome, Claim, ClaimRequest, Enqueued, FailOutcome, Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite,
+    OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, StoreError, TaskFilter, TaskQuery, TaskStore,
+    WriteOutcome,
 };
 use crate::task::{NewTask, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
 
 #[async_trait]
 impl TaskStore for PostgresStore {
-    async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued> {
-        let mut task = task;
-        task.validate()?;
-        let row = NewRow::of(&task, TaskId::new(), now)?;
-        scoped!(@insert self, tenant, |conn| insert_task(conn, tenant, task, row, now))
-    }
-
-    async fn enqueue_batch(&self, tenant: &TenantId, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>> {
-        let mut tasks = tasks;
-        for task in &mut tasks {
-            task.validate()?;
-        }
+    async fn enqueue_batch(&self, tenant: &TenantId, mut tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>> {
+        crate::store::validate_batch(&mut tasks)?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -141,16 +131,9 @@ impl TaskStore for PostgresStore {
         if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::LeaseLost(lease.task)) }
     }
 
-    async fn complete_batch(&self, completions: &[Completion], now: Timestamp) -> Result<BatchCompletion> {
-        let entries = completions.iter().map(|c| Entry::complete(ROWS, c)).collect::<Result<Vec<_>>>()?;
-        let outcomes = write_entries(self, &entries, now).await?;
-        Ok(sql::batch_completion(completions, outcomes))
-    }
-
     async fn fail(&self, lease: &Lease, failure: &Failure, now: Timestamp) -> Result<FailOutcome> {
-        // SET expressions all see the old row, so each column repeats the decision:
-        // cancelled if a cancel was requested, failed if not retryable,
-        // dead-lettered when attempts are spent, pending after the backoff otherwise.
+        // SET expressions all see the old row, so each column repeats the
+        // decision that `sql::fail_outcome` reads back.
         let sql = format!(
             "UPDATE tasks t SET \
                  status = CASE WHEN t.cancel_requested THEN 'cancelled' WHEN NOT $5 THEN 'failed' \
@@ -164,10 +147,7 @@ impl TaskStore for PostgresStore {
                  error = $8, lease_token = NULL, lease_expires_at = NULL, updated_at = $7 \
              WHERE {FENCE} RETURNING t.status, t.run_at"
         );
-        let (retryable, run_at) = match failure.retry {
-            Retry::After(delay) => (true, now + delay),
-            Retry::Never => (false, now),
-        };
+        let (retryable, run_at) = sql::retry_of(failure, now);
         let error = serde_json::to_string(&failure.error).map_err(backend_err)?;
         let row = scoped!(self, &lease.tenant, |conn| async move {
             let query = fenced(&sql, lease).bind(retryable).bind(run_at.as_millis()).bind(now.as_millis()).bind(error);
@@ -227,11 +207,7 @@ impl TaskStore for PostgresStore {
             match row {
                 Some(row) if row.try_get::<&str, _>(0).map_err(db_err)? == "cancelled" => Ok(CancelOutcome::Cancelled),
                 Some(_) => Ok(CancelOutcome::Requested),
-                None => Err(StoreError::InvalidTransition {
-                    task: id,
-                    from: status_of(conn, tenant, id).await?,
-                    action: "cancel",
-                }),
+                None => Err(sql::refused(id, status_of(conn, tenant, id).await?, "cancel")),
             }
         })
     }
@@ -299,11 +275,7 @@ impl TaskStore for PostgresStore {
                 .map_err(db_err)?;
             match row {
                 Some(row) => Ok(decode_task(&row)?.1),
-                None => Err(StoreError::InvalidTransition {
-                    task: id,
-                    from: status_of(conn, tenant, id).await?,
-                    action: "replay",
-                }),
+                None => Err(sql::refused(id, status_of(conn, tenant, id).await?, "replay")),
             }
         })
     }
@@ -334,7 +306,7 @@ impl TaskStore for PostgresStore {
             if purged == 1 {
                 return Ok(());
             }
-            Err(StoreError::InvalidTransition { task: id, from: status_of(conn, tenant, id).await?, action: "purge" })
+            Err(sql::refused(id, status_of(conn, tenant, id).await?, "purge"))
         })
     }
 

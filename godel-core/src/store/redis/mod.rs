@@ -184,10 +184,7 @@ impl RedisStore {
     }
 
     async fn insert(&self, tenant: &TenantId, mut tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>> {
-        // Validate everything first so a bad task leaves nothing behind.
-        for task in &mut tasks {
-            task.validate()?;
-        }
+        crate::store::validate_batch(&mut tasks)?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }

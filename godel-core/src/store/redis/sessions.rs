@@ -74,18 +74,12 @@ impl SessionStore for RedisStore {
         Ok(sessions)
     }
 
-    async fn abandon_sessions(
-        &self,
-        tenant: &TenantId,
-        agents: &[AgentId],
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<u64> {
+    async fn abandon_sessions(&self, tenant: &TenantId, agents: &[AgentId], why: &str, now: Timestamp) -> Result<u64> {
         if agents.is_empty() {
             return Ok(0);
         }
         let mut args = call(&self.scripts.sessions);
-        args.arg(self.tenant_key(tenant)).arg("abandon").arg(now.as_millis()).arg(reason);
+        args.arg(self.tenant_key(tenant)).arg("abandon").arg(now.as_millis()).arg(why);
         for agent in agents {
             args.arg(agent.as_str());
         }

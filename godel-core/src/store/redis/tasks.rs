@@ -25,11 +25,6 @@ use crate::time::Timestamp;
 
 #[async_trait]
 impl TaskStore for RedisStore {
-    async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued> {
-        let mut out = self.insert(tenant, vec![task], now).await?;
-        out.pop().ok_or_else(|| corrupt("enqueue reply", "no task"))
-    }
-
     async fn enqueue_batch(&self, tenant: &TenantId, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>> {
         self.insert(tenant, tasks, now).await
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::ids::TaskId;
 use crate::store::sql::Rows;
-use crate::store::{BatchCompletion, Completion, Lease, LeaseWrite, Result, WriteOutcome};
+use crate::store::{Completion, Lease, LeaseWrite, Result, WriteOutcome};
 
 /// What a batched lease-holder write does to its task.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
@@ -95,18 +95,4 @@ pub(crate) fn settle_all(entries: &[Entry<'_>], round: &[usize], out: &mut [Writ
     for &i in round {
         out[i] = entries[i].outcome(false);
     }
-}
-
-/// A [`complete_batch`](crate::store::TaskStore::complete_batch) told from
-/// the outcomes of its entries.
-pub(crate) fn batch_completion(completions: &[Completion], outcomes: Vec<WriteOutcome>) -> BatchCompletion {
-    let mut out = BatchCompletion::default();
-    for (c, outcome) in completions.iter().zip(outcomes) {
-        if outcome == WriteOutcome::Completed {
-            out.completed.push(c.lease.task);
-        } else {
-            out.lease_lost.push(c.lease.task);
-        }
-    }
-    out
 }

@@ -13,8 +13,8 @@ mod rows;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::ids::LeaseToken;
-use crate::store::{Claim, Enqueued, FailOutcome, Lease, Result};
+use crate::ids::{LeaseToken, TaskId};
+use crate::store::{Claim, Enqueued, FailOutcome, Failure, Lease, Result, Retry, StoreError};
 use crate::task::{NewTask, Task, TaskStatus};
 use crate::time::Timestamp;
 
@@ -22,7 +22,7 @@ use crate::time::Timestamp;
 pub(crate) use crate::store::sql::batch::Op;
 #[cfg(feature = "sqlite")]
 pub(crate) use crate::store::sql::batch::settle_all;
-pub(crate) use crate::store::sql::batch::{Entry, batch_completion, entries, rounds, settle};
+pub(crate) use crate::store::sql::batch::{Entry, entries, rounds, settle};
 pub(crate) use crate::store::sql::query::{page, push_filter, push_page, push_session_query};
 pub(crate) use crate::store::sql::rows::Rows;
 
@@ -53,7 +53,25 @@ pub(crate) fn claims_in_order(rows: Rows, mut claimed: Vec<TaskRow>) -> Result<V
         .collect()
 }
 
-/// What a fenced fail did, from the status and `run_at` it returned.
+/// The error for `action` on a task whose status `from` does not allow it
+/// (the statement changed nothing, and a second read found the status).
+pub(crate) fn refused(task: TaskId, from: TaskStatus, action: &'static str) -> StoreError {
+    StoreError::InvalidTransition { task, from, action }
+}
+
+/// Whether a failed attempt may be retried, and from when: the parameters
+/// of a fenced fail.
+pub(crate) fn retry_of(failure: &Failure, now: Timestamp) -> (bool, Timestamp) {
+    match failure.retry {
+        Retry::After(delay) => (true, now + delay),
+        Retry::Never => (false, now),
+    }
+}
+
+/// What a fenced fail did, from the status and `run_at` it returned: it
+/// cancels if a cancel was requested, fails for good if not retryable,
+/// dead-letters when attempts are spent, and otherwise makes the task pending
+/// after the backoff.
 pub(crate) fn fail_outcome(status: TaskStatus, run_at: i64) -> FailOutcome {
     match status {
         TaskStatus::Pending => FailOutcome::Retrying { run_at: Timestamp::from_millis(run_at) },

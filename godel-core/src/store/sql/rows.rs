@@ -23,6 +23,12 @@ impl Rows {
         StoreError::Backend { backend: self.0, source: Box::new(e) }
     }
 
+    /// A driver error: [`StoreError::Unavailable`] if `transient` (retrying
+    /// may succeed), else [`StoreError::Backend`].
+    pub(crate) fn driver(self, e: sqlx::Error, transient: bool) -> StoreError {
+        if transient { StoreError::Unavailable { backend: self.0, source: Box::new(e) } } else { self.error(e) }
+    }
+
     /// A JSON text column.
     pub(crate) fn json<T: serde::de::DeserializeOwned>(self, value: &str, column: &str) -> Result<T> {
         serde_json::from_str(value).map_err(|e| self.corrupt(format!("column {column} holds invalid JSON: {e}")))

@@ -52,50 +52,6 @@ pub(super) async fn write_entries(
     Ok(out)
 }
 
-pub(super) async fn insert_task(
-    conn: &mut SqliteConnection,
-    tenant: &TenantId,
-    task: &NewTask,
-    now: Timestamp,
-) -> Result<Enqueued> {
-    let sql = format!(
-        "INSERT INTO tasks (id, tenant, priority, status, payload, capabilities, affinity_key, idempotency_key, \
-             parent_id, max_attempts, timeout_ms, run_at, created_at, updated_at) \
-         VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-         RETURNING {COLUMNS}"
-    );
-    let row = sqlx::query(&sql)
-        .bind(TaskId::new().to_string())
-        .bind(tenant.as_str())
-        .bind(i64::from(task.priority.rank()))
-        .bind(serde_json::to_string(&task.payload).map_err(backend_err)?)
-        .bind(serde_json::to_string(&task.capabilities).map_err(backend_err)?)
-        .bind(task.affinity_key.as_deref())
-        .bind(task.idempotency_key.as_deref())
-        .bind(task.parent.map(|p| p.to_string()))
-        .bind(task.max_attempts)
-        .bind(task.timeout.map(sql::timeout_ms))
-        .bind(task.run_at.unwrap_or(now).as_millis())
-        .bind(now.as_millis())
-        .bind(now.as_millis())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    if let Some(row) = row {
-        return Ok(Enqueued { task: decode_task(&row)?.1, created: true });
-    }
-    // The idempotency key is taken: return the first task (rule 7).
-    let sql = format!("SELECT {COLUMNS} FROM tasks WHERE tenant = ? AND idempotency_key = ?");
-    let row = sqlx::query(&sql)
-        .bind(tenant.as_str())
-        .bind(task.idempotency_key.as_deref())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    Ok(Enqueued { task: decode_task(&row)?.1, created: false })
-}
-
 /// Inserts `tasks` under `ids` in one statement, skipping those whose
 /// idempotency key is taken (also by an earlier task of the same batch).
 /// Returns the inserted tasks by id.

@@ -6,7 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use crate::ids::{AgentId, TenantId};
 use crate::store::sql::{TaskRow, timeout_from_ms};
 use crate::store::sqlite::{ROWS, db_err};
-use crate::store::{ClaimRequest, Result};
+use crate::store::{ClaimRequest, HistoryEntry, OutputRecord, Result};
 use crate::task::{Task, TaskStatus};
 use crate::time::Timestamp;
 
@@ -170,6 +170,29 @@ fn decode_with(row: &SqliteRow, known: Known, at: &Layout) -> Result<TaskRow> {
     };
     let token = text(at.lease_token)?.map(|s| ROWS.parse(s, "lease_token")).transpose()?;
     Ok((int(at.seq)?, task, token))
+}
+
+/// Decodes a `task_output` row: attempt, stream, data, at.
+pub(super) fn decode_output(row: &SqliteRow) -> Result<OutputRecord> {
+    Ok(OutputRecord {
+        attempt: row.try_get(0).map_err(db_err)?,
+        stream: ROWS.parse(row.try_get(1).map_err(db_err)?, "stream")?,
+        data: row.try_get(2).map_err(db_err)?,
+        at: Timestamp::from_millis(row.try_get(3).map_err(db_err)?),
+    })
+}
+
+/// Decodes a `task_history` row: at, attempt, status, agent, error, cancel flag.
+pub(super) fn decode_history(row: &SqliteRow) -> Result<HistoryEntry> {
+    let text = |i: usize| -> Result<Option<&str>> { row.try_get::<Option<&str>, _>(i).map_err(db_err) };
+    Ok(HistoryEntry {
+        at: Timestamp::from_millis(row.try_get(0).map_err(db_err)?),
+        attempt: row.try_get(1).map_err(db_err)?,
+        status: ROWS.parse(row.try_get(2).map_err(db_err)?, "status")?,
+        agent: text(3)?.map(|a| ROWS.parse(a, "agent_id")).transpose()?,
+        error: text(4)?.map(|e| ROWS.json(e, "error")).transpose()?,
+        cancel_requested: row.try_get(5).map_err(db_err)?,
+    })
 }
 
 /// A nullable time column.

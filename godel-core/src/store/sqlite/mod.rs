@@ -179,7 +179,7 @@ fn token_text(token: &LeaseToken) -> String {
 }
 
 fn backend_err(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Backend { backend: BACKEND, source: Box::new(e) }
+    ROWS.error(e)
 }
 
 /// Maps a driver error to a meaning: busy, locked, I/O and pool exhaustion may
@@ -192,21 +192,5 @@ fn db_err(e: sqlx::Error) -> StoreError {
         }
         _ => false,
     };
-    if transient {
-        StoreError::Unavailable { backend: BACKEND, source: Box::new(e) }
-    } else {
-        StoreError::Backend { backend: BACKEND, source: Box::new(e) }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The server opens stores inside spawned tasks.
-    #[test]
-    fn opening_is_send() {
-        fn send<T: Send + 'static>(_: T) {}
-        send(async { SqliteStore::open(Path::new("never-opened.db")).await });
-    }
+    ROWS.driver(e, transient)
 }

@@ -81,18 +81,12 @@ impl SessionStore for SqliteStore {
         rows.iter().map(decode_session).collect()
     }
 
-    async fn abandon_sessions(
-        &self,
-        tenant: &TenantId,
-        agents: &[AgentId],
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<u64> {
+    async fn abandon_sessions(&self, tenant: &TenantId, agents: &[AgentId], why: &str, now: Timestamp) -> Result<u64> {
         if agents.is_empty() {
             return Ok(0);
         }
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE sessions SET state = 'error', error = ");
-        qb.push_bind(reason.to_owned()).push(", updated_at = ").push_bind(now.as_millis());
+        qb.push_bind(why.to_owned()).push(", updated_at = ").push_bind(now.as_millis());
         qb.push(" WHERE tenant = ").push_bind(tenant.as_str());
         qb.push(" AND state NOT IN ('completed', 'failed', 'cancelled', 'timeout', 'error') AND agent_id IN (");
         let mut list = qb.separated(", ");

@@ -10,32 +10,23 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use crate::ids::{AgentId, TaskId, TenantId};
 use crate::output::OutputChunk;
-use crate::store::sql::{self, Entry};
-use crate::store::sqlite::batch::{enqueued_in_order, insert_task, insert_tasks, write_entries};
-use crate::store::sqlite::decode::{CLAIMED_COLUMNS, COLUMNS, decode_claimed, decode_task};
+use crate::store::sql;
+use crate::store::sqlite::batch::{enqueued_in_order, insert_tasks, write_entries};
+use crate::store::sqlite::decode::{
+    CLAIMED_COLUMNS, COLUMNS, decode_claimed, decode_history, decode_output, decode_task,
+};
 use crate::store::sqlite::{BATCH_CHUNK, FENCE, ROWS, SqliteStore, backend_err, db_err, fenced, lease_status};
 use crate::store::{
-    BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Enqueued, FailOutcome, Failure, HistoryEntry,
-    Lease, LeaseStatus, LeaseWrite, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, Retry, StoreError,
-    TaskFilter, TaskQuery, TaskStore, WriteOutcome,
+    CancelOutcome, Claim, ClaimRequest, Enqueued, FailOutcome, Failure, Lease, LeaseStatus, LeaseWrite, Page,
+    QueueCounts, QueueDepth, Reclaimed, Result, StoreError, TaskFilter, TaskQuery, TaskStore, WriteOutcome,
 };
 use crate::task::{NewTask, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
 
 #[async_trait]
 impl TaskStore for SqliteStore {
-    async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued> {
-        let mut task = task;
-        task.validate()?;
-        let mut conn = self.writer().await?;
-        insert_task(&mut conn, tenant, &task, now).await
-    }
-
-    async fn enqueue_batch(&self, tenant: &TenantId, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>> {
-        let mut tasks = tasks;
-        for task in &mut tasks {
-            task.validate()?;
-        }
+    async fn enqueue_batch(&self, tenant: &TenantId, mut tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>> {
+        crate::store::validate_batch(&mut tasks)?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -126,16 +117,9 @@ impl TaskStore for SqliteStore {
         }
     }
 
-    async fn complete_batch(&self, completions: &[Completion], now: Timestamp) -> Result<BatchCompletion> {
-        let entries = completions.iter().map(|c| Entry::complete(ROWS, c)).collect::<Result<Vec<_>>>()?;
-        let outcomes = write_entries(self, &entries, now).await?;
-        Ok(sql::batch_completion(completions, outcomes))
-    }
-
     async fn fail(&self, lease: &Lease, failure: &Failure, now: Timestamp) -> Result<FailOutcome> {
-        // SET expressions all see the old row, so each column repeats the decision:
-        // cancelled if a cancel was requested, failed if not retryable,
-        // dead-lettered when attempts are spent, pending after the backoff otherwise.
+        // SET expressions all see the old row, so each column repeats the
+        // decision that `sql::fail_outcome` reads back.
         let sql = format!(
             "UPDATE tasks SET \
                  status = CASE WHEN cancel_requested = 1 THEN 'cancelled' WHEN ?5 = 0 THEN 'failed' \
@@ -146,10 +130,7 @@ impl TaskStore for SqliteStore {
                  error = ?8, lease_token = NULL, lease_expires_at = NULL, updated_at = ?7 \
              WHERE {FENCE} RETURNING status, run_at"
         );
-        let (retryable, run_at) = match failure.retry {
-            Retry::After(delay) => (true, now + delay),
-            Retry::Never => (false, now),
-        };
+        let (retryable, run_at) = sql::retry_of(failure, now);
         let error = serde_json::to_string(&failure.error).map_err(backend_err)?;
         let query = fenced(&sql, lease).bind(retryable).bind(run_at.as_millis()).bind(now.as_millis()).bind(error);
         let row = query.fetch_optional(&mut *self.writer().await?).await.map_err(db_err)?;
@@ -205,11 +186,7 @@ impl TaskStore for SqliteStore {
         match row {
             Some(row) if row.try_get::<String, _>(0).map_err(db_err)? == "cancelled" => Ok(CancelOutcome::Cancelled),
             Some(_) => Ok(CancelOutcome::Requested),
-            None => Err(StoreError::InvalidTransition {
-                task: id,
-                from: self.status_of(tenant, id).await?,
-                action: "cancel",
-            }),
+            None => Err(sql::refused(id, self.status_of(tenant, id).await?, "cancel")),
         }
     }
 
@@ -262,11 +239,7 @@ impl TaskStore for SqliteStore {
             .map_err(db_err)?;
         match row {
             Some(row) => Ok(decode_task(&row)?.1),
-            None => Err(StoreError::InvalidTransition {
-                task: id,
-                from: self.status_of(tenant, id).await?,
-                action: "replay",
-            }),
+            None => Err(sql::refused(id, self.status_of(tenant, id).await?, "replay")),
         }
     }
 
@@ -293,7 +266,7 @@ impl TaskStore for SqliteStore {
         if done.rows_affected() == 1 {
             return Ok(());
         }
-        Err(StoreError::InvalidTransition { task: id, from: self.status_of(tenant, id).await?, action: "purge" })
+        Err(sql::refused(id, self.status_of(tenant, id).await?, "purge"))
     }
 
     async fn purge_finished(&self, tenant: &TenantId, filter: &TaskFilter, finished_before: Timestamp) -> Result<u64> {
@@ -328,26 +301,17 @@ impl TaskStore for SqliteStore {
         Ok(sql::page(rows.iter().map(decode_task).collect::<Result<Vec<_>>>()?, query))
     }
 
-    async fn output(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<OutputRecord>> {
+    async fn output(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<crate::store::OutputRecord>> {
         let seq = self.seq_of(tenant, id).await?;
         let rows = sqlx::query("SELECT attempt, stream, data, at FROM task_output WHERE task_seq = ? ORDER BY seq")
             .bind(seq)
             .fetch_all(&self.reader)
             .await
             .map_err(db_err)?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutputRecord {
-                    attempt: row.try_get(0).map_err(db_err)?,
-                    stream: ROWS.parse(&row.try_get::<String, _>(1).map_err(db_err)?, "stream")?,
-                    data: row.try_get(2).map_err(db_err)?,
-                    at: Timestamp::from_millis(row.try_get(3).map_err(db_err)?),
-                })
-            })
-            .collect()
+        rows.iter().map(decode_output).collect()
     }
 
-    async fn history(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<HistoryEntry>> {
+    async fn history(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<crate::store::HistoryEntry>> {
         let seq = self.seq_of(tenant, id).await?;
         let rows = sqlx::query(
             "SELECT at, attempt, status, agent_id, error, cancel_requested FROM task_history \
@@ -357,20 +321,7 @@ impl TaskStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        rows.iter()
-            .map(|row| {
-                let agent: Option<String> = row.try_get(3).map_err(db_err)?;
-                let error: Option<String> = row.try_get(4).map_err(db_err)?;
-                Ok(HistoryEntry {
-                    at: Timestamp::from_millis(row.try_get(0).map_err(db_err)?),
-                    attempt: row.try_get(1).map_err(db_err)?,
-                    status: ROWS.parse(&row.try_get::<String, _>(2).map_err(db_err)?, "status")?,
-                    agent: agent.map(|a| ROWS.parse(&a, "agent_id")).transpose()?,
-                    error: error.map(|e| ROWS.json(&e, "error")).transpose()?,
-                    cancel_requested: row.try_get(5).map_err(db_err)?,
-                })
-            })
-            .collect()
+        rows.iter().map(decode_history).collect()
     }
 
     async fn depth(&self, tenant: &TenantId, now: Timestamp) -> Result<QueueDepth> {
