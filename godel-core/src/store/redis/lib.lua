@@ -17,7 +17,7 @@ local function task_key(T, id)
 end
 
 -- The fields of a task hash, in the order `read_task` returns them (the Rust
--- side reads them by position: keep `TASK_FIELDS` in redis.rs in step).
+-- side reads them by position: keep `TASK_FIELDS` in redis/decode.rs in step).
 local TASK_FIELDS = { 'id', 'pri', 'st', 'pay', 'caps', 'aff', 'idem', 'par', 'att', 'max', 'to', 'run', 'ag', 'exp',
   'cxl', 'res', 'err', 'cr', 'up', 'sa', 'ca', 'dl', 'tok' }
 local function read_task(k)

@@ -22,6 +22,7 @@
 //! Cluster messages travel over Redis pub/sub on a dedicated connection that
 //! reconnects on its own; a handle drops its own echoes by its [`NodeId`].
 
+mod channel;
 mod connections;
 mod decode;
 mod ledger;

@@ -7,11 +7,9 @@ use deadpool_redis::redis;
 use serde_json::Value as Json;
 
 use crate::ids::TenantId;
-use crate::store::redis::listener::envelope;
 use crate::store::redis::{RedisStore, corrupt};
-use crate::store::{ClusterChannel, ClusterMessage, Member, MemberKind, Registry, Result};
+use crate::store::{Member, MemberKind, Registry, Result};
 use crate::time::Timestamp;
-use tokio::sync::broadcast;
 
 #[async_trait]
 impl Registry for RedisStore {
@@ -61,19 +59,5 @@ impl Registry for RedisStore {
         }
         members.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(members)
-    }
-}
-
-/// Cluster messages over Redis pub/sub (see `listener.rs` for the receiving side).
-#[async_trait]
-impl ClusterChannel for RedisStore {
-    fn cluster_messages(&self) -> Option<broadcast::Receiver<ClusterMessage>> {
-        Some(self.messages.subscribe())
-    }
-
-    async fn broadcast(&self, message: &ClusterMessage) -> Result<()> {
-        let payload = envelope(self.node, message.clone())?;
-        let _: i64 = self.query(redis::cmd("PUBLISH").arg(&self.channel).arg(payload)).await?;
-        Ok(())
     }
 }
