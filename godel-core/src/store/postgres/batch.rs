@@ -9,7 +9,7 @@ use crate::InvalidInput;
 use crate::ids::{TaskId, TenantId};
 use crate::store::postgres::decode::{COLUMNS, decode_task};
 use crate::store::postgres::{PostgresStore, ROWS, backend_err, db_err, set_tenant};
-use crate::store::sql::{self, Entry, Op};
+use crate::store::sql::{self, Op, Writes};
 use crate::store::{Enqueued, Result, WriteOutcome};
 use crate::task::{NewTask, Task};
 use crate::time::Timestamp;
@@ -21,13 +21,9 @@ use crate::time::Timestamp;
 /// entry of a task goes into the n-th round. Entries of different tenants
 /// go into different statements, each under its own tenant setting. All
 /// statements of a batch run in one transaction.
-pub(super) async fn write_entries(
-    store: &PostgresStore,
-    entries: &[Entry<'_>],
-    now: Timestamp,
-) -> Result<Vec<WriteOutcome>> {
-    let mut out = vec![WriteOutcome::LeaseLost; entries.len()];
-    let Some(first) = entries.first() else { return Ok(out) };
+pub(super) async fn write_entries(store: &PostgresStore, mut writes: Writes<'_, '_>) -> Result<Vec<WriteOutcome>> {
+    let entries = writes.entries;
+    let Some(first) = entries.first() else { return Ok(writes.out) };
     let mut tenants: Vec<&TenantId> = Vec::new();
     for e in entries {
         if !tenants.contains(&&e.lease.tenant) {
@@ -41,11 +37,11 @@ pub(super) async fn write_entries(
         }
         let mine = entries.iter().enumerate().filter(|(_, e)| &e.lease.tenant == *tenant).map(|(i, _)| i);
         for round in sql::rounds(mine, entries) {
-            write_round(&mut tx, entries, &round, now, &mut out).await?;
+            write_round(&mut tx, &mut writes, &round).await?;
         }
     }
     tx.commit().await.map_err(db_err)?;
-    Ok(out)
+    Ok(writes.out)
 }
 
 /// A new task's columns as the store writes them.
@@ -157,13 +153,7 @@ pub(super) async fn insert_tasks(
 
 /// Writes the entries at `round` (one tenant, no task twice) in one fenced
 /// `UPDATE … FROM unnest(…)` and fills in their outcomes.
-async fn write_round(
-    conn: &mut PgConnection,
-    entries: &[Entry<'_>],
-    round: &[usize],
-    now: Timestamp,
-    out: &mut [WriteOutcome],
-) -> Result<()> {
+async fn write_round(conn: &mut PgConnection, writes: &mut Writes<'_, '_>, round: &[usize]) -> Result<()> {
     const SQL: &str = "UPDATE tasks t SET \
              status = CASE WHEN b.start THEN 'running' ELSE 'completed' END, \
              agent_id = CASE WHEN b.start THEN b.extra ELSE t.agent_id END, \
@@ -177,6 +167,7 @@ async fn write_round(
          WHERE t.id = b.id::uuid AND t.tenant = $7 AND t.attempt = b.attempt AND t.lease_token = b.token::uuid \
              AND t.status IN ('assigned', 'running') \
          RETURNING t.id::text, t.cancel_requested";
+    let (entries, now) = (writes.entries, writes.now);
     let tenant = &entries[round[0]].lease.tenant;
     let ids: Vec<String> = round.iter().map(|&i| entries[i].lease.task.to_string()).collect();
     let attempts: Vec<i32> =
@@ -199,6 +190,6 @@ async fn write_round(
     for row in &rows {
         changed.insert(ROWS.parse(row.try_get(0).map_err(db_err)?, "id")?, row.try_get(1).map_err(db_err)?);
     }
-    sql::settle(entries, round, &changed, out);
+    writes.settle(round, &changed);
     Ok(())
 }

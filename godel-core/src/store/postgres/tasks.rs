@@ -14,7 +14,7 @@ use crate::store::postgres::decode::{COLUMNS, decode_task};
 use crate::store::postgres::{
     FENCE, PostgresStore, ROWS, backend_err, db_err, fenced, lease_status, seq_of, status_of, unsigned,
 };
-use crate::store::sql;
+use crate::store::sql::{self, Writes};
 use crate::store::{
     CancelOutcome, Claim, ClaimRequest, Enqueued, FailOutcome, Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite,
     OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, StoreError, TaskFilter, TaskQuery, TaskStore,
@@ -80,7 +80,7 @@ impl TaskStore for PostgresStore {
     }
 
     async fn write_batch(&self, writes: &[LeaseWrite], now: Timestamp) -> Result<Vec<WriteOutcome>> {
-        write_entries(self, &sql::entries(ROWS, writes)?, now).await
+        write_entries(self, Writes::new(&sql::entries(ROWS, writes)?, now)).await
     }
 
     async fn heartbeat(&self, lease: &Lease, extend_by: Duration, now: Timestamp) -> Result<LeaseStatus> {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::ids::TaskId;
 use crate::store::sql::Rows;
 use crate::store::{Completion, Lease, LeaseWrite, Result, WriteOutcome};
+use crate::time::Timestamp;
 
 /// What a batched lease-holder write does to its task.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
@@ -72,27 +73,39 @@ pub(crate) fn rounds(indices: impl Iterator<Item = usize>, entries: &[Entry<'_>]
     rounds
 }
 
-/// Fills in the outcomes of the entries at `round` from the rows the
-/// statement changed (task id and cancel flag); the others stay `LeaseLost`.
-/// Within a round each task appears at most once, so its id names its entry.
-pub(crate) fn settle(
-    entries: &[Entry<'_>],
-    round: &[usize],
-    changed: &HashMap<TaskId, bool>,
-    out: &mut [WriteOutcome],
-) {
-    for &i in round {
-        let e = &entries[i];
-        if let Some(&cancel_requested) = changed.get(&e.lease.task) {
-            out[i] = e.outcome(cancel_requested);
-        }
-    }
+/// A batch of lease-holder writes being applied: its entries, the time they
+/// are written at, and the outcome of each so far (`LeaseLost` until the
+/// statement of its round changes its row).
+#[derive(Debug)]
+pub(crate) struct Writes<'e, 'a> {
+    pub(crate) entries: &'e [Entry<'a>],
+    pub(crate) now: Timestamp,
+    pub(crate) out: Vec<WriteOutcome>,
 }
 
-#[cfg(feature = "sqlite")]
-/// Fills in every entry at `round` as written, when the statement changed them all.
-pub(crate) fn settle_all(entries: &[Entry<'_>], round: &[usize], out: &mut [WriteOutcome]) {
-    for &i in round {
-        out[i] = entries[i].outcome(false);
+impl<'e, 'a> Writes<'e, 'a> {
+    /// Nothing written yet.
+    pub(crate) fn new(entries: &'e [Entry<'a>], now: Timestamp) -> Self {
+        Self { entries, now, out: vec![WriteOutcome::LeaseLost; entries.len()] }
+    }
+
+    /// Fills in the outcomes of the entries at `round` from the rows its
+    /// statement changed (task id and cancel flag). Within a round each task
+    /// appears at most once, so its id names its entry.
+    pub(crate) fn settle(&mut self, round: &[usize], changed: &HashMap<TaskId, bool>) {
+        for &i in round {
+            let e = &self.entries[i];
+            if let Some(&cancel_requested) = changed.get(&e.lease.task) {
+                self.out[i] = e.outcome(cancel_requested);
+            }
+        }
+    }
+
+    /// Fills in every entry at `round` as written, when its statement changed them all.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn settle_all(&mut self, round: &[usize]) {
+        for &i in round {
+            self.out[i] = self.entries[i].outcome(false);
+        }
     }
 }

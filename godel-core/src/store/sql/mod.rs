@@ -18,11 +18,11 @@ use crate::store::{Claim, Enqueued, FailOutcome, Failure, Lease, Result, Retry, 
 use crate::task::{NewTask, Task, TaskStatus};
 use crate::time::Timestamp;
 
+#[cfg(feature = "sqlite")]
+pub(crate) use crate::store::sql::batch::Entry;
 #[cfg(feature = "postgres")]
 pub(crate) use crate::store::sql::batch::Op;
-#[cfg(feature = "sqlite")]
-pub(crate) use crate::store::sql::batch::settle_all;
-pub(crate) use crate::store::sql::batch::{Entry, entries, rounds, settle};
+pub(crate) use crate::store::sql::batch::{Writes, entries, rounds};
 pub(crate) use crate::store::sql::query::{page, push_filter, push_page, push_session_query};
 pub(crate) use crate::store::sql::rows::Rows;
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use sqlx::{Connection, Row, SqliteConnection};
 
 use crate::ids::{TaskId, TenantId};
-use crate::store::sql::{self, Entry};
+use crate::store::sql::{self, Entry, Writes};
 use crate::store::sqlite::decode::{COLUMNS, decode_task};
 use crate::store::sqlite::{BATCH_CHUNK, ROWS, SqliteStore, backend_err, db_err, token_text};
 use crate::store::{Enqueued, Result, WriteOutcome};
@@ -29,27 +29,23 @@ pub(super) const BATCH_FENCE: &str = "tasks.id = batch.id AND tasks.tenant = bat
 /// one, or a repeated lease would apply twice in one statement: the n-th
 /// entry of a task goes into the n-th group. All groups of a batch are
 /// written in one transaction.
-pub(super) async fn write_entries(
-    store: &SqliteStore,
-    entries: &[Entry<'_>],
-    now: Timestamp,
-) -> Result<Vec<WriteOutcome>> {
-    let mut out = vec![WriteOutcome::LeaseLost; entries.len()];
+pub(super) async fn write_entries(store: &SqliteStore, mut writes: Writes<'_, '_>) -> Result<Vec<WriteOutcome>> {
+    let entries = writes.entries;
     if entries.is_empty() {
-        return Ok(out);
+        return Ok(writes.out);
     }
     let groups = statement_groups(entries);
     let mut conn = store.writer().await?;
     if let [group] = groups.as_slice() {
-        write_group(&mut conn, entries, group, now, &mut out).await?;
+        write_group(&mut conn, &mut writes, group).await?;
     } else {
         let mut tx = conn.begin().await.map_err(db_err)?;
         for group in &groups {
-            write_group(&mut tx, entries, group, now, &mut out).await?;
+            write_group(&mut tx, &mut writes, group).await?;
         }
         tx.commit().await.map_err(db_err)?;
     }
-    Ok(out)
+    Ok(writes.out)
 }
 
 /// Inserts `tasks` under `ids` in one statement, skipping those whose
@@ -199,14 +195,9 @@ pub(super) fn write_sql(quiet: bool) -> String {
 }
 
 /// Writes the entries at `group` (no task twice) and fills in their outcomes.
-async fn write_group(
-    conn: &mut SqliteConnection,
-    entries: &[Entry<'_>],
-    group: &[usize],
-    now: Timestamp,
-    out: &mut [WriteOutcome],
-) -> Result<()> {
-    let batch = group_json(entries, group)?;
+async fn write_group(conn: &mut SqliteConnection, writes: &mut Writes<'_, '_>, group: &[usize]) -> Result<()> {
+    let now = writes.now;
+    let batch = group_json(writes.entries, group)?;
     let n = i64::try_from(group.len()).unwrap_or(i64::MAX);
     let done = sqlx::query(&write_sql(true))
         .bind(&batch)
@@ -218,7 +209,7 @@ async fn write_group(
     match done.rows_affected() {
         0 => {}
         changed if changed == group.len() as u64 => {
-            sql::settle_all(entries, group, out);
+            writes.settle_all(group);
             return Ok(());
         }
         // Each entry names a different task and can change only that row.
@@ -236,7 +227,7 @@ async fn write_group(
         let id = ROWS.parse::<TaskId>(&row.try_get::<String, _>(0).map_err(db_err)?, "id")?;
         changed.insert(id, row.try_get(1).map_err(db_err)?);
     }
-    sql::settle(entries, group, &changed, out);
+    writes.settle(group, &changed);
     Ok(())
 }
 

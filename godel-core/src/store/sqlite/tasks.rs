@@ -10,7 +10,7 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use crate::ids::{AgentId, TaskId, TenantId};
 use crate::output::OutputChunk;
-use crate::store::sql;
+use crate::store::sql::{self, Writes};
 use crate::store::sqlite::batch::{enqueued_in_order, insert_tasks, write_entries};
 use crate::store::sqlite::decode::{
     CLAIMED_COLUMNS, COLUMNS, decode_claimed, decode_history, decode_output, decode_task,
@@ -69,7 +69,7 @@ impl TaskStore for SqliteStore {
     }
 
     async fn write_batch(&self, writes: &[LeaseWrite], now: Timestamp) -> Result<Vec<WriteOutcome>> {
-        write_entries(self, &sql::entries(ROWS, writes)?, now).await
+        write_entries(self, Writes::new(&sql::entries(ROWS, writes)?, now)).await
     }
 
     async fn heartbeat(&self, lease: &Lease, extend_by: Duration, now: Timestamp) -> Result<LeaseStatus> {
