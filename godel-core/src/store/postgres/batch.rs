@@ -1,8 +1,6 @@
 //! Batches on PostgreSQL: inserting tasks, and lease holders' starts and
 //! completions, each as one statement that unnests its batch from arrays.
 
-use std::collections::HashMap;
-
 use sqlx::{PgConnection, Row};
 
 use crate::InvalidInput;
@@ -186,10 +184,8 @@ async fn write_round(conn: &mut PgConnection, writes: &mut Writes<'_, '_>, round
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
-    let mut changed: HashMap<TaskId, bool> = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        changed.insert(ROWS.parse(row.try_get(0).map_err(db_err)?, "id")?, row.try_get(1).map_err(db_err)?);
-    }
-    writes.settle(round, &changed);
-    Ok(())
+    let changed = rows
+        .iter()
+        .map(|row| Ok((ROWS.parse(row.try_get(0).map_err(db_err)?, "id")?, row.try_get(1).map_err(db_err)?)));
+    writes.settle(round, changed)
 }

@@ -90,15 +90,21 @@ impl<'e, 'a> Writes<'e, 'a> {
     }
 
     /// Fills in the outcomes of the entries at `round` from the rows its
-    /// statement changed (task id and cancel flag). Within a round each task
-    /// appears at most once, so its id names its entry.
-    pub(crate) fn settle(&mut self, round: &[usize], changed: &HashMap<TaskId, bool>) {
+    /// statement changed, each read as (task id, cancel flag). Within a round
+    /// each task appears at most once, so its id names its entry.
+    pub(crate) fn settle(
+        &mut self,
+        round: &[usize],
+        changed: impl IntoIterator<Item = Result<(TaskId, bool)>>,
+    ) -> Result<()> {
+        let changed = changed.into_iter().collect::<Result<HashMap<TaskId, bool>>>()?;
         for &i in round {
             let e = &self.entries[i];
             if let Some(&cancel_requested) = changed.get(&e.lease.task) {
                 self.out[i] = e.outcome(cancel_requested);
             }
         }
+        Ok(())
     }
 
     /// Fills in every entry at `round` as written, when its statement changed them all.

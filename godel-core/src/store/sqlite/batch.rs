@@ -221,14 +221,11 @@ async fn write_group(conn: &mut SqliteConnection, writes: &mut Writes<'_, '_>, g
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
-    // Within a group each task appears at most once, so its id names its entry.
-    let mut changed: HashMap<TaskId, bool> = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let id = ROWS.parse::<TaskId>(&row.try_get::<String, _>(0).map_err(db_err)?, "id")?;
-        changed.insert(id, row.try_get(1).map_err(db_err)?);
-    }
-    writes.settle(group, &changed);
-    Ok(())
+    writes.settle(
+        group,
+        rows.iter()
+            .map(|row| Ok((ROWS.parse(row.try_get(0).map_err(db_err)?, "id")?, row.try_get(1).map_err(db_err)?))),
+    )
 }
 
 /// The entries at `group` as the JSON array a batched write reads.
