@@ -31,9 +31,6 @@ pub enum StoreError {
         /// What was attempted (`cancel`, `purge`, `replay`, …).
         action: &'static str,
     },
-    /// The operation conflicts with the stored state in another way.
-    #[error("conflict: {0}")]
-    Conflict(String),
     /// The request itself was invalid.
     #[error(transparent)]
     InvalidInput(#[from] InvalidInput),

@@ -12,12 +12,14 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::money::Micros;
+use crate::output::OutputChunk;
 use crate::session::Session;
 use crate::store::{
-    BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    HistoryEntry, Lease, LeaseStatus, LeaseWrite, Member, MemberKind, Micros, OutputChunk, OutputRecord, Page,
-    QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter,
-    TaskQuery, WriteOutcome,
+    BatchCompletion, CancelOutcome, Claim, ClaimRequest, ClusterChannel, Completion, Cursor, Enqueued, FailOutcome,
+    Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite, Ledger, Member, MemberKind, OutputRecord, Page, QueueCounts,
+    QueueDepth, Reclaimed, Registry, Result, Retry, SessionQuery, SessionStore, SortOrder, Store, StoreError,
+    TaskFilter, TaskQuery, TaskStore, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -240,17 +242,17 @@ impl Store for MemoryStore {
         drop(self.lock());
         Ok(())
     }
+}
 
+#[async_trait]
+impl TaskStore for MemoryStore {
     async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued> {
         self.lock().insert_task(tenant, task, now)
     }
 
     async fn enqueue_batch(&self, tenant: &TenantId, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>> {
-        // Validate everything first so a bad task leaves nothing behind.
         let mut tasks = tasks;
-        for task in &mut tasks {
-            task.validate()?;
-        }
+        crate::store::validate_batch(&mut tasks)?;
         let mut state = self.lock();
         tasks.into_iter().map(|t| state.insert_task(tenant, t, now)).collect()
     }
@@ -573,7 +575,10 @@ impl Store for MemoryStore {
         }
         Ok(counts)
     }
+}
 
+#[async_trait]
+impl SessionStore for MemoryStore {
     async fn save_sessions(&self, sessions: &[Session]) -> Result<()> {
         let mut state = self.lock();
         for session in sessions {
@@ -598,27 +603,24 @@ impl Store for MemoryStore {
         Ok(sessions)
     }
 
-    async fn abandon_sessions(
-        &self,
-        tenant: &TenantId,
-        agents: &[AgentId],
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<u64> {
+    async fn abandon_sessions(&self, tenant: &TenantId, agents: &[AgentId], why: &str, now: Timestamp) -> Result<u64> {
         let mut state = self.lock();
         let Some(queue) = state.tenants.get_mut(tenant) else { return Ok(0) };
         let mut n = 0;
         for session in queue.sessions.values_mut() {
             if !session.state.is_terminal() && agents.contains(&session.agent) {
                 session.state = crate::session::SessionState::Error;
-                session.error = Some(reason.to_owned());
+                session.error = Some(why.to_owned());
                 session.updated_at = now;
                 n += 1;
             }
         }
         Ok(n)
     }
+}
 
+#[async_trait]
+impl Registry for MemoryStore {
     async fn put_member(&self, member: &Member) -> Result<()> {
         member.validate()?;
         let key = (member.tenant.clone(), member.kind, member.id.clone());
@@ -636,7 +638,10 @@ impl Store for MemoryStore {
         let rows = state.members.range(from..).take_while(|((t, k, _), _)| t == tenant && *k == kind);
         Ok(rows.map(|(_, m)| m).filter(|m| m.expires_at > now).cloned().collect())
     }
+}
 
+#[async_trait]
+impl Ledger for MemoryStore {
     async fn add_spend(&self, tenant: &TenantId, period: &str, amount: Micros) -> Result<Micros> {
         let mut state = self.lock();
         let total = state.spend.entry((tenant.clone(), period.to_owned())).or_default();
@@ -648,6 +653,8 @@ impl Store for MemoryStore {
         Ok(self.lock().spend.get(&(tenant.clone(), period.to_owned())).copied().unwrap_or(0))
     }
 }
+
+impl ClusterChannel for MemoryStore {}
 
 fn replay_entry(queue: &mut TenantQueue, seq: i64, now: Timestamp) -> Result<Task> {
     let task = &mut queue.tasks.get_mut(&seq).expect("exists").task;

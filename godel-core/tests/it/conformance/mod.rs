@@ -8,7 +8,13 @@ mod rules;
 
 use std::sync::Arc;
 
-use godel_core::store::{MemoryStore, PostgresStore, RedisStore, SqliteStore, Store};
+#[cfg(feature = "postgres")]
+use godel_core::store::PostgresStore;
+#[cfg(feature = "redis")]
+use godel_core::store::RedisStore;
+#[cfg(feature = "sqlite")]
+use godel_core::store::SqliteStore;
+use godel_core::store::{MemoryStore, Store};
 use tempfile::TempDir;
 
 /// A store for one test, and whatever must live as long as it does.
@@ -24,23 +30,27 @@ pub(crate) async fn memory() -> Option<Fixture> {
     Some(Fixture { store: Arc::new(MemoryStore::new()), peer: None, _dir: None })
 }
 
+#[cfg(feature = "sqlite")]
 pub(crate) async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(&dir.path().join("godel.db")).await.expect("open sqlite store");
     Some(Fixture { store: Arc::new(store), peer: None, _dir: Some(dir) })
 }
 
+#[cfg(feature = "postgres")]
 /// The PostgreSQL server the suite uses: `GODEL_TEST_POSTGRES_URL`, or the local default.
 pub(crate) fn postgres_url() -> String {
     service_url("GODEL_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 }
 
+#[cfg(feature = "postgres")]
 /// `url` with one more query parameter.
 pub(crate) fn with_param(url: &str, key: &str, value: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}{key}={value}")
 }
 
+#[cfg(feature = "postgres")]
 /// A fresh schema name for one test, `godel_t_<unix seconds>_<random>`: the
 /// time lets a later run drop what an earlier run left behind.
 pub(crate) fn fresh_schema() -> String {
@@ -48,6 +58,7 @@ pub(crate) fn fresh_schema() -> String {
     format!("godel_t_{secs}_{:08x}", rand::random::<u32>())
 }
 
+#[cfg(feature = "postgres")]
 /// Drops the test schemas older than ten minutes, once per test process, so
 /// that schemas do not pile up in the shared test database (a fixture cannot
 /// drop its own: the suite's fixtures have no teardown).
@@ -73,6 +84,7 @@ pub(crate) async fn drop_stale_schemas(url: &str) {
     .await;
 }
 
+#[cfg(feature = "postgres")]
 /// Two handles (two nodes) on a fresh schema of the test PostgreSQL server.
 pub(crate) async fn postgres() -> Option<Fixture> {
     let base = postgres_url();
@@ -87,11 +99,13 @@ pub(crate) async fn postgres() -> Option<Fixture> {
     Some(Fixture { store: Arc::new(store), peer: Some(Arc::new(peer)), _dir: None })
 }
 
+#[cfg(feature = "redis")]
 /// The Redis server the suite uses: `GODEL_TEST_REDIS_URL`, or the local default.
 pub(crate) fn redis_url() -> String {
     service_url("GODEL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 }
 
+#[cfg(feature = "redis")]
 /// Deletes the keys of test prefixes older than ten minutes, once per test
 /// process, so that they do not pile up in the shared test server (the
 /// suite's fixtures have no teardown).
@@ -136,6 +150,7 @@ async fn delete_stale_redis_prefixes(url: &str) {
     .await;
 }
 
+#[cfg(feature = "redis")]
 /// Two handles (two nodes) on a fresh key prefix of the test Redis server,
 /// `godel-t-<unix seconds>-<random>`: the time lets a later run delete what
 /// an earlier run left behind.
@@ -156,11 +171,13 @@ pub(crate) async fn redis() -> Option<Fixture> {
     Some(Fixture { store: Arc::new(store), peer: Some(Arc::new(peer)), _dir: None })
 }
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 /// The URL of a service the suite needs: `var` if set, else `default`.
 pub(crate) fn service_url(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 /// What to do when a service does not answer: locally, skip with a printed
 /// reason; under `GODEL_TEST_REQUIRE_SERVICES=1` (CI), fail.
 #[allow(clippy::print_stderr, reason = "a skipped test says why on the test's output")]
@@ -225,6 +242,9 @@ macro_rules! conformance {
 }
 
 conformance!(memory => crate::conformance::memory);
+#[cfg(feature = "sqlite")]
 conformance!(sqlite => crate::conformance::sqlite);
+#[cfg(feature = "postgres")]
 conformance!(postgres => crate::conformance::postgres);
+#[cfg(feature = "redis")]
 conformance!(redis => crate::conformance::redis);
