@@ -7,6 +7,7 @@
 //! backend; what they decide from the rows is written once here.
 
 mod batch;
+mod credentials;
 mod query;
 mod rows;
 
@@ -23,6 +24,9 @@ pub(crate) use crate::store::sql::batch::Entry;
 #[cfg(feature = "postgres")]
 pub(crate) use crate::store::sql::batch::Op;
 pub(crate) use crate::store::sql::batch::{Writes, entries, rounds};
+pub(crate) use crate::store::sql::credentials::{
+    AUDIT_CHUNK, AUDIT_INSERT, AuditRow, KeyRow, latest_uses, push_audit_query, push_audit_values,
+};
 pub(crate) use crate::store::sql::query::{page, push_filter, push_page, push_session_query};
 pub(crate) use crate::store::sql::rows::Rows;
 

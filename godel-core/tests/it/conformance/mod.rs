@@ -4,6 +4,7 @@
 //! namespace: a new memory store, a new SQLite file in a temporary directory,
 //! a fresh PostgreSQL schema (with a second handle on it as another node).
 
+mod credentials;
 mod rules;
 
 use std::sync::Arc;
@@ -194,7 +195,7 @@ pub(crate) fn service_missing<T>(service: &str, why: impl std::fmt::Display) -> 
 macro_rules! conformance {
     ($backend:ident => $fixture:path) => {
         mod $backend {
-            conformance!(@rules $fixture;
+            conformance!(@rules rules $fixture;
                 claim_is_exclusive,
                 strict_priority_order,
                 claim_respects_capabilities,
@@ -230,12 +231,26 @@ macro_rules! conformance {
             }
         }
     };
-    (@rules $fixture:path; $($rule:ident),* $(,)?) => {
+    (credentials $backend:ident => $fixture:path) => {
+        mod $backend {
+            conformance!(@rules credentials $fixture;
+                keys_round_trip_and_are_found_by_hash,
+                duplicate_keys_conflict,
+                revocation_is_idempotent,
+                expiry_only_moves_earlier,
+                touch_only_moves_later,
+                audit_lists_newest_first_with_filters,
+                audit_pagination_is_stable,
+                audit_prune_is_bounded,
+            );
+        }
+    };
+    (@rules $module:ident $fixture:path; $($rule:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $rule() {
                 let Some(fixture) = $fixture().await else { return };
-                crate::conformance::rules::$rule(fixture.store.clone()).await;
+                crate::conformance::$module::$rule(fixture.store.clone()).await;
             }
         )*
     };
@@ -244,6 +259,11 @@ macro_rules! conformance {
 conformance!(memory => crate::conformance::memory);
 #[cfg(feature = "sqlite")]
 conformance!(sqlite => crate::conformance::sqlite);
+mod credentials_on {
+    conformance!(credentials memory => crate::conformance::memory);
+    #[cfg(feature = "sqlite")]
+    conformance!(credentials sqlite => crate::conformance::sqlite);
+}
 #[cfg(feature = "postgres")]
 conformance!(postgres => crate::conformance::postgres);
 #[cfg(feature = "redis")]
