@@ -1,6 +1,7 @@
 //! The store conformance suite: one async function per rule of the store
-//! contract (in `rules`), stamped out by [`conformance!`] once per backend so a
-//! failure reads `sqlite::claim_is_exclusive`. Every test gets a fresh
+//! contract (in `rules`, and in `credentials` for keys and the audit log),
+//! stamped out by [`conformance!`] once per backend so a failure reads
+//! `sqlite::claim_is_exclusive`. Every test gets a fresh
 //! namespace: a new memory store, a new SQLite file in a temporary directory,
 //! a fresh PostgreSQL schema (with a second handle on it as another node).
 
@@ -224,15 +225,6 @@ macro_rules! conformance {
                 registry_members_expire_and_are_scoped,
                 spend_adds_up_per_tenant_and_period,
             );
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cluster_messages_reach_other_nodes_only() {
-                let Some(fixture) = $fixture().await else { return };
-                crate::conformance::rules::cluster_messages_reach_other_nodes_only(fixture.store.clone(), fixture.peer.clone()).await;
-            }
-        }
-    };
-    (credentials $backend:ident => $fixture:path) => {
-        mod $backend {
             conformance!(@rules credentials $fixture;
                 keys_round_trip_and_are_found_by_hash,
                 duplicate_keys_conflict,
@@ -243,6 +235,11 @@ macro_rules! conformance {
                 audit_pagination_is_stable,
                 audit_prune_is_bounded,
             );
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster_messages_reach_other_nodes_only() {
+                let Some(fixture) = $fixture().await else { return };
+                crate::conformance::rules::cluster_messages_reach_other_nodes_only(fixture.store.clone(), fixture.peer.clone()).await;
+            }
         }
     };
     (@rules $module:ident $fixture:path; $($rule:ident),* $(,)?) => {
@@ -259,11 +256,6 @@ macro_rules! conformance {
 conformance!(memory => crate::conformance::memory);
 #[cfg(feature = "sqlite")]
 conformance!(sqlite => crate::conformance::sqlite);
-mod credentials_on {
-    conformance!(credentials memory => crate::conformance::memory);
-    #[cfg(feature = "sqlite")]
-    conformance!(credentials sqlite => crate::conformance::sqlite);
-}
 #[cfg(feature = "postgres")]
 conformance!(postgres => crate::conformance::postgres);
 #[cfg(feature = "redis")]
