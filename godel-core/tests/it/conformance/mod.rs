@@ -212,6 +212,7 @@ macro_rules! conformance {
                 pagination_neither_skips_nor_repeats,
                 bad_listing_input_is_rejected,
                 dead_letters_replay_one_and_in_bulk,
+                replay_if_refuses_other_statuses,
                 output_is_recorded_per_attempt,
                 release_keeps_the_attempt_and_the_place,
                 batches_are_atomic_and_fenced_per_task,
