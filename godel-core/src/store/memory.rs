@@ -11,15 +11,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::credential::{ApiKey, AuditEntry, AuditQuery, KeyHash};
+use crate::ids::{AgentId, KeyId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::money::Micros;
 use crate::output::OutputChunk;
 use crate::session::Session;
 use crate::store::{
-    BatchCompletion, CancelOutcome, Claim, ClaimRequest, ClusterChannel, Completion, Cursor, Enqueued, FailOutcome,
-    Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite, Ledger, Member, MemberKind, OutputRecord, Page, QueueCounts,
-    QueueDepth, Reclaimed, Registry, Result, Retry, SessionQuery, SessionStore, SortOrder, Store, StoreError,
-    TaskFilter, TaskQuery, TaskStore, WriteOutcome,
+    BatchCompletion, CancelOutcome, Claim, ClaimRequest, ClusterChannel, Completion, Credentials, Cursor, Enqueued,
+    FailOutcome, Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite, Ledger, Member, MemberKind, OutputRecord, Page,
+    QueueCounts, QueueDepth, Reclaimed, Registry, Result, Retry, SessionQuery, SessionStore, SortOrder, Store,
+    StoreError, TaskFilter, TaskQuery, TaskStore, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -51,6 +52,10 @@ struct State {
     leases: BTreeSet<(Timestamp, i64, TenantId)>,
     members: BTreeMap<(TenantId, MemberKind, String), Member>,
     spend: HashMap<(TenantId, String), Micros>,
+    keys: HashMap<KeyId, ApiKey>,
+    key_ids: HashMap<KeyHash, KeyId>,
+    next_audit_seq: u64,
+    audit: BTreeMap<u64, AuditEntry>,
 }
 
 #[derive(Debug, Default)]
@@ -447,11 +452,12 @@ impl TaskStore for MemoryStore {
         Ok(out)
     }
 
-    async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task> {
+    async fn replay_if(&self, tenant: &TenantId, id: TaskId, only_from: &[TaskStatus], now: Timestamp) -> Result<Task> {
+        crate::store::replay_from(only_from)?;
         let mut state = self.lock();
         let queue = state.tenants.get_mut(tenant).ok_or(StoreError::NotFound(id))?;
         let seq = queue.seq_of(id)?;
-        replay_entry(queue, seq, now)
+        replay_entry(queue, seq, only_from, now)
     }
 
     async fn replay_dead_letters(&self, tenant: &TenantId, filter: &TaskFilter, now: Timestamp) -> Result<u64> {
@@ -460,7 +466,7 @@ impl TaskStore for MemoryStore {
         let Some(queue) = state.tenants.get_mut(tenant) else { return Ok(0) };
         let seqs: Vec<i64> = queue.tasks.iter().filter(|(_, e)| filter.matches(&e.task)).map(|(s, _)| *s).collect();
         for &seq in &seqs {
-            replay_entry(queue, seq, now)?;
+            replay_entry(queue, seq, &[TaskStatus::DeadLetter], now)?;
         }
         Ok(seqs.len() as u64)
     }
@@ -656,9 +662,93 @@ impl Ledger for MemoryStore {
 
 impl ClusterChannel for MemoryStore {}
 
-fn replay_entry(queue: &mut TenantQueue, seq: i64, now: Timestamp) -> Result<Task> {
+#[async_trait]
+impl Credentials for MemoryStore {
+    async fn create_key(&self, key: &ApiKey) -> Result<()> {
+        let mut state = self.lock();
+        if state.keys.contains_key(&key.id) || state.key_ids.contains_key(&key.hash) {
+            return Err(StoreError::Conflict(format!("key {}", key.id)));
+        }
+        state.key_ids.insert(key.hash, key.id);
+        state.keys.insert(key.id, key.clone());
+        Ok(())
+    }
+
+    async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>> {
+        let state = self.lock();
+        Ok(state.key_ids.get(hash).and_then(|id| state.keys.get(id)).cloned())
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<ApiKey> {
+        self.lock().keys.get(id).cloned().ok_or(StoreError::KeyNotFound(*id))
+    }
+
+    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<ApiKey>> {
+        let state = self.lock();
+        let mut keys: Vec<ApiKey> =
+            state.keys.values().filter(|k| tenant.is_none_or(|t| k.tenant == *t)).cloned().collect();
+        keys.sort_by_key(|k| std::cmp::Reverse((k.created_at, k.id)));
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, id: &KeyId, now: Timestamp) -> Result<ApiKey> {
+        let mut state = self.lock();
+        let key = state.keys.get_mut(id).ok_or(StoreError::KeyNotFound(*id))?;
+        key.revoked_at.get_or_insert(now);
+        Ok(key.clone())
+    }
+
+    async fn expire_key(&self, id: &KeyId, at: Timestamp) -> Result<ApiKey> {
+        let mut state = self.lock();
+        let key = state.keys.get_mut(id).ok_or(StoreError::KeyNotFound(*id))?;
+        key.expires_at = Some(key.expires_at.map_or(at, |e| e.min(at)));
+        Ok(key.clone())
+    }
+
+    async fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()> {
+        let mut state = self.lock();
+        for (id, at) in used {
+            if let Some(key) = state.keys.get_mut(id) {
+                key.last_used_at = Some(key.last_used_at.map_or(*at, |t| t.max(*at)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn has_keys(&self) -> Result<bool> {
+        Ok(!self.lock().keys.is_empty())
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()> {
+        let mut state = self.lock();
+        for entry in entries {
+            state.next_audit_seq += 1;
+            let seq = state.next_audit_seq;
+            state.audit.insert(seq, AuditEntry { seq, ..entry.clone() });
+        }
+        Ok(())
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {
+        let below = crate::store::audit_start(query)?.map_or(u64::MAX, |s| u64::try_from(s).unwrap_or(0));
+        let state = self.lock();
+        let rows = state.audit.range(..below).rev().map(|(_, e)| e).filter(|e| query.matches(e)).take(query.limit + 1);
+        Ok(crate::store::audit_page(rows.cloned().collect(), query.limit))
+    }
+
+    async fn prune_audit(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let mut state = self.lock();
+        let old: Vec<u64> = state.audit.values().filter(|e| e.at < before).take(limit).map(|e| e.seq).collect();
+        for seq in &old {
+            state.audit.remove(seq);
+        }
+        Ok(old.len() as u64)
+    }
+}
+
+fn replay_entry(queue: &mut TenantQueue, seq: i64, only_from: &[TaskStatus], now: Timestamp) -> Result<Task> {
     let task = &mut queue.tasks.get_mut(&seq).expect("exists").task;
-    if !matches!(task.status, TaskStatus::DeadLetter | TaskStatus::Failed | TaskStatus::Cancelled) {
+    if !only_from.contains(&task.status) {
         return Err(StoreError::InvalidTransition { task: task.id, from: task.status, action: "replay" });
     }
     task.status = TaskStatus::Pending;

@@ -1,6 +1,6 @@
 //! The durable task store: [`Store`], the sum of one trait per concern
 //! ([`TaskStore`], [`SessionStore`], [`Registry`], [`Ledger`],
-//! [`ClusterChannel`]), and its backends, picked from a URL by [`open`], the
+//! [`ClusterChannel`], [`Credentials`]), and its backends, picked from a URL by [`open`], the
 //! only place that matches on the backend kind.
 //!
 //! Every backend keeps the ten rules written on [`TaskStore`]; the
@@ -41,7 +41,8 @@ pub use crate::store::redis::{RedisOptions, RedisStore};
 pub use crate::store::sqlite::SqliteStore;
 
 use crate::InvalidInput;
-use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::credential::{ApiKey, AuditEntry, AuditQuery, KeyHash};
+use crate::ids::{AgentId, KeyId, LeaseToken, SessionId, TaskId, TenantId};
 use crate::money::Micros;
 use crate::output::{OutputChunk, OutputStream};
 use crate::session::{Session, SessionState};
@@ -51,7 +52,7 @@ use crate::time::Timestamp;
 /// The store's traits, to bring every concern's methods into scope at once:
 /// `use godel_core::store::prelude::*`.
 pub mod prelude {
-    pub use crate::store::{ClusterChannel, Ledger, Registry, SessionStore, Store, TaskStore};
+    pub use crate::store::{ClusterChannel, Credentials, Ledger, Registry, SessionStore, Store, TaskStore};
 }
 
 /// Shorthand for store results.
@@ -62,7 +63,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// they use into scope (`use godel_core::store::TaskStore`), or all of them
 /// with `use godel_core::store::prelude::*`.
 #[async_trait]
-pub trait Store: TaskStore + SessionStore + Registry + Ledger + ClusterChannel + Debug {
+pub trait Store: TaskStore + SessionStore + Registry + Ledger + ClusterChannel + Credentials + Debug {
     /// The backend's name: `memory`, `sqlite`, …
     fn backend(&self) -> &'static str;
 
@@ -192,8 +193,18 @@ pub trait TaskStore: Send + Sync {
     async fn reclaim_expired(&self, now: Timestamp, limit: usize) -> Result<Vec<Reclaimed>>;
 
     /// Puts a dead-lettered, failed or cancelled task back in the queue with a
-    /// fresh set of attempts.
-    async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task>;
+    /// fresh set of attempts. By default, a [`replay_if`](TaskStore::replay_if)
+    /// from any of the [`REPLAYABLE`] statuses.
+    async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task> {
+        self.replay_if(tenant, id, &REPLAYABLE, now).await
+    }
+
+    /// Replays a task only if its status is one of `only_from` (a non-empty
+    /// subset of [`REPLAYABLE`]), checked and changed atomically: a task in
+    /// another status gives [`StoreError::InvalidTransition`] and is left as
+    /// it was. E.g. replaying a dead letter with `&[TaskStatus::DeadLetter]`
+    /// cannot revive a task that someone cancelled or purged meanwhile.
+    async fn replay_if(&self, tenant: &TenantId, id: TaskId, only_from: &[TaskStatus], now: Timestamp) -> Result<Task>;
 
     /// Replays every dead-lettered task matching `filter` (its `statuses` must be
     /// empty or exactly `[dead_letter]`). Returns how many were replayed.
@@ -289,6 +300,56 @@ pub trait ClusterChannel: Send + Sync {
         let _ = message;
         Ok(())
     }
+}
+
+/// API keys and the audit log: what the server authenticates requests with
+/// and where it records what they did.
+///
+/// Keys are looked up by hash across tenants (authentication comes before
+/// the tenant is known); everything else names a key by id. The audit log is
+/// append-only: entries are numbered by the store in the order they were
+/// appended, listed newest first, and leave only through
+/// [`Credentials::prune_audit`].
+#[async_trait]
+pub trait Credentials: Send + Sync {
+    /// Stores a new key. [`StoreError::Conflict`] if its id or hash is taken.
+    async fn create_key(&self, key: &ApiKey) -> Result<()>;
+
+    /// The key with this hash, of any tenant; `None` if there is none.
+    async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>>;
+
+    /// One key; [`StoreError::KeyNotFound`] if there is none.
+    async fn get_key(&self, id: &KeyId) -> Result<ApiKey>;
+
+    /// The keys of `tenant` (of every tenant with `None`), newest first.
+    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<ApiKey>>;
+
+    /// Revokes a key at `now` and returns it. Revoking again changes nothing:
+    /// the first `revoked_at` stays.
+    async fn revoke_key(&self, id: &KeyId, now: Timestamp) -> Result<ApiKey>;
+
+    /// Makes a key expire at `at` unless it already expires earlier (a
+    /// rotation's grace period), and returns it.
+    async fn expire_key(&self, id: &KeyId, at: Timestamp) -> Result<ApiKey>;
+
+    /// Records when keys were last used; a time earlier than the one stored is
+    /// ignored, as is a key that no longer exists.
+    async fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()>;
+
+    /// Whether any key exists at all, revoked and expired ones included.
+    async fn has_keys(&self) -> Result<bool>;
+
+    /// Appends entries in order; each one's `seq` is ignored and assigned.
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()>;
+
+    /// A page of entries matching `query`, newest first. An entry appended
+    /// while a reader pages through comes before every cursor, so paging
+    /// neither skips nor repeats an entry.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>>;
+
+    /// Deletes up to `limit` entries made before `before`, oldest first, and
+    /// returns how many went.
+    async fn prune_audit(&self, before: Timestamp, limit: usize) -> Result<u64>;
 }
 
 /// Which sessions [`SessionStore::list_sessions`] returns. Empty and `None` match everything.
@@ -682,6 +743,42 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass this to get the next page; `None` on the last one.
     pub next_cursor: Option<Cursor>,
+}
+
+/// The statuses a task can be replayed from: the finished ones but `completed`.
+pub const REPLAYABLE: [TaskStatus; 3] = [TaskStatus::DeadLetter, TaskStatus::Failed, TaskStatus::Cancelled];
+
+/// Checks the statuses a [`TaskStore::replay_if`] allows (a non-empty subset
+/// of [`REPLAYABLE`]) and returns their names.
+pub(crate) fn replay_from(only_from: &[TaskStatus]) -> Result<Vec<&'static str>, InvalidInput> {
+    if only_from.is_empty() {
+        return Err(InvalidInput::new("only_from", "expected at least one status to replay from"));
+    }
+    if let Some(s) = only_from.iter().find(|s| !REPLAYABLE.contains(s)) {
+        return Err(InvalidInput::new(
+            "only_from",
+            format!("a {s} task cannot be replayed (only dead_letter, failed or cancelled)"),
+        ));
+    }
+    Ok(only_from.iter().map(|s| s.as_str()).collect())
+}
+
+/// Checks an audit listing's limit and cursor, and returns the sequence number
+/// its page starts below (entries are listed newest first).
+pub(crate) fn audit_start(query: &AuditQuery) -> Result<Option<i64>, InvalidInput> {
+    query.validate()?;
+    query.cursor.as_deref().map(|c| c.parse::<Cursor>()?.position(SortOrder::Descending)).transpose()
+}
+
+/// The page an audit listing's rows make: up to `limit + 1` entries newest
+/// first, the extra one telling that another page follows.
+pub(crate) fn audit_page(mut rows: Vec<AuditEntry>, limit: usize) -> Page<AuditEntry> {
+    let next_cursor = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        let last = rows.last().expect("non-empty").seq;
+        Cursor::after(SortOrder::Descending, i64::try_from(last).unwrap_or(i64::MAX))
+    });
+    Page { items: rows, next_cursor }
 }
 
 /// Ready tasks per priority.

@@ -44,6 +44,7 @@ macro_rules! scoped {
 
 mod batch;
 mod channel;
+mod credentials;
 mod decode;
 mod ledger;
 mod notify;

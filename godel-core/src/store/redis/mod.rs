@@ -24,6 +24,7 @@
 
 mod channel;
 mod connections;
+mod credentials;
 mod decode;
 mod ledger;
 mod listener;

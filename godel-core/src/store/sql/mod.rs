@@ -7,6 +7,7 @@
 //! backend; what they decide from the rows is written once here.
 
 mod batch;
+mod credentials;
 mod query;
 mod rows;
 
@@ -23,6 +24,9 @@ pub(crate) use crate::store::sql::batch::Entry;
 #[cfg(feature = "postgres")]
 pub(crate) use crate::store::sql::batch::Op;
 pub(crate) use crate::store::sql::batch::{Writes, entries, rounds};
+pub(crate) use crate::store::sql::credentials::{
+    AUDIT_CHUNK, AUDIT_INSERT, AuditRow, KeyRow, latest_uses, push_audit_query, push_audit_values,
+};
 pub(crate) use crate::store::sql::query::{page, push_filter, push_page, push_session_query};
 pub(crate) use crate::store::sql::rows::Rows;
 
@@ -57,6 +61,12 @@ pub(crate) fn claims_in_order(rows: Rows, mut claimed: Vec<TaskRow>) -> Result<V
 /// (the statement changed nothing, and a second read found the status).
 pub(crate) fn refused(task: TaskId, from: TaskStatus, action: &'static str) -> StoreError {
     StoreError::InvalidTransition { task, from, action }
+}
+
+/// Status names as a SQL list (`'dead_letter', 'failed'`), for an `IN (…)`.
+/// The names are the store's own, never input, so they are safe as literals.
+pub(crate) fn status_list(statuses: &[&'static str]) -> String {
+    statuses.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
 }
 
 /// Whether a failed attempt may be retried, and from when: the parameters

@@ -18,6 +18,7 @@
 //! return no rows unless something in the batch went wrong.
 
 mod batch;
+mod credentials;
 mod decode;
 mod ledger;
 mod registry;

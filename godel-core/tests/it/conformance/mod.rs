@@ -1,9 +1,11 @@
 //! The store conformance suite: one async function per rule of the store
-//! contract (in `rules`), stamped out by [`conformance!`] once per backend so a
-//! failure reads `sqlite::claim_is_exclusive`. Every test gets a fresh
+//! contract (in `rules`, and in `credentials` for keys and the audit log),
+//! stamped out by [`conformance!`] once per backend so a failure reads
+//! `sqlite::claim_is_exclusive`. Every test gets a fresh
 //! namespace: a new memory store, a new SQLite file in a temporary directory,
 //! a fresh PostgreSQL schema (with a second handle on it as another node).
 
+mod credentials;
 mod rules;
 
 use std::sync::Arc;
@@ -194,7 +196,7 @@ pub(crate) fn service_missing<T>(service: &str, why: impl std::fmt::Display) -> 
 macro_rules! conformance {
     ($backend:ident => $fixture:path) => {
         mod $backend {
-            conformance!(@rules $fixture;
+            conformance!(@rules rules $fixture;
                 claim_is_exclusive,
                 strict_priority_order,
                 claim_respects_capabilities,
@@ -210,6 +212,7 @@ macro_rules! conformance {
                 pagination_neither_skips_nor_repeats,
                 bad_listing_input_is_rejected,
                 dead_letters_replay_one_and_in_bulk,
+                replay_if_refuses_other_statuses,
                 output_is_recorded_per_attempt,
                 release_keeps_the_attempt_and_the_place,
                 batches_are_atomic_and_fenced_per_task,
@@ -223,6 +226,16 @@ macro_rules! conformance {
                 registry_members_expire_and_are_scoped,
                 spend_adds_up_per_tenant_and_period,
             );
+            conformance!(@rules credentials $fixture;
+                keys_round_trip_and_are_found_by_hash,
+                duplicate_keys_conflict,
+                revocation_is_idempotent,
+                expiry_only_moves_earlier,
+                touch_only_moves_later,
+                audit_lists_newest_first_with_filters,
+                audit_pagination_is_stable,
+                audit_prune_is_bounded,
+            );
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cluster_messages_reach_other_nodes_only() {
                 let Some(fixture) = $fixture().await else { return };
@@ -230,12 +243,12 @@ macro_rules! conformance {
             }
         }
     };
-    (@rules $fixture:path; $($rule:ident),* $(,)?) => {
+    (@rules $module:ident $fixture:path; $($rule:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $rule() {
                 let Some(fixture) = $fixture().await else { return };
-                crate::conformance::rules::$rule(fixture.store.clone()).await;
+                crate::conformance::$module::$rule(fixture.store.clone()).await;
             }
         )*
     };
