@@ -4,6 +4,7 @@
 
 mod conformance;
 mod engine;
+mod engine_tenants;
 mod http_adapter;
 mod openclaw;
 mod postgres;
