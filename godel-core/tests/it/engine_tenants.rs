@@ -2,7 +2,9 @@
 //! backlog does not starve another's, a tenant scope cannot reach another
 //! tenant's tasks, events carry their tenant, and budgets are per tenant.
 //! Runs are held by a gate the test opens, and waits follow events, so
-//! nothing depends on timing.
+//! nothing depends on timing. Claiming for several tenants is also run on
+//! every store backend, whose tenant walls (PostgreSQL's row-level security
+//! among them) each claim passes through.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use godel_core::{
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::conformance::{self, Fixture};
 use crate::support::fast_engine;
 
 /// Runs complete once the test hands out a permit, with `cost` micros in
@@ -135,18 +138,6 @@ async fn until(events: &mut Subscription, mut done: impl FnMut(&Event) -> bool) 
     }
 }
 
-fn task_of(kind: &EventKind) -> Option<TaskId> {
-    match kind {
-        EventKind::TaskCreated { task, .. }
-        | EventKind::TaskAssigned { task, .. }
-        | EventKind::TaskStarted { task, .. }
-        | EventKind::TaskOutput { task, .. }
-        | EventKind::TaskCompleted { task, .. }
-        | EventKind::TaskCancelled { task, .. } => Some(*task),
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_of_two_tenants_run_and_their_events_carry_their_tenant() {
     let mut engine = Engine::new(2, 0, fast_engine());
@@ -171,7 +162,7 @@ async fn tasks_of_two_tenants_run_and_their_events_carry_their_tenant() {
     let owner = |id: TaskId| if id == a.id { &acme } else { &globex };
     let mut sessions = 0;
     for event in &seen {
-        if let Some(id) = task_of(&event.kind) {
+        if let Some(id) = event.kind.task() {
             assert_eq!(&event.tenant, owner(id), "{event:?}");
         }
         if let EventKind::SessionOpened { .. } | EventKind::SessionClosed { .. } = event.kind {
@@ -332,4 +323,44 @@ async fn sessions_left_open_are_closed_for_every_served_tenant() {
     assert_eq!(next(&mut completed).await.tenant, globex);
     assert_eq!(store.get_session(&globex, after.id).await.unwrap().state, SessionState::Error);
     engine.stop().await;
+}
+
+/// Runs a task of each of two tenants on `fixture`'s store; nothing if the backend is unavailable.
+async fn two_tenants_run_on(fixture: Option<Fixture>) {
+    let Some(fixture) = fixture else { return };
+    let mut engine = Engine::over(fixture.store.clone(), 2, 0, fast_engine());
+    engine.gate.add_permits(100);
+    let mut completed = engine.orchestrator.subscribe(vec!["task.completed".parse().unwrap()]);
+    engine.start();
+    let mut ids = Vec::new();
+    for name in ["acme", "globex"] {
+        let scope = engine.orchestrator.tenant(tenant(name));
+        ids.push((scope.clone(), scope.submit(NewTask::prompt(name)).await.unwrap().id));
+    }
+    let done = [next(&mut completed).await, next(&mut completed).await];
+    for (scope, id) in &ids {
+        assert!(done.iter().any(|e| &e.tenant == scope.id() && e.kind.task() == Some(*id)), "{done:?}");
+        assert_eq!(scope.get(*id).await.unwrap().status, TaskStatus::Completed);
+    }
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_run_on_memory() {
+    two_tenants_run_on(conformance::memory().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_run_on_sqlite() {
+    two_tenants_run_on(conformance::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_run_on_postgres() {
+    two_tenants_run_on(conformance::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_run_on_redis() {
+    two_tenants_run_on(conformance::redis().await).await;
 }
