@@ -4,7 +4,8 @@
 //! Runs are held by a gate the test opens, and waits follow events, so
 //! nothing depends on timing. Claiming for several tenants is also run on
 //! every store backend, whose tenant walls (PostgreSQL's row-level security
-//! among them) each claim passes through.
+//! among them) each claim passes through, and across two nodes on the
+//! backends with a cluster channel.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,9 +90,8 @@ impl Engine {
         let gate = Arc::new(Semaphore::new(0));
         let adapter = Arc::new(Gate { permits: gate.clone(), cost });
         let agent = AgentConfig::new(AgentId::new("a").unwrap(), AgentKind::Http, adapter).capacity(capacity);
-        let clock = ManualClock::new(Timestamp::parse_rfc3339("now", "2026-11-15T12:00:00Z").unwrap());
         let orchestrator =
-            Orchestrator::builder(store).config(config).agent(agent).clock(Arc::new(clock)).build().unwrap();
+            Orchestrator::builder(store).config(config).agent(agent).clock(Arc::new(clock())).build().unwrap();
         Self { orchestrator, gate, shutdown: CancellationToken::new(), run: None }
     }
 
@@ -113,6 +113,11 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Every engine's clock: a fixed time, so nodes agree on what is ready and budgets on the month.
+fn clock() -> ManualClock {
+    ManualClock::new(Timestamp::parse_rfc3339("now", "2026-11-15T12:00:00Z").unwrap())
 }
 
 fn tenant(name: &str) -> TenantId {
@@ -363,4 +368,50 @@ async fn two_tenants_run_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_run_on_redis() {
     two_tenants_run_on(conformance::redis().await).await;
+}
+
+/// Two nodes on one store: the one with the agent serves globex, the other
+/// takes globex's submit. The wake-up crosses over (the poll is an hour
+/// away) and the completion is relayed back, both for globex.
+async fn a_tenant_s_work_crosses_nodes_on(fixture: Option<Fixture>) {
+    let Some(Fixture { store, peer: Some(peer), .. }) = fixture else { return };
+    let slow_poll = EngineConfig { poll_interval: Duration::from_secs(3_600), ..fast_engine() };
+    let mut worker = Engine::over(store, 1, 0, EngineConfig { node: "worker".into(), ..slow_poll.clone() });
+    worker.gate.add_permits(100);
+    let globex = tenant("globex");
+    worker.orchestrator.serve_tenant(globex.clone());
+    worker.start();
+    let config = EngineConfig { node: "front".into(), ..slow_poll };
+    let front = Orchestrator::builder(peer).config(config).clock(Arc::new(clock())).build().unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (front, shutdown) = (front.clone(), shutdown.clone());
+        async move { front.run(shutdown).await }
+    });
+    // The worker listens once it announces its agent.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !front.cluster_agents().await.unwrap().iter().any(|a| a.node == "worker") {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never announced its agent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut completed = front.subscribe(vec!["task.completed".parse().unwrap()]);
+    let task = front.tenant(globex.clone()).submit(NewTask::prompt("x")).await.unwrap();
+    let done = next(&mut completed).await;
+    assert_eq!((done.tenant, done.kind.task()), (globex.clone(), Some(task.id)));
+    let settled = front.tenant(globex).get(task.id).await.unwrap();
+    assert_eq!(settled.agent.as_ref().map(AgentId::as_str), Some("a"), "run by the worker's agent");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_s_work_crosses_nodes_on_postgres() {
+    a_tenant_s_work_crosses_nodes_on(conformance::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_s_work_crosses_nodes_on_redis() {
+    a_tenant_s_work_crosses_nodes_on(conformance::redis().await).await;
 }
