@@ -23,7 +23,7 @@ impl Orchestrator {
             }
         };
         for r in &reclaimed {
-            tracing::info!(task = %r.task, attempt = r.attempt, status = %r.status, "lease expired");
+            tracing::info!(task = %r.task, tenant = %r.tenant, attempt = r.attempt, status = %r.status, "lease expired");
             let error = TaskError::new(TaskErrorKind::LeaseExpired, format!("lease of attempt {} expired", r.attempt));
             let kind = match r.status {
                 TaskStatus::Pending => EventKind::TaskRetrying { task: r.task, attempt: r.attempt, run_at: now, error },
