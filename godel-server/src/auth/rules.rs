@@ -33,7 +33,7 @@ pub(crate) enum Probe {
 }
 
 /// One row of the table.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Rule {
     pub(crate) method: Method,
     /// The path as `openapi.json` writes it: `/api/v1/tasks/{id}/cancel`.
