@@ -318,7 +318,10 @@ async fn admit(state: &AppState, source: IpAddr, request: &mut Request<Body>) ->
     let mut principal = match authenticate(state, headers).await {
         Ok(principal) => principal,
         Err(error) if error.code == Code::Unauthorized => {
-            let error = match auth.limits.failed(source) {
+            // Only a credential that was presented and failed counts as a
+            // guess; a request without one guesses nothing.
+            let presented = headers.contains_key(header::AUTHORIZATION);
+            let error = match if presented { auth.limits.failed(source) } else { Ok(()) } {
                 Ok(()) => error,
                 Err(limit) => ApiError::rate_limited(
                     format!("{}; too many failed authentications from this address, retry later", error.message),
