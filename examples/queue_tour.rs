@@ -12,8 +12,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use godel_core::store::{self, ClaimRequest, Failure, OutputChunk, OutputStream, Retry, Store};
+use godel_core::store::{self, ClaimRequest, Failure, Retry, Store};
 use godel_core::{AgentId, Backoff, NewTask, Priority, TaskError, TaskErrorKind, TenantId, Timestamp};
+use godel_core::{OutputChunk, OutputStream};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

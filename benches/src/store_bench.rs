@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use argh::FromArgs;
 use godel_benches::{percentile, short, thousands};
+use godel_core::store::TaskStore;
 use godel_core::store::{
     ClaimRequest, ClusterMessage, Completion, MemoryStore, PostgresStore, RedisStore, SqliteStore, TaskFilter,
 };

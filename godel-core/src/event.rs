@@ -7,46 +7,12 @@ use std::str::FromStr;
 use crate::InvalidInput;
 use crate::agent::AgentStatus;
 use crate::ids::{AgentId, SessionId, TaskId, TenantId};
+use crate::money::Micros;
 use crate::session::SessionState;
-use crate::store::Micros;
 use crate::task::{Priority, TaskError};
 use crate::time::Timestamp;
 
-/// Which stream a piece of task output came from.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputStream {
-    /// The agent's standard output (or a model's text).
-    Stdout,
-    /// The agent's standard error.
-    Stderr,
-    /// Notes from Godel itself, e.g. "output truncated".
-    System,
-}
-
-impl OutputStream {
-    /// The snake_case name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            OutputStream::Stdout => "stdout",
-            OutputStream::Stderr => "stderr",
-            OutputStream::System => "system",
-        }
-    }
-}
-
-impl FromStr for OutputStream {
-    type Err = InvalidInput;
-
-    fn from_str(s: &str) -> Result<Self, InvalidInput> {
-        match s {
-            "stdout" => Ok(OutputStream::Stdout),
-            "stderr" => Ok(OutputStream::Stderr),
-            "system" => Ok(OutputStream::System),
-            _ => Err(InvalidInput::new("stream", format!("expected stdout, stderr or system; got {s:?}"))),
-        }
-    }
-}
+pub use crate::output::OutputStream;
 
 /// What happened.
 #[derive(Clone, PartialEq, Debug, serde::Serialize, serde::Deserialize)]

@@ -7,6 +7,20 @@
 //! runs it. The crate knows nothing of
 //! HTTP, command-line parsing or JSON wire shapes; those live in the server,
 //! the CLI and the SDK.
+//!
+//! # Layers
+//!
+//! Imports point downward only, which `.ci/layers` checks:
+//!
+//! 1. plain values at the bottom: [`ids`], [`time`], [`money`], [`output`],
+//!    [`task`], [`agent`], [`session`], [`event`], [`retry`], [`clock`],
+//!    [`credential`];
+//! 2. above them, side by side and never importing one another: the
+//!    [`store`], the [`adapter`]s and the event [`bus`];
+//! 3. the [`engine`] on top, which wires the other three together.
+//!
+//! Cargo features pick the store backends (`sqlite`, `postgres`, `redis`)
+//! and the network adapters (`openclaw`, `http`); all are on by default.
 
 pub mod adapter;
 pub mod agent;
@@ -16,6 +30,8 @@ pub mod credential;
 pub mod engine;
 pub mod event;
 pub mod ids;
+pub mod money;
+pub mod output;
 pub mod retry;
 pub mod session;
 pub mod store;
@@ -32,6 +48,8 @@ pub use crate::engine::{
 };
 pub use crate::event::{Event, EventKind, EventPattern};
 pub use crate::ids::{AgentId, KeyId, LeaseToken, SessionId, TaskId, TenantId};
+pub use crate::money::Micros;
+pub use crate::output::{OutputChunk, OutputStream};
 pub use crate::retry::Backoff;
 pub use crate::session::{Session, SessionState};
 pub use crate::store::{Store, StoreError};

@@ -103,7 +103,7 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidInput(_) => Code::InvalidRequest,
             // Retrying does not help until the budget is raised or the month ends.
             EngineError::BudgetExceeded { .. } => Code::Forbidden,
-            EngineError::Store(StoreError::LeaseLost(_) | StoreError::Conflict(_)) => Code::Conflict,
+            EngineError::Store(StoreError::LeaseLost(_)) => Code::Conflict,
             EngineError::Store(StoreError::Unavailable { .. }) => Code::ServiceUnavailable,
             _ => Code::InternalError,
         };

@@ -13,7 +13,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use godel_core::store::{ClaimRequest, Completion, SqliteStore, Store};
+use godel_core::store::{ClaimRequest, Completion, SqliteStore, TaskStore};
 use godel_core::{AgentId, TaskErrorKind, TaskId, TaskStatus, TenantId, Timestamp};
 use godel_e2e::store_child::{self, CLAIMS, LEASE, Report};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};

@@ -21,7 +21,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use godel_core::store::{MAX_PAGE_SIZE, SessionQuery, SqliteStore, Store, TaskFilter, TaskQuery};
+use godel_core::store::{MAX_PAGE_SIZE, SessionQuery, SessionStore, SqliteStore, TaskFilter, TaskQuery, TaskStore};
 use godel_core::{SessionState, TaskErrorKind, TaskId, TaskStatus, Timestamp};
 use godel_e2e::engine_child::{self, AGENTS, CAPACITY, MAX_ATTEMPTS, Report};
 use tokio::io::{AsyncBufReadExt, BufReader};

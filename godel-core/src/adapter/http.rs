@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::InvalidInput;
 use crate::adapter::{AbortMode, Adapter, AdapterError, AgentSession, Outcome, OutputSink};
-use crate::event::OutputStream;
-use crate::store::Micros;
+use crate::money::Micros;
+use crate::output::OutputStream;
 use crate::task::{Task, TaskError, TaskErrorKind};
 
 /// The most of a response body (plain answer or error) read into memory.

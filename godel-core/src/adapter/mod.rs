@@ -7,8 +7,10 @@
 //! events. To stop a run, the engine calls [`AgentSession::abort`] while `run`
 //! is still pending (both take `&self`), then waits for `run` to return.
 
+#[cfg(feature = "http")]
 pub mod http;
 pub mod noop;
+#[cfg(feature = "openclaw")]
 pub mod openclaw;
 pub mod process;
 
@@ -18,12 +20,13 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::event::OutputStream;
-use crate::store::OutputChunk;
+use crate::output::{OutputChunk, OutputStream};
 use crate::task::{Task, TaskError};
 
+#[cfg(feature = "http")]
 pub use crate::adapter::http::{HttpAdapter, HttpConfig, Price};
 pub use crate::adapter::noop::NoopAdapter;
+#[cfg(feature = "openclaw")]
 pub use crate::adapter::openclaw::{
     DeviceIdentity, GatewayAuth, GatewayConfig, GatewaySnapshot, GatewayState, OpenclawAdapter, OpenclawRegistry,
 };

@@ -18,7 +18,7 @@ use tokio::process::Command;
 
 use crate::InvalidInput;
 use crate::adapter::{AbortMode, Adapter, AdapterError, AgentSession, Outcome, OutputSink};
-use crate::event::OutputStream;
+use crate::output::OutputStream;
 use crate::task::{Task, TaskError, TaskErrorKind};
 
 /// Placeholders a command template may use.

@@ -8,7 +8,8 @@
 use crate::InvalidInput;
 use crate::ids::{AgentId, SessionId, TaskId, TenantId};
 use crate::session::SessionState;
-use crate::store::{Micros, StoreError};
+use crate::money::Micros;
+use crate::store::StoreError;
 use crate::task::TaskStatus;
 
 /// Why an orchestrator command did nothing.
@@ -57,8 +58,8 @@ pub enum EngineError {
     /// are refused (tasks already queued still run).
     #[error(
         "tenant {tenant} has spent {} of its hard budget of {} for {period}; new tasks are refused until the budget is raised or the period ends",
-        crate::engine::budget::format_micros(*spent),
-        crate::engine::budget::format_micros(*limit)
+        crate::money::format_micros(*spent),
+        crate::money::format_micros(*limit)
     )]
     BudgetExceeded {
         /// Whose budget.

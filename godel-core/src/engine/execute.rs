@@ -16,10 +16,11 @@ use tokio::time::Instant;
 use crate::adapter::{AbortMode, AgentSession, Outcome, OutputSink};
 use crate::engine::config::AgentConfig;
 use crate::engine::{Control, Inner};
-use crate::event::{EventKind, OutputStream};
+use crate::event::EventKind;
 use crate::ids::TaskId;
+use crate::output::{OutputChunk, OutputStream};
 use crate::session::{Session, SessionState};
-use crate::store::{Claim, FailOutcome, Failure, OutputChunk, Retry, StoreError};
+use crate::store::{Claim, FailOutcome, Failure, Retry, StoreError};
 use crate::task::{TaskError, TaskErrorKind, TaskStatus};
 
 /// Output chunks buffered before they are written to the store.

@@ -49,10 +49,11 @@ use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
 pub use crate::engine::agents::MemberEntry;
-pub use crate::engine::budget::{Budget, Budgets, format_micros, micros_from_units};
+pub use crate::engine::budget::{Budget, Budgets};
 pub use crate::engine::cluster::ClusterAgent;
 pub use crate::engine::config::{AgentConfig, EngineConfig, SchedulingPolicy};
 pub use crate::engine::error::EngineError;
+pub use crate::money::{format_micros, micros_from_units};
 
 use crate::InvalidInput;
 use crate::bus::{EventBus, Subscription};

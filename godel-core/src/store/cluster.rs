@@ -128,7 +128,3 @@ impl Member {
         Ok(())
     }
 }
-
-/// Money in millionths of a currency unit (micro-dollars with a USD price
-/// table): exact to add, wide enough for any budget.
-pub type Micros = u64;

@@ -2,7 +2,7 @@
 //! in `source`, never in a string to parse.
 
 use crate::InvalidInput;
-use crate::ids::{SessionId, TaskId};
+use crate::ids::{KeyId, SessionId, TaskId};
 use crate::task::TaskStatus;
 
 /// A boxed error from a backend driver.
@@ -18,6 +18,12 @@ pub enum StoreError {
     /// No such session for this tenant.
     #[error("session {0} not found")]
     SessionNotFound(SessionId),
+    /// No such API key.
+    #[error("key {0} not found")]
+    KeyNotFound(KeyId),
+    /// What was to be created exists already (e.g. a key with the same id or hash).
+    #[error("{0} already exists")]
+    Conflict(String),
     /// The caller's lease is stale (reclaimed, finished, or never valid); nothing was changed.
     #[error("lease on task {0} was lost")]
     LeaseLost(TaskId),
@@ -31,9 +37,6 @@ pub enum StoreError {
         /// What was attempted (`cancel`, `purge`, `replay`, …).
         action: &'static str,
     },
-    /// The operation conflicts with the stored state in another way.
-    #[error("conflict: {0}")]
-    Conflict(String),
     /// The request itself was invalid.
     #[error(transparent)]
     InvalidInput(#[from] InvalidInput),

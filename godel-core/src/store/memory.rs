@@ -11,13 +11,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::credential::{ApiKey, AuditEntry, AuditQuery, KeyHash};
+use crate::ids::{AgentId, KeyId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::money::Micros;
+use crate::output::OutputChunk;
 use crate::session::Session;
 use crate::store::{
-    BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    HistoryEntry, Lease, LeaseStatus, LeaseWrite, Member, MemberKind, Micros, OutputChunk, OutputRecord, Page,
-    QueueCounts, QueueDepth, Reclaimed, Result, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter,
-    TaskQuery, WriteOutcome,
+    BatchCompletion, CancelOutcome, Claim, ClaimRequest, ClusterChannel, Completion, Credentials, Cursor, Enqueued,
+    FailOutcome, Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite, Ledger, Member, MemberKind, OutputRecord, Page,
+    QueueCounts, QueueDepth, Reclaimed, Registry, Result, Retry, SessionQuery, SessionStore, SortOrder, Store,
+    StoreError, TaskFilter, TaskQuery, TaskStore, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -49,6 +52,10 @@ struct State {
     leases: BTreeSet<(Timestamp, i64, TenantId)>,
     members: BTreeMap<(TenantId, MemberKind, String), Member>,
     spend: HashMap<(TenantId, String), Micros>,
+    keys: HashMap<KeyId, ApiKey>,
+    key_ids: HashMap<KeyHash, KeyId>,
+    next_audit_seq: u64,
+    audit: BTreeMap<u64, AuditEntry>,
 }
 
 #[derive(Debug, Default)]
@@ -240,17 +247,17 @@ impl Store for MemoryStore {
         drop(self.lock());
         Ok(())
     }
+}
 
+#[async_trait]
+impl TaskStore for MemoryStore {
     async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued> {
         self.lock().insert_task(tenant, task, now)
     }
 
     async fn enqueue_batch(&self, tenant: &TenantId, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>> {
-        // Validate everything first so a bad task leaves nothing behind.
         let mut tasks = tasks;
-        for task in &mut tasks {
-            task.validate()?;
-        }
+        crate::store::validate_batch(&mut tasks)?;
         let mut state = self.lock();
         tasks.into_iter().map(|t| state.insert_task(tenant, t, now)).collect()
     }
@@ -573,7 +580,10 @@ impl Store for MemoryStore {
         }
         Ok(counts)
     }
+}
 
+#[async_trait]
+impl SessionStore for MemoryStore {
     async fn save_sessions(&self, sessions: &[Session]) -> Result<()> {
         let mut state = self.lock();
         for session in sessions {
@@ -598,27 +608,24 @@ impl Store for MemoryStore {
         Ok(sessions)
     }
 
-    async fn abandon_sessions(
-        &self,
-        tenant: &TenantId,
-        agents: &[AgentId],
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<u64> {
+    async fn abandon_sessions(&self, tenant: &TenantId, agents: &[AgentId], why: &str, now: Timestamp) -> Result<u64> {
         let mut state = self.lock();
         let Some(queue) = state.tenants.get_mut(tenant) else { return Ok(0) };
         let mut n = 0;
         for session in queue.sessions.values_mut() {
             if !session.state.is_terminal() && agents.contains(&session.agent) {
                 session.state = crate::session::SessionState::Error;
-                session.error = Some(reason.to_owned());
+                session.error = Some(why.to_owned());
                 session.updated_at = now;
                 n += 1;
             }
         }
         Ok(n)
     }
+}
 
+#[async_trait]
+impl Registry for MemoryStore {
     async fn put_member(&self, member: &Member) -> Result<()> {
         member.validate()?;
         let key = (member.tenant.clone(), member.kind, member.id.clone());
@@ -636,7 +643,10 @@ impl Store for MemoryStore {
         let rows = state.members.range(from..).take_while(|((t, k, _), _)| t == tenant && *k == kind);
         Ok(rows.map(|(_, m)| m).filter(|m| m.expires_at > now).cloned().collect())
     }
+}
 
+#[async_trait]
+impl Ledger for MemoryStore {
     async fn add_spend(&self, tenant: &TenantId, period: &str, amount: Micros) -> Result<Micros> {
         let mut state = self.lock();
         let total = state.spend.entry((tenant.clone(), period.to_owned())).or_default();
@@ -646,6 +656,92 @@ impl Store for MemoryStore {
 
     async fn spend(&self, tenant: &TenantId, period: &str) -> Result<Micros> {
         Ok(self.lock().spend.get(&(tenant.clone(), period.to_owned())).copied().unwrap_or(0))
+    }
+}
+
+impl ClusterChannel for MemoryStore {}
+
+#[async_trait]
+impl Credentials for MemoryStore {
+    async fn create_key(&self, key: &ApiKey) -> Result<()> {
+        let mut state = self.lock();
+        if state.keys.contains_key(&key.id) || state.key_ids.contains_key(&key.hash) {
+            return Err(StoreError::Conflict(format!("key {}", key.id)));
+        }
+        state.key_ids.insert(key.hash, key.id);
+        state.keys.insert(key.id, key.clone());
+        Ok(())
+    }
+
+    async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>> {
+        let state = self.lock();
+        Ok(state.key_ids.get(hash).and_then(|id| state.keys.get(id)).cloned())
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<ApiKey> {
+        self.lock().keys.get(id).cloned().ok_or(StoreError::KeyNotFound(*id))
+    }
+
+    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<ApiKey>> {
+        let state = self.lock();
+        let mut keys: Vec<ApiKey> =
+            state.keys.values().filter(|k| tenant.is_none_or(|t| k.tenant == *t)).cloned().collect();
+        keys.sort_by_key(|k| std::cmp::Reverse((k.created_at, k.id)));
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, id: &KeyId, now: Timestamp) -> Result<ApiKey> {
+        let mut state = self.lock();
+        let key = state.keys.get_mut(id).ok_or(StoreError::KeyNotFound(*id))?;
+        key.revoked_at.get_or_insert(now);
+        Ok(key.clone())
+    }
+
+    async fn expire_key(&self, id: &KeyId, at: Timestamp) -> Result<ApiKey> {
+        let mut state = self.lock();
+        let key = state.keys.get_mut(id).ok_or(StoreError::KeyNotFound(*id))?;
+        key.expires_at = Some(key.expires_at.map_or(at, |e| e.min(at)));
+        Ok(key.clone())
+    }
+
+    async fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()> {
+        let mut state = self.lock();
+        for (id, at) in used {
+            if let Some(key) = state.keys.get_mut(id) {
+                key.last_used_at = Some(key.last_used_at.map_or(*at, |t| t.max(*at)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn has_keys(&self) -> Result<bool> {
+        Ok(!self.lock().keys.is_empty())
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()> {
+        let mut state = self.lock();
+        for entry in entries {
+            state.next_audit_seq += 1;
+            let seq = state.next_audit_seq;
+            state.audit.insert(seq, AuditEntry { seq, ..entry.clone() });
+        }
+        Ok(())
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>> {
+        let below = crate::store::audit_start(query)?.map_or(u64::MAX, |s| u64::try_from(s).unwrap_or(0));
+        let state = self.lock();
+        let rows = state.audit.range(..below).rev().map(|(_, e)| e).filter(|e| query.matches(e)).take(query.limit + 1);
+        Ok(crate::store::audit_page(rows.cloned().collect(), query.limit))
+    }
+
+    async fn prune_audit(&self, before: Timestamp, limit: usize) -> Result<u64> {
+        let mut state = self.lock();
+        let old: Vec<u64> = state.audit.values().filter(|e| e.at < before).take(limit).map(|e| e.seq).collect();
+        for seq in &old {
+            state.audit.remove(seq);
+        }
+        Ok(old.len() as u64)
     }
 }
 

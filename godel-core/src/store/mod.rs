@@ -1,46 +1,78 @@
-//! The durable task store: one dyn-compatible trait ([`Store`]) and its
-//! backends, picked from a URL by [`open`], the only place that matches on the
-//! backend kind.
+//! The durable task store: [`Store`], the sum of one trait per concern
+//! ([`TaskStore`], [`SessionStore`], [`Registry`], [`Ledger`],
+//! [`ClusterChannel`], [`Credentials`]), and its backends, picked from a URL by [`open`], the
+//! only place that matches on the backend kind.
 //!
-//! Every backend keeps the ten rules written on [`Store`]; the conformance
-//! suite in `godel-core/tests/it/conformance` proves them for each one.
+//! Every backend keeps the ten rules written on [`TaskStore`]; the
+//! conformance suite in `godel-core/tests/it/conformance` proves them for
+//! each one. Each backend but memory is a folder with one file per concern;
+//! the SQL backends share what they decide from rows in `sql/`. A backend is
+//! compiled only with its Cargo feature (`sqlite`, `postgres`, `redis`).
 
 mod cluster;
 mod cursor;
 mod error;
 pub mod memory;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
 pub mod redis;
-mod rows;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use std::fmt::Debug;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
-pub use crate::event::OutputStream;
-pub use crate::store::cluster::{ClusterMessage, Envelope, Member, MemberKind, Micros, NodeId};
+pub use crate::store::cluster::{ClusterMessage, Envelope, Member, MemberKind, NodeId};
 pub use crate::store::cursor::{Cursor, SortOrder};
 pub use crate::store::error::{BoxError, StoreError};
 pub use crate::store::memory::MemoryStore;
+#[cfg(feature = "postgres")]
 pub use crate::store::postgres::PostgresStore;
+#[cfg(feature = "redis")]
 pub use crate::store::redis::{RedisOptions, RedisStore};
+#[cfg(feature = "sqlite")]
 pub use crate::store::sqlite::SqliteStore;
 
 use crate::InvalidInput;
-use crate::ids::{AgentId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::credential::{ApiKey, AuditEntry, AuditQuery, KeyHash};
+use crate::ids::{AgentId, KeyId, LeaseToken, SessionId, TaskId, TenantId};
+use crate::money::Micros;
+use crate::output::{OutputChunk, OutputStream};
 use crate::session::{Session, SessionState};
 use crate::task::{NewTask, Priority, Task, TaskError, TaskStatus};
 use crate::time::Timestamp;
 
+/// The store's traits, to bring every concern's methods into scope at once:
+/// `use godel_core::store::prelude::*`.
+pub mod prelude {
+    pub use crate::store::{ClusterChannel, Credentials, Ledger, Registry, SessionStore, Store, TaskStore};
+}
+
 /// Shorthand for store results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The task store. Object-safe: the engine and server hold an `Arc<dyn Store>`.
+/// The store as one value: every concern below, usable as an
+/// `Arc<dyn Store>` by the engine and the server. Callers bring the concern
+/// they use into scope (`use godel_core::store::TaskStore`), or all of them
+/// with `use godel_core::store::prelude::*`.
+#[async_trait]
+pub trait Store: TaskStore + SessionStore + Registry + Ledger + ClusterChannel + Credentials + Debug {
+    /// The backend's name: `memory`, `sqlite`, …
+    fn backend(&self) -> &'static str;
+
+    /// A cheap round trip that proves the backend answers (for health probes).
+    async fn ping(&self) -> Result<()>;
+}
+
+/// The durable task queue: enqueue, claim, the lease holder's writes, and
+/// the reads and maintenance around them.
 ///
 /// # The contract
 ///
@@ -56,40 +88,41 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 ///    bound to (task, attempt). Every later write for that attempt (start,
 ///    heartbeat, output, complete, fail, release) must present it; a stale
 ///    lease gets [`StoreError::LeaseLost`] and changes nothing.
-/// 4. **Expired leases are reclaimed.** [`Store::reclaim_expired`] makes a
+/// 4. **Expired leases are reclaimed.** [`TaskStore::reclaim_expired`] makes a
 ///    task whose lease lapsed ready again (the attempt stays counted) or
 ///    dead-letters it when its attempts are spent.
 /// 5. **Cancel works across processes.** Cancelling a pending task is
 ///    immediate; cancelling a leased one sets a flag that the holder sees on
-///    its next heartbeat, and it then aborts and calls [`Store::confirm_cancel`].
+///    its next heartbeat, and it then aborts and calls [`TaskStore::confirm_cancel`].
 /// 6. **Time is an argument.** Methods that depend on time take `now`; the
 ///    store never reads the clock.
 /// 7. **Idempotency keys are unique per tenant.** Enqueueing twice with one
 ///    key returns the first task.
-/// 8. **Counts are exact.** [`Store::depth`] per priority equals the number
+/// 8. **Counts are exact.** [`TaskStore::depth`] per priority equals the number
 ///    of ready tasks of that priority.
 /// 9. **Tenants are walls.** Every read and write is scoped to a tenant (the
 ///    [`Lease`] carries its tenant); no call can see or touch another
-///    tenant's rows. The one exception is [`Store::reclaim_expired`], a
+///    tenant's rows. The one exception is [`TaskStore::reclaim_expired`], a
 ///    maintenance sweep that only moves lapsed leases and reports what it moved.
-/// 10. **Batches where it pays.** [`Store::enqueue_batch`], [`Store::claim`],
-///     [`Store::write_batch`] and [`Store::complete_batch`] take many tasks in
+/// 10. **Batches where it pays.** [`TaskStore::enqueue_batch`], [`TaskStore::claim`],
+///     [`TaskStore::write_batch`] and [`TaskStore::complete_batch`] take many tasks in
 ///     one round trip.
 ///
 /// A write presenting an expired lease that nobody has reclaimed yet is still
 /// accepted: the token is the fence, and until a reclaim rotates it nobody
 /// else can hold the task.
 #[async_trait]
-pub trait Store: Send + Sync + Debug {
-    /// The backend's name: `memory`, `sqlite`, …
-    fn backend(&self) -> &'static str;
-
-    /// A cheap round trip that proves the backend answers (for health probes).
-    async fn ping(&self) -> Result<()>;
-
+pub trait TaskStore: Send + Sync {
     /// Adds a task. With an idempotency key already used by this tenant, returns
-    /// the first task and `created: false` instead.
-    async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued>;
+    /// the first task and `created: false` instead. By default, an
+    /// [`enqueue_batch`](TaskStore::enqueue_batch) of one.
+    async fn enqueue(&self, tenant: &TenantId, task: NewTask, now: Timestamp) -> Result<Enqueued> {
+        let out = self.enqueue_batch(tenant, vec![task], now).await?;
+        out.into_iter().next().ok_or_else(|| StoreError::Backend {
+            backend: "store",
+            source: "a batch of one task was enqueued as none".into(),
+        })
+    }
 
     /// Adds many tasks atomically (all or none), in order; results line up with the input.
     async fn enqueue_batch(&self, tenant: &TenantId, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>>;
@@ -104,7 +137,7 @@ pub trait Store: Send + Sync + Debug {
     async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus>;
 
     /// Starts and completes many tasks in one round trip, each entry exactly
-    /// as [`Store::start`] or [`Store::complete`] would. A stale lease does
+    /// as [`TaskStore::start`] or [`TaskStore::complete`] would. A stale lease does
     /// not stop the others: its outcome is [`WriteOutcome::LeaseLost`].
     /// Outcomes line up with the input; entries for the same task act one
     /// after the other, in input order.
@@ -123,7 +156,21 @@ pub trait Store: Send + Sync + Debug {
     /// not stop the others; it is reported in [`BatchCompletion::lease_lost`].
     /// Entries for the same task act one after the other, in input order, so
     /// only the first of two identical leases completes.
-    async fn complete_batch(&self, completions: &[Completion], now: Timestamp) -> Result<BatchCompletion>;
+    ///
+    /// By default, a [`write_batch`](TaskStore::write_batch) of the completions.
+    async fn complete_batch(&self, completions: &[Completion], now: Timestamp) -> Result<BatchCompletion> {
+        let writes: Vec<LeaseWrite> = completions.iter().cloned().map(LeaseWrite::Complete).collect();
+        let outcomes = self.write_batch(&writes, now).await?;
+        let mut out = BatchCompletion::default();
+        for (c, outcome) in completions.iter().zip(outcomes) {
+            if outcome == WriteOutcome::Completed {
+                out.completed.push(c.lease.task);
+            } else {
+                out.lease_lost.push(c.lease.task);
+            }
+        }
+        Ok(out)
+    }
 
     /// Fails the current attempt: back to pending after the backoff, dead-letter
     /// when attempts are spent, `failed` when not retryable, `cancelled` when a
@@ -180,7 +227,11 @@ pub trait Store: Send + Sync + Debug {
 
     /// Counts for health reports.
     async fn counts(&self, tenant: &TenantId, now: Timestamp) -> Result<QueueCounts>;
+}
 
+/// Where sessions are recorded.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
     /// Inserts or updates sessions, in order, in one round trip. The caller
     /// (the engine) has already checked each state change against the
     /// lifecycle table; the store keeps the latest state.
@@ -192,16 +243,40 @@ pub trait Store: Send + Sync + Debug {
     /// Sessions matching `query`, newest first.
     async fn list_sessions(&self, tenant: &TenantId, query: &SessionQuery) -> Result<Vec<Session>>;
 
-    /// Ends every live session of `agents` in state `error` with `reason`
+    /// Ends every live session of `agents` in state `error` with the reason `why`
     /// (e.g. after an engine restart, whose sessions died with it). Returns how many.
-    async fn abandon_sessions(
-        &self,
-        tenant: &TenantId,
-        agents: &[AgentId],
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<u64>;
+    async fn abandon_sessions(&self, tenant: &TenantId, agents: &[AgentId], why: &str, now: Timestamp) -> Result<u64>;
+}
 
+/// The registry every node sharing the store can read: agents, gateway
+/// instances and gateways, each row alive until it expires (see [`Member`]).
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// Announces a registry row, replacing the one with its (tenant, kind, id).
+    async fn put_member(&self, member: &Member) -> Result<()>;
+
+    /// Removes a registry row; false if there was none.
+    async fn remove_member(&self, tenant: &TenantId, kind: MemberKind, id: &str) -> Result<bool>;
+
+    /// The registry rows of `kind` not expired at `now`, by id.
+    async fn members(&self, tenant: &TenantId, kind: MemberKind, now: Timestamp) -> Result<Vec<Member>>;
+}
+
+/// Spend per tenant and period, added atomically so that budgets hold across nodes.
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    /// Adds `amount` to the tenant's spend in `period` (e.g. `2026-11`) and
+    /// returns the new total, atomically, so budgets hold across nodes.
+    async fn add_spend(&self, tenant: &TenantId, period: &str, amount: Micros) -> Result<Micros>;
+
+    /// The tenant's spend in `period`; 0 if nothing was spent.
+    async fn spend(&self, tenant: &TenantId, period: &str) -> Result<Micros>;
+}
+
+/// The notices nodes sharing the store send each other (see
+/// [`ClusterMessage`]). A backend without a channel keeps the defaults.
+#[async_trait]
+pub trait ClusterChannel: Send + Sync {
     /// Messages from the other nodes sharing this store (never this handle's
     /// own), for as long as the receiver lives. `None` when the backend has no
     /// channel (memory, SQLite) or runs poll-only. A receiver that lags loses
@@ -215,25 +290,59 @@ pub trait Store: Send + Sync + Debug {
         let _ = message;
         Ok(())
     }
-
-    /// Announces a registry row, replacing the one with its (tenant, kind, id).
-    async fn put_member(&self, member: &Member) -> Result<()>;
-
-    /// Removes a registry row; false if there was none.
-    async fn remove_member(&self, tenant: &TenantId, kind: MemberKind, id: &str) -> Result<bool>;
-
-    /// The registry rows of `kind` not expired at `now`, by id.
-    async fn members(&self, tenant: &TenantId, kind: MemberKind, now: Timestamp) -> Result<Vec<Member>>;
-
-    /// Adds `amount` to the tenant's spend in `period` (e.g. `2026-11`) and
-    /// returns the new total, atomically, so budgets hold across nodes.
-    async fn add_spend(&self, tenant: &TenantId, period: &str, amount: Micros) -> Result<Micros>;
-
-    /// The tenant's spend in `period`; 0 if nothing was spent.
-    async fn spend(&self, tenant: &TenantId, period: &str) -> Result<Micros>;
 }
 
-/// Which sessions [`Store::list_sessions`] returns. Empty and `None` match everything.
+/// API keys and the audit log: what the server authenticates requests with
+/// and where it records what they did.
+///
+/// Keys are looked up by hash across tenants (authentication comes before
+/// the tenant is known); everything else names a key by id. The audit log is
+/// append-only: entries are numbered by the store in the order they were
+/// appended, listed newest first, and leave only through
+/// [`Credentials::prune_audit`].
+#[async_trait]
+pub trait Credentials: Send + Sync {
+    /// Stores a new key. [`StoreError::Conflict`] if its id or hash is taken.
+    async fn create_key(&self, key: &ApiKey) -> Result<()>;
+
+    /// The key with this hash, of any tenant; `None` if there is none.
+    async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>>;
+
+    /// One key; [`StoreError::KeyNotFound`] if there is none.
+    async fn get_key(&self, id: &KeyId) -> Result<ApiKey>;
+
+    /// The keys of `tenant` (of every tenant with `None`), newest first.
+    async fn list_keys(&self, tenant: Option<&TenantId>) -> Result<Vec<ApiKey>>;
+
+    /// Revokes a key at `now` and returns it. Revoking again changes nothing:
+    /// the first `revoked_at` stays.
+    async fn revoke_key(&self, id: &KeyId, now: Timestamp) -> Result<ApiKey>;
+
+    /// Makes a key expire at `at` unless it already expires earlier (a
+    /// rotation's grace period), and returns it.
+    async fn expire_key(&self, id: &KeyId, at: Timestamp) -> Result<ApiKey>;
+
+    /// Records when keys were last used; a time earlier than the one stored is
+    /// ignored, as is a key that no longer exists.
+    async fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()>;
+
+    /// Whether any key exists at all, revoked and expired ones included.
+    async fn has_keys(&self) -> Result<bool>;
+
+    /// Appends entries in order; each one's `seq` is ignored and assigned.
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()>;
+
+    /// A page of entries matching `query`, newest first. An entry appended
+    /// while a reader pages through comes before every cursor, so paging
+    /// neither skips nor repeats an entry.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>>;
+
+    /// Deletes up to `limit` entries made before `before`, oldest first, and
+    /// returns how many went.
+    async fn prune_audit(&self, before: Timestamp, limit: usize) -> Result<u64>;
+}
+
+/// Which sessions [`SessionStore::list_sessions`] returns. Empty and `None` match everything.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SessionQuery {
     /// Any of these states.
@@ -272,16 +381,19 @@ impl SessionQuery {
 /// (relative), `sqlite:///abs/path.db`,
 /// `postgres://user@host/db?schema=godel&max_connections=10` (also
 /// `postgresql://`; Godel's query parameters are listed on
-/// [`PostgresStore::open`] and in docs/store.md), or
+/// `PostgresStore::open` and in docs/store.md), or
 /// `redis://[user:password@]host[:port][/db][?prefix=godel&pool_size=8&timeout=5s]`
-/// (see [`RedisOptions::parse`]; `rediss://` is refused: this build has no
-/// TLS for Redis). The only place that matches on the backend kind.
+/// (see `RedisOptions::parse`; `rediss://` is refused: this build has no
+/// TLS for Redis). The only place that matches on the backend kind. A URL
+/// for a backend this build left out is an error naming its Cargo feature.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         InvalidInput::new("store url", format!("expected scheme://…, e.g. sqlite://.godel/godel.db; got {url:?}"))
     })?;
     match scheme {
         "memory" => Ok(Arc::new(MemoryStore::new())),
+        #[cfg(feature = "sqlite")]
         "sqlite" => {
             let path = rest.split('?').next().unwrap_or_default();
             if path.is_empty() {
@@ -291,21 +403,37 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
                 )
                 .into());
             }
-            Ok(Arc::new(SqliteStore::open(Path::new(path)).await?))
+            Ok(Arc::new(SqliteStore::open(std::path::Path::new(path)).await?))
         }
+        #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::open(url).await?)),
+        #[cfg(feature = "redis")]
         "redis" | "rediss" => crate::store::redis::open_shared(url).await,
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(left_out("sqlite", "sqlite")),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(left_out(scheme, "postgres")),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(left_out(scheme, "redis")),
         other => Err(InvalidInput::new(
             "store url",
-            format!(
-                "unsupported backend {other:?} (this build supports memory://, sqlite://, postgres:// and redis://)"
-            ),
+            format!("unsupported backend {other:?} (expected memory://, sqlite://, postgres:// or redis://)"),
         )
         .into()),
     }
 }
 
-/// What [`Store::enqueue`] returns.
+/// The error for a URL whose backend this build was compiled without.
+#[cfg(not(all(feature = "sqlite", feature = "postgres", feature = "redis")))]
+fn left_out(scheme: &str, feature: &str) -> StoreError {
+    InvalidInput::new(
+        "store url",
+        format!("{scheme}:// needs godel-core's `{feature}` feature, which this build was compiled without"),
+    )
+    .into()
+}
+
+/// What [`TaskStore::enqueue`] returns.
 #[derive(Clone, PartialEq, Debug)]
 pub struct Enqueued {
     /// The task, as stored.
@@ -356,17 +484,8 @@ pub struct Claim {
 pub struct LeaseStatus {
     /// When the lease now lapses.
     pub expires_at: Timestamp,
-    /// A user asked to cancel: abort and call [`Store::confirm_cancel`].
+    /// A user asked to cancel: abort and call [`TaskStore::confirm_cancel`].
     pub cancel_requested: bool,
-}
-
-/// One piece of output.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct OutputChunk {
-    /// Where it came from.
-    pub stream: OutputStream,
-    /// The text.
-    pub data: String,
 }
 
 /// Recorded output, as read back.
@@ -382,7 +501,7 @@ pub struct OutputRecord {
     pub at: Timestamp,
 }
 
-/// One change in a task's life, as [`Store::history`] returns it: the task's
+/// One change in a task's life, as [`TaskStore::history`] returns it: the task's
 /// state right after the change.
 #[derive(Clone, PartialEq, Debug)]
 pub struct HistoryEntry {
@@ -417,26 +536,26 @@ impl HistoryEntry {
     }
 }
 
-/// A lease holder's write, as [`Store::write_batch`] takes it.
+/// A lease holder's write, as [`TaskStore::write_batch`] takes it.
 #[derive(Clone, PartialEq, Debug)]
 pub enum LeaseWrite {
-    /// [`Store::start`] on this agent (which may differ from the claimer).
+    /// [`TaskStore::start`] on this agent (which may differ from the claimer).
     Start {
         /// The lease for the attempt.
         lease: Lease,
         /// The agent that runs it.
         agent: AgentId,
     },
-    /// [`Store::complete`] with this result.
+    /// [`TaskStore::complete`] with this result.
     Complete(Completion),
 }
 
-/// What [`Store::write_batch`] did with one entry.
+/// What [`TaskStore::write_batch`] did with one entry.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum WriteOutcome {
     /// The task is running. A start does not move the lease's expiry, so
     /// only the cancel flag is reported: when set, abort and call
-    /// [`Store::confirm_cancel`], as after a [`Store::start`] that reports it.
+    /// [`TaskStore::confirm_cancel`], as after a [`TaskStore::start`] that reports it.
     Started {
         /// A user asked to cancel.
         cancel_requested: bool,
@@ -447,7 +566,7 @@ pub enum WriteOutcome {
     LeaseLost,
 }
 
-/// One entry of [`Store::complete_batch`].
+/// One entry of [`TaskStore::complete_batch`].
 #[derive(Clone, PartialEq, Debug)]
 pub struct Completion {
     /// The lease for the attempt.
@@ -456,7 +575,7 @@ pub struct Completion {
     pub result: Value,
 }
 
-/// What [`Store::complete_batch`] did.
+/// What [`TaskStore::complete_batch`] did.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct BatchCompletion {
     /// Tasks now completed.
@@ -483,7 +602,7 @@ pub struct Failure {
     pub retry: Retry,
 }
 
-/// Where [`Store::fail`] left the task.
+/// Where [`TaskStore::fail`] left the task.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum FailOutcome {
     /// Pending again, claimable from `run_at`.
@@ -499,7 +618,7 @@ pub enum FailOutcome {
     Cancelled,
 }
 
-/// What [`Store::cancel`] did.
+/// What [`TaskStore::cancel`] did.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum CancelOutcome {
     /// It was pending and is now cancelled.
@@ -508,7 +627,7 @@ pub enum CancelOutcome {
     Requested,
 }
 
-/// A task moved by [`Store::reclaim_expired`].
+/// A task moved by [`TaskStore::reclaim_expired`].
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Reclaimed {
     /// Its tenant.
@@ -569,6 +688,12 @@ impl TaskFilter {
     }
 }
 
+/// Checks (and normalizes) every task of a batch before any is written, so
+/// that a bad one leaves nothing behind.
+pub(crate) fn validate_batch(tasks: &mut [NewTask]) -> Result<(), InvalidInput> {
+    tasks.iter_mut().try_for_each(NewTask::validate)
+}
+
 /// Most tasks one page may hold.
 pub const MAX_PAGE_SIZE: usize = 1_000;
 
@@ -608,6 +733,24 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass this to get the next page; `None` on the last one.
     pub next_cursor: Option<Cursor>,
+}
+
+/// Checks an audit listing's limit and cursor, and returns the sequence number
+/// its page starts below (entries are listed newest first).
+pub(crate) fn audit_start(query: &AuditQuery) -> Result<Option<i64>, InvalidInput> {
+    query.validate()?;
+    query.cursor.as_deref().map(|c| c.parse::<Cursor>()?.position(SortOrder::Descending)).transpose()
+}
+
+/// The page an audit listing's rows make: up to `limit + 1` entries newest
+/// first, the extra one telling that another page follows.
+pub(crate) fn audit_page(mut rows: Vec<AuditEntry>, limit: usize) -> Page<AuditEntry> {
+    let next_cursor = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        let last = rows.last().expect("non-empty").seq;
+        Cursor::after(SortOrder::Descending, i64::try_from(last).unwrap_or(i64::MAX))
+    });
+    Page { items: rows, next_cursor }
 }
 
 /// Ready tasks per priority.
@@ -660,5 +803,19 @@ impl QueueCounts {
 
     pub(crate) fn add_status(&mut self, s: TaskStatus, n: u64) {
         self.by_status[s.index()] += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The server opens stores inside spawned tasks.
+    #[test]
+    fn opening_is_send() {
+        fn send<T: Send + 'static>(_: T) {}
+        send(async { crate::store::open("memory://").await });
+        #[cfg(feature = "sqlite")]
+        send(async { crate::store::SqliteStore::open(std::path::Path::new("never-opened.db")).await });
+        #[cfg(feature = "postgres")]
+        send(async { crate::store::PostgresStore::open("postgres://127.0.0.1:1/none").await });
     }
 }

@@ -3,10 +3,17 @@
 //! checks such as opening a damaged SQLite file.
 
 mod conformance;
+#[cfg(feature = "sqlite")]
 mod engine;
+#[cfg(all(feature = "http", feature = "sqlite"))]
 mod http_adapter;
+#[cfg(feature = "openclaw")]
 mod openclaw;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "openclaw"))]
 mod support;

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use godel_core::store::prelude::*;
 use godel_core::store::{ClusterMessage, PostgresStore, TaskQuery};
-use godel_core::{NewTask, Store, StoreError, TenantId, Timestamp};
+use godel_core::{NewTask, StoreError, TenantId, Timestamp};
 use sqlx::{Connection, PgConnection};
 
 use crate::conformance::{drop_stale_schemas, fresh_schema, postgres_url, service_missing, with_param};

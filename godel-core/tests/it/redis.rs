@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use godel_core::store::{ClaimRequest, ClusterMessage, Completion, RedisStore, Store, StoreError};
+use godel_core::store::prelude::*;
+use godel_core::store::{ClaimRequest, ClusterMessage, Completion, RedisStore, StoreError};
 use godel_core::{AgentId, NewTask, TaskStatus, TenantId, Timestamp};
 use serde_json::json;
 use tokio::process::{Child, Command};

@@ -1,7 +1,7 @@
 //! SQLite-specific behaviour: reopening keeps data, and a damaged or
 //! unreadable file gives an error naming it instead of a panic.
 
-use godel_core::store::{self, SqliteStore, Store, StoreError};
+use godel_core::store::{self, SqliteStore, StoreError, TaskStore};
 use godel_core::{NewTask, TaskStatus, TenantId, Timestamp};
 
 const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);

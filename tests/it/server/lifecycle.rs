@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use godel_core::store::{SqliteStore, Store, TaskQuery};
+use godel_core::store::{SqliteStore, TaskQuery, TaskStore};
 use godel_core::{TaskStatus, TenantId};
 use nix::sys::signal::Signal;
 use serde_json::json;

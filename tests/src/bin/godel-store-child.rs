@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
-use godel_core::store::{ClaimRequest, SqliteStore, Store};
+use godel_core::store::{ClaimRequest, SqliteStore, TaskStore};
 use godel_core::{NewTask, Priority, Timestamp};
 use godel_e2e::store_child::{self, CLAIMS, LEASE, Report};
 

@@ -25,7 +25,7 @@ use crate::adapter::openclaw::protocol::{
     str_at,
 };
 use crate::adapter::{AbortMode, Adapter, AdapterError, AgentSession, Outcome, OutputSink};
-use crate::event::OutputStream;
+use crate::output::OutputStream;
 use crate::task::{Task, TaskError, TaskErrorKind};
 
 /// Runs tasks on one OpenClaw gateway. Built by

@@ -1,12 +1,11 @@
 -- confirm_cancel: the holder aborted after seeing a cancel request.
 -- ARGV: T, lease index, tenant, task id, attempt, token, now.
 -- Returns 'l' (lease lost) or 'ok'.
-local T, leases, tenant, id, attempt, token, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local k = task_key(T, id)
-local f = fenced(k, token, attempt)
+local T, leases, tenant, id, attempt, k, f = held_lease()
 if not f then
   return 'l'
 end
+local now = ARGV[7]
 unlease(k, leases, tenant, id)
 redis.call('HSET', k, 'st', 'cancelled', 'ca', now, 'up', now)
 redis.call('ZADD', T .. ':fin', now, id)

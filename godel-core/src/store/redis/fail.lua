@@ -4,13 +4,12 @@
 -- ARGV: T, lease index, tenant, task id, attempt, token, now, error JSON,
 --   retryable ('1' or '0'), retry run_at, channel, wake message.
 -- Returns 'l' (lease lost), 'cancelled', 'failed', 'dead_letter' or 'pending'.
-local T, leases, tenant, id, attempt, token, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local err, retryable, run_at, channel, wake = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local k = task_key(T, id)
-local f = fenced(k, token, attempt)
+local T, leases, tenant, id, attempt, k, f = held_lease()
 if not f then
   return 'l'
 end
+local now = ARGV[7]
+local err, retryable, run_at, channel, wake = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local status
 if f[4] == '1' then
   status = 'cancelled'

@@ -17,7 +17,7 @@ local function task_key(T, id)
 end
 
 -- The fields of a task hash, in the order `read_task` returns them (the Rust
--- side reads them by position: keep `TASK_FIELDS` in redis.rs in step).
+-- side reads them by position: keep `TASK_FIELDS` in redis/decode.rs in step).
 local TASK_FIELDS = { 'id', 'pri', 'st', 'pay', 'caps', 'aff', 'idem', 'par', 'att', 'max', 'to', 'run', 'ag', 'exp',
   'cxl', 'res', 'err', 'cr', 'up', 'sa', 'ca', 'dl', 'tok' }
 local function read_task(k)
@@ -73,6 +73,17 @@ local function fenced(k, token, attempt)
     return f
   end
   return nil
+end
+
+-- The lease a single-lease script acts on, from its first six arguments: T,
+-- the lease index, tenant, task id, attempt, token (the Rust side's
+-- `lease_script` passes them). Returns T, the lease index, tenant, id,
+-- attempt, the task's key and its fenced fields; the fields are nil when the
+-- lease is stale, and the script then returns 'l'. Its own arguments start at ARGV[7].
+local function held_lease()
+  local T, leases, tenant, id, attempt, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  local k = task_key(T, id)
+  return T, leases, tenant, id, attempt, k, fenced(k, token, attempt)
 end
 
 -- Ends the lease on a task: its token, expiry and entry in the lease index.

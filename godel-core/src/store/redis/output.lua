@@ -1,13 +1,14 @@
 -- output: appends output chunks to the current attempt's record.
--- ARGV: T, task id, attempt, token, now, then pairs of (stream, data).
+-- ARGV: T, lease index, tenant, task id, attempt, token, now, then pairs of
+-- (stream, data).
 -- Returns 'l' (lease lost) or 'ok'.
-local T, id, attempt, token, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local k = task_key(T, id)
-if not fenced(k, token, attempt) then
+local T, _, _, id, attempt, _, f = held_lease()
+if not f then
   return 'l'
 end
+local now = ARGV[7]
 local entries = {}
-for i = 6, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   entries[#entries + 1] = attempt .. '|' .. ARGV[i] .. '|' .. now .. '|' .. ARGV[i + 1]
 end
 if #entries > 0 then

@@ -2,13 +2,12 @@
 -- run_at and so its place in line, or is cancelled if a cancel was requested.
 -- ARGV: T, lease index, tenant, task id, attempt, token, now, channel, wake message.
 -- Returns 'l' (lease lost), 'cancelled' or 'pending'.
-local T, leases, tenant, id, attempt, token, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local channel, wake = ARGV[8], ARGV[9]
-local k = task_key(T, id)
-local f = fenced(k, token, attempt)
+local T, leases, tenant, id, attempt, k, f = held_lease()
 if not f then
   return 'l'
 end
+local now = ARGV[7]
+local channel, wake = ARGV[8], ARGV[9]
 unlease(k, leases, tenant, id)
 local status, att
 if f[4] == '1' then

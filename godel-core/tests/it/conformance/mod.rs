@@ -4,11 +4,18 @@
 //! namespace: a new memory store, a new SQLite file in a temporary directory,
 //! a fresh PostgreSQL schema (with a second handle on it as another node).
 
+mod credentials;
 mod rules;
 
 use std::sync::Arc;
 
-use godel_core::store::{MemoryStore, PostgresStore, RedisStore, SqliteStore, Store};
+#[cfg(feature = "postgres")]
+use godel_core::store::PostgresStore;
+#[cfg(feature = "redis")]
+use godel_core::store::RedisStore;
+#[cfg(feature = "sqlite")]
+use godel_core::store::SqliteStore;
+use godel_core::store::{MemoryStore, Store};
 use tempfile::TempDir;
 
 /// A store for one test, and whatever must live as long as it does.
@@ -24,23 +31,27 @@ pub(crate) async fn memory() -> Option<Fixture> {
     Some(Fixture { store: Arc::new(MemoryStore::new()), peer: None, _dir: None })
 }
 
+#[cfg(feature = "sqlite")]
 pub(crate) async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(&dir.path().join("godel.db")).await.expect("open sqlite store");
     Some(Fixture { store: Arc::new(store), peer: None, _dir: Some(dir) })
 }
 
+#[cfg(feature = "postgres")]
 /// The PostgreSQL server the suite uses: `GODEL_TEST_POSTGRES_URL`, or the local default.
 pub(crate) fn postgres_url() -> String {
     service_url("GODEL_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 }
 
+#[cfg(feature = "postgres")]
 /// `url` with one more query parameter.
 pub(crate) fn with_param(url: &str, key: &str, value: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}{key}={value}")
 }
 
+#[cfg(feature = "postgres")]
 /// A fresh schema name for one test, `godel_t_<unix seconds>_<random>`: the
 /// time lets a later run drop what an earlier run left behind.
 pub(crate) fn fresh_schema() -> String {
@@ -48,6 +59,7 @@ pub(crate) fn fresh_schema() -> String {
     format!("godel_t_{secs}_{:08x}", rand::random::<u32>())
 }
 
+#[cfg(feature = "postgres")]
 /// Drops the test schemas older than ten minutes, once per test process, so
 /// that schemas do not pile up in the shared test database (a fixture cannot
 /// drop its own: the suite's fixtures have no teardown).
@@ -73,6 +85,7 @@ pub(crate) async fn drop_stale_schemas(url: &str) {
     .await;
 }
 
+#[cfg(feature = "postgres")]
 /// Two handles (two nodes) on a fresh schema of the test PostgreSQL server.
 pub(crate) async fn postgres() -> Option<Fixture> {
     let base = postgres_url();
@@ -87,11 +100,13 @@ pub(crate) async fn postgres() -> Option<Fixture> {
     Some(Fixture { store: Arc::new(store), peer: Some(Arc::new(peer)), _dir: None })
 }
 
+#[cfg(feature = "redis")]
 /// The Redis server the suite uses: `GODEL_TEST_REDIS_URL`, or the local default.
 pub(crate) fn redis_url() -> String {
     service_url("GODEL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 }
 
+#[cfg(feature = "redis")]
 /// Deletes the keys of test prefixes older than ten minutes, once per test
 /// process, so that they do not pile up in the shared test server (the
 /// suite's fixtures have no teardown).
@@ -136,6 +151,7 @@ async fn delete_stale_redis_prefixes(url: &str) {
     .await;
 }
 
+#[cfg(feature = "redis")]
 /// Two handles (two nodes) on a fresh key prefix of the test Redis server,
 /// `godel-t-<unix seconds>-<random>`: the time lets a later run delete what
 /// an earlier run left behind.
@@ -156,11 +172,13 @@ pub(crate) async fn redis() -> Option<Fixture> {
     Some(Fixture { store: Arc::new(store), peer: Some(Arc::new(peer)), _dir: None })
 }
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 /// The URL of a service the suite needs: `var` if set, else `default`.
 pub(crate) fn service_url(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 /// What to do when a service does not answer: locally, skip with a printed
 /// reason; under `GODEL_TEST_REQUIRE_SERVICES=1` (CI), fail.
 #[allow(clippy::print_stderr, reason = "a skipped test says why on the test's output")]
@@ -177,7 +195,7 @@ pub(crate) fn service_missing<T>(service: &str, why: impl std::fmt::Display) -> 
 macro_rules! conformance {
     ($backend:ident => $fixture:path) => {
         mod $backend {
-            conformance!(@rules $fixture;
+            conformance!(@rules rules $fixture;
                 claim_is_exclusive,
                 strict_priority_order,
                 claim_respects_capabilities,
@@ -213,18 +231,40 @@ macro_rules! conformance {
             }
         }
     };
-    (@rules $fixture:path; $($rule:ident),* $(,)?) => {
+    (credentials $backend:ident => $fixture:path) => {
+        mod $backend {
+            conformance!(@rules credentials $fixture;
+                keys_round_trip_and_are_found_by_hash,
+                duplicate_keys_conflict,
+                revocation_is_idempotent,
+                expiry_only_moves_earlier,
+                touch_only_moves_later,
+                audit_lists_newest_first_with_filters,
+                audit_pagination_is_stable,
+                audit_prune_is_bounded,
+            );
+        }
+    };
+    (@rules $module:ident $fixture:path; $($rule:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $rule() {
                 let Some(fixture) = $fixture().await else { return };
-                crate::conformance::rules::$rule(fixture.store.clone()).await;
+                crate::conformance::$module::$rule(fixture.store.clone()).await;
             }
         )*
     };
 }
 
 conformance!(memory => crate::conformance::memory);
+#[cfg(feature = "sqlite")]
 conformance!(sqlite => crate::conformance::sqlite);
+mod credentials_on {
+    conformance!(credentials memory => crate::conformance::memory);
+    #[cfg(feature = "sqlite")]
+    conformance!(credentials sqlite => crate::conformance::sqlite);
+}
+#[cfg(feature = "postgres")]
 conformance!(postgres => crate::conformance::postgres);
+#[cfg(feature = "redis")]
 conformance!(redis => crate::conformance::redis);

@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use godel_core::store::{
     CancelOutcome, Claim, ClaimRequest, ClusterMessage, Completion, Cursor, FailOutcome, Failure, Lease, LeaseWrite,
-    Member, MemberKind, OutputChunk, OutputStream, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter,
-    TaskQuery, WriteOutcome,
+    Member, MemberKind, Retry, SessionQuery, SortOrder, Store, StoreError, TaskFilter, TaskQuery, WriteOutcome,
 };
 use godel_core::{
     AgentId, Backoff, LeaseToken, NewTask, Priority, Task, TaskError, TaskErrorKind, TaskId, TaskStatus, TenantId,
     Timestamp,
 };
-use godel_core::{Event, EventKind, Session, SessionState};
+use godel_core::{Event, EventKind, OutputChunk, OutputStream, Session, SessionState};
 use serde_json::json;
 use tokio::task::JoinSet;
 

@@ -18,6 +18,17 @@ impl Rows {
         StoreError::Backend { backend: self.0, source: format!("corrupt row: {}", message.into()).into() }
     }
 
+    /// Any other failure of this backend, e.g. a value that does not encode.
+    pub(crate) fn error(self, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Backend { backend: self.0, source: Box::new(e) }
+    }
+
+    /// A driver error: [`StoreError::Unavailable`] if `transient` (retrying
+    /// may succeed), else [`StoreError::Backend`].
+    pub(crate) fn driver(self, e: sqlx::Error, transient: bool) -> StoreError {
+        if transient { StoreError::Unavailable { backend: self.0, source: Box::new(e) } } else { self.error(e) }
+    }
+
     /// A JSON text column.
     pub(crate) fn json<T: serde::de::DeserializeOwned>(self, value: &str, column: &str) -> Result<T> {
         serde_json::from_str(value).map_err(|e| self.corrupt(format!("column {column} holds invalid JSON: {e}")))
