@@ -5,6 +5,8 @@
 //! The binary is a thin `main` over [`run`], which takes its shutdown trigger
 //! as a parameter so that tests (and `godel serve`) can stop it.
 
+mod auth;
+mod bootstrap;
 pub mod config;
 pub mod daemon;
 mod error;
@@ -27,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::Filter;
 
+pub use crate::bootstrap::ADMIN_KEY_FILE;
 pub use crate::config::{LogFormat, ServerConfig};
 
 /// The OpenAPI document describing every route.
@@ -97,6 +100,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store =
         store::open(&config.store_url).await.with_context(|| format!("cannot open the store {}", config.store_url))?;
+    bootstrap::admin_key(&store, &config.state_dir, &config.engine.tenant).await?;
     let bus = godel_core::EventBus::new(4_096, config.replay_window);
     // One clock for the engine and the gateway connections: only the server picks it.
     let clock: Arc<dyn godel_core::Clock> = Arc::new(godel_core::SystemClock);
