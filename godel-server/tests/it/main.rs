@@ -4,6 +4,7 @@
 
 mod budgets;
 mod instances;
+mod keys;
 mod openapi;
 mod shutdown;
 mod support;

@@ -57,6 +57,12 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The temporary directory holding the store (`godel.db`) and the state
+    /// directory (`state/`, where the first admin key is written).
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// `ws://127.0.0.1:<port><path>`.
     pub(crate) fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
