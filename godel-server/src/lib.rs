@@ -6,6 +6,7 @@
 //! as a parameter so that tests (and `godel serve`) can stop it.
 
 mod auth;
+mod bootstrap;
 pub mod config;
 pub mod daemon;
 mod error;
@@ -31,6 +32,7 @@ use warp::Filter;
 use warp::hyper::server::conn::AddrStream;
 
 pub use crate::auth::keys::{NewKey, generate as generate_key};
+pub use crate::bootstrap::ADMIN_KEY_FILE;
 pub use crate::config::{AuthConfig, JwtConfig, JwtKey, LogFormat, ServerConfig};
 
 /// The OpenAPI document describing every route.
@@ -104,6 +106,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store =
         store::open(&config.store_url).await.with_context(|| format!("cannot open the store {}", config.store_url))?;
+    bootstrap::admin_key(&store, &config.state_dir, &config.engine.tenant).await?;
     let bus = godel_core::EventBus::new(4_096, config.replay_window);
     // One clock for the engine and the gateway connections: only the server picks it.
     let clock: Arc<dyn godel_core::Clock> = Arc::new(godel_core::SystemClock);

@@ -7,8 +7,8 @@
 
 use crate::InvalidInput;
 use crate::ids::{AgentId, SessionId, TaskId, TenantId};
-use crate::session::SessionState;
 use crate::money::Micros;
+use crate::session::SessionState;
 use crate::store::StoreError;
 use crate::task::TaskStatus;
 

@@ -73,7 +73,12 @@ impl TestServer {
     pub(crate) async fn start_with(agents: &str) -> Result<Self> {
         let dir = tempfile::tempdir().context("create a temporary directory")?;
         let store = dir.path().join("godel.db");
-        let toml = format!("store = \"sqlite://{}\"\n{FAST_ENGINE}\n{agents}", store.display());
+        // The state directory (the first admin key) stays in the temporary directory too.
+        let toml = format!(
+            "store = \"sqlite://{}\"\nstate_dir = \"{}\"\n{FAST_ENGINE}\n{agents}",
+            store.display(),
+            dir.path().join("state").display()
+        );
         let (addr, shutdown, handle) = launch(&toml, "127.0.0.1:0".parse()?).await?;
         let client = Client::new(&format!("http://{addr}"))?;
         Ok(Self { client, addr, toml, shutdown, handle: Some(handle), dir })

@@ -13,10 +13,12 @@
 //! `Sunset` headers.
 
 mod agents;
+mod audit;
 mod dead_letters;
 mod events;
 mod health;
 mod instances;
+pub(crate) mod keys;
 mod metrics;
 mod queue;
 mod sessions;
@@ -84,7 +86,8 @@ pub(crate) fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
 fn api_routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
     let routes = tasks::routes(state).or(queue::routes(state)).unify().or(dead_letters::routes(state)).unify();
     let routes = routes.or(agents::routes(state)).unify().or(sessions::routes(state)).unify();
-    routes.or(instances::routes(state)).unify().boxed()
+    let routes = routes.or(instances::routes(state)).unify();
+    routes.or(keys::routes(state)).unify().or(audit::routes(state)).unify().boxed()
 }
 
 /// Who is calling: the context the guard put in the request's extensions.

@@ -5,6 +5,7 @@
 mod auth;
 mod budgets;
 mod instances;
+mod keys;
 mod openapi;
 mod shutdown;
 mod support;

@@ -26,13 +26,15 @@ use crate::support::TestServer;
 const DOCUMENT: &str = include_str!("../../openapi.json");
 /// The route files serving resources under `/api/v1`, scanned for the paths
 /// and methods they declare.
-const API_SOURCES: [&str; 6] = [
+const API_SOURCES: [&str; 8] = [
     include_str!("../../src/routes/tasks.rs"),
     include_str!("../../src/routes/queue.rs"),
     include_str!("../../src/routes/dead_letters.rs"),
     include_str!("../../src/routes/agents.rs"),
     include_str!("../../src/routes/sessions.rs"),
     include_str!("../../src/routes/instances.rs"),
+    include_str!("../../src/routes/keys.rs"),
+    include_str!("../../src/routes/audit.rs"),
 ];
 /// The route files serving paths at the root (and the workers' socket).
 const ROOT_SOURCES: [&str; 4] = [
@@ -85,6 +87,7 @@ async fn the_document_matches_the_server() {
     scenario(&mut api).await;
     events(&mut api).await;
     workers(&mut api).await;
+    keys(&mut api).await;
     api.probe_undocumented().await;
 
     // Every documented operation answered a real request with success.
@@ -443,6 +446,33 @@ async fn workers(api: &mut Api<'_>) {
 }
 
 /// The next text frame on a WebSocket, as JSON.
+/// API keys and the audit log.
+async fn keys(api: &mut Api<'_>) {
+    const GET: Method = Method::GET;
+    const POST: Method = Method::POST;
+    api.call(GET, "/api/v1/keys", None, 200).await;
+    api.call(GET, "/api/v1/keys?tenant=default", None, 200).await;
+    api.call(GET, "/api/v1/keys?tenant=a%20b", None, 400).await;
+    let created = api
+        .call(POST, "/api/v1/keys", Some(json!({"name": "ci", "role": "submitter", "expires_in": "30d"})), 201)
+        .await;
+    api.call(POST, "/api/v1/keys", Some(json!({"name": "ci", "role": "root"})), 400).await;
+    let id = created["key"]["id"].as_str().expect("a key id").to_owned();
+    api.call(GET, &format!("/api/v1/keys/{id}"), None, 200).await;
+    api.call(GET, &format!("/api/v1/keys/{SAMPLE_ID}"), None, 404).await;
+    api.call(GET, "/api/v1/keys/nope", None, 400).await;
+    let rotated = api.call(POST, &format!("/api/v1/keys/{id}/rotate"), Some(json!({"grace": "0s"})), 201).await;
+    api.call(POST, &format!("/api/v1/keys/{id}/rotate"), Some(json!({"grace": "1h"})), 409).await;
+    api.call(POST, &format!("/api/v1/keys/{id}/rotate"), Some(json!({"grace": "1y"})), 400).await;
+    api.call(POST, &format!("/api/v1/keys/{SAMPLE_ID}/rotate"), Some(json!({})), 404).await;
+    let new_id = rotated["key"]["id"].as_str().expect("a key id").to_owned();
+    api.call(Method::DELETE, &format!("/api/v1/keys/{new_id}"), None, 200).await;
+    api.call(Method::DELETE, &format!("/api/v1/keys/{SAMPLE_ID}"), None, 404).await;
+    api.call(Method::DELETE, "/api/v1/keys/nope", None, 400).await;
+    api.call(GET, "/api/v1/audit?limit=5&outcome=allowed&action=keys.", None, 200).await;
+    api.call(GET, "/api/v1/audit?limit=0", None, 400).await;
+}
+
 async fn next_json<S>(ws: &mut S) -> Value
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
