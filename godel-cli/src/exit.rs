@@ -26,6 +26,9 @@ pub(crate) enum Exit {
     /// The server failed or answered something unexpected, or a local
     /// resource (a file, the runtime, a signal handler) failed.
     Internal = 6,
+    /// The server did not accept the credential (401), or the credential's
+    /// role may not do this (403).
+    Unauthorized = 7,
     /// Interrupted by Ctrl-C (or, for a draining worker, a second signal).
     Interrupted = 130,
 }
@@ -79,7 +82,10 @@ impl From<SdkError> for Failure {
             SdkError::Api { code: ErrorCode::InvalidRequest | ErrorCode::Conflict, message, .. } => {
                 Failure::new(Exit::Refused, message.clone())
             }
-            SdkError::InvalidUrl { .. } => Failure::usage(e.to_string()),
+            SdkError::Api { code: ErrorCode::Unauthorized | ErrorCode::Forbidden, message, .. } => {
+                Failure::new(Exit::Unauthorized, message.clone())
+            }
+            SdkError::InvalidUrl { .. } | SdkError::InvalidApiKey { .. } => Failure::usage(e.to_string()),
             _ => Failure::new(Exit::Internal, e.to_string()),
         }
     }

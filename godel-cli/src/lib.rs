@@ -48,7 +48,7 @@ pub fn run(argv: &[String]) -> ExitCode {
         );
         return Exit::Usage.into();
     };
-    commands::run(cli.server, command, command_tail)
+    commands::run(commands::Global { server: cli.server, api_key: cli.api_key }, command, command_tail)
 }
 
 /// Splits `submit … -- argv…` into the options and the command to run.

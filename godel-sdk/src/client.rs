@@ -1,12 +1,15 @@
-//! The HTTP client: one method per API route.
+//! The HTTP client: one method per API route, each request carrying the
+//! client's API key, if it has one, as `Authorization: Bearer`.
 
 use std::time::Duration;
 
 use godel_wire::{
-    Agent, Cancelled, ErrorEnvelope, Health, Instance, InstanceHealth, Page, Priority, QueueDepth, QueueHealth,
-    RegisterAgent, RegisterInstance, ReplayDeadLetters, Replayed, Session, SessionId, SessionState, SubmitBatch,
-    SubmitTask, Task, TaskEvent, TaskId, TaskStatus, Timestamp,
+    Agent, AuditEntry, AuditOutcome, Cancelled, CreateKey, CreatedKey, ErrorEnvelope, Health, Instance, InstanceHealth,
+    KeyId, KeyView, Page, Priority, QueueDepth, QueueHealth, RegisterAgent, RegisterInstance, ReplayDeadLetters,
+    Replayed, RotateKey, RotatedKey, Session, SessionId, SessionState, SubmitBatch, SubmitTask, Task, TaskEvent,
+    TaskId, TaskStatus, Timestamp,
 };
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,10 +22,24 @@ use crate::events::EventStream;
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7373";
 
 /// A client for one Godel server. Cheap to clone; clones share connections.
-#[derive(Clone, Debug)]
+///
+/// A server that requires authentication wants an API key:
+/// [`Client::with_api_key`]. `Debug` never shows the key.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// `Bearer <key>`, marked sensitive.
+    auth: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("api_key", &self.auth.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Options for [`Client::with_options`].
@@ -99,6 +116,49 @@ impl ListTasks {
     }
 }
 
+/// Filters for [`Client::audit`]; entries come newest first.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct ListAudit {
+    /// Only this tenant's entries (default: every tenant).
+    pub tenant: Option<String>,
+    /// An action (`tasks.create`) or a prefix ending in a dot (`tasks.`).
+    pub action: Option<String>,
+    /// Only entries with this outcome.
+    pub outcome: Option<AuditOutcome>,
+    /// Only entries made with this credential (a key id, or `jwt:<subject>`).
+    pub credential: Option<String>,
+    /// Entries at or after this instant.
+    pub since: Option<Timestamp>,
+    /// Entries before this instant.
+    pub until: Option<Timestamp>,
+    /// Page size, 1 to 100 (server default 20).
+    pub limit: Option<usize>,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+}
+
+impl ListAudit {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        let texts = [
+            ("tenant", self.tenant.clone()),
+            ("action", self.action.clone()),
+            ("outcome", self.outcome.map(|o| o.as_str().to_owned())),
+            ("credential", self.credential.clone()),
+            ("since", self.since.map(|t| t.to_string())),
+            ("until", self.until.map(|t| t.to_string())),
+            ("limit", self.limit.map(|l| l.to_string())),
+            ("cursor", self.cursor.clone()),
+        ];
+        for (name, value) in texts {
+            if let Some(value) = value {
+                q.push((name, value));
+            }
+        }
+        q
+    }
+}
+
 /// Filters for [`Client::sessions`].
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct ListSessions {
@@ -135,7 +195,32 @@ impl Client {
             .user_agent(concat!("godel-sdk/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| invalid(&e.to_string()))?;
-        Ok(Self { http, base })
+        Ok(Self { http, base, auth: None })
+    }
+
+    /// The same client, sending `key` (a `gdl_…` API key or a JWT) as
+    /// `Authorization: Bearer` on every request and on the `/events`
+    /// WebSocket. A key that cannot go in a header (a line break, say) is
+    /// refused here.
+    ///
+    /// ```
+    /// # fn demo() -> godel_sdk::Result<()> {
+    /// let client = godel_sdk::Client::new("http://127.0.0.1:7373")?.with_api_key("gdl_…")?;
+    /// assert!(!format!("{client:?}").contains("gdl_"));
+    /// # Ok(()) }
+    /// # demo().unwrap();
+    /// ```
+    pub fn with_api_key(mut self, key: impl AsRef<str>) -> Result<Self> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.as_ref().trim()))
+            .map_err(|_| Error::InvalidApiKey { message: "it has characters a header cannot carry".to_owned() })?;
+        value.set_sensitive(true);
+        self.auth = Some(value);
+        Ok(self)
+    }
+
+    /// Whether the client sends an API key.
+    pub fn has_api_key(&self) -> bool {
+        self.auth.is_some()
     }
 
     /// The server's base URL.
@@ -222,7 +307,7 @@ impl Client {
     /// Every dead-lettered task as NDJSON, one task per line.
     pub async fn export_dead_letters(&self) -> Result<String> {
         let url = format!("{}/api/v1/dead-letters/export", self.base);
-        let response = self.execute(self.http.get(&url), &url).await?;
+        let response = self.execute(self.request(Method::GET, &url), &url).await?;
         response.text().await.map_err(|e| Error::from_reqwest(&url, e))
     }
 
@@ -314,7 +399,7 @@ impl Client {
     /// this returns the report either way.
     pub async fn health(&self) -> Result<Health> {
         let url = format!("{}/health", self.base);
-        let response = self.http.get(&url).send().await.map_err(|e| Error::from_reqwest(&url, e))?;
+        let response = self.request(Method::GET, &url).send().await.map_err(|e| Error::from_reqwest(&url, e))?;
         if response.status() == StatusCode::OK || response.status() == StatusCode::SERVICE_UNAVAILABLE {
             return response.json().await.map_err(|e| self.protocol(&e.to_string()));
         }
@@ -330,7 +415,7 @@ impl Client {
     /// Prometheus metrics, as text.
     pub async fn metrics(&self) -> Result<String> {
         let url = format!("{}/metrics", self.base);
-        let response = self.execute(self.http.get(&url), &url).await?;
+        let response = self.execute(self.request(Method::GET, &url), &url).await?;
         response.text().await.map_err(|e| Error::from_reqwest(&url, e))
     }
 
@@ -344,7 +429,7 @@ impl Client {
     /// [`EventStream::subscribed`] first to be sure it listens before you
     /// submit work you want to follow.
     pub fn events(&self, patterns: &[&str]) -> EventStream {
-        EventStream::new(&self.base, patterns.iter().map(|p| (*p).to_owned()).collect(), None)
+        EventStream::new(&self.base, self.auth.clone(), patterns.iter().map(|p| (*p).to_owned()).collect(), None)
     }
 
     /// Like [`Client::events`], starting after sequence number `since` (an
@@ -352,18 +437,61 @@ impl Client {
     /// first replays the kept events after it. If it no longer keeps them, or
     /// has restarted since, the first item is [`Error::EventsMissed`].
     pub fn events_since(&self, patterns: &[&str], since: u64) -> EventStream {
-        EventStream::new(&self.base, patterns.iter().map(|p| (*p).to_owned()).collect(), Some(since))
+        EventStream::new(&self.base, self.auth.clone(), patterns.iter().map(|p| (*p).to_owned()).collect(), Some(since))
+    }
+
+    /// Every API key, or one tenant's, newest first (admin only).
+    pub async fn keys(&self, tenant: Option<&str>) -> Result<Vec<KeyView>> {
+        let query: Vec<(&str, String)> = tenant.map(|t| ("tenant", t.to_owned())).into_iter().collect();
+        let page: Page<KeyView> = self.get("/api/v1/keys", &query).await?;
+        Ok(page.items)
+    }
+
+    /// One API key.
+    pub async fn key(&self, id: KeyId) -> Result<KeyView> {
+        self.get(&format!("/api/v1/keys/{id}"), &[]).await
+    }
+
+    /// Makes an API key; the answer holds its secret, which the server never shows again.
+    pub async fn create_key(&self, key: &CreateKey) -> Result<CreatedKey> {
+        self.send(Method::POST, "/api/v1/keys", Some(key)).await
+    }
+
+    /// Revokes a key at once; it never authenticates again. Revoking twice is not an error.
+    pub async fn revoke_key(&self, id: KeyId) -> Result<KeyView> {
+        self.send(Method::DELETE, &format!("/api/v1/keys/{id}"), None::<&()>).await
+    }
+
+    /// Replaces a key with a new one of the same name, tenant and role; the
+    /// old one keeps working for `grace` (0 to 30 days), then expires.
+    pub async fn rotate_key(&self, id: KeyId, grace: Duration) -> Result<RotatedKey> {
+        let body = RotateKey { grace: Some(format!("{}ms", grace.as_millis())) };
+        self.send(Method::POST, &format!("/api/v1/keys/{id}/rotate"), Some(&body)).await
+    }
+
+    /// A page of the audit log, newest first (admin only).
+    pub async fn audit(&self, query: &ListAudit) -> Result<Page<AuditEntry>> {
+        self.get("/api/v1/audit", &query.query()).await
+    }
+
+    /// A request to `url` with the client's credential.
+    fn request(&self, method: Method, url: &str) -> RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.auth {
+            Some(auth) => request.header(AUTHORIZATION, auth.clone()),
+            None => request,
+        }
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let response = self.execute(self.http.get(&url).query(query), &url).await?;
+        let response = self.execute(self.request(Method::GET, &url).query(query), &url).await?;
         response.json().await.map_err(|e| self.protocol(&e.to_string()))
     }
 
     async fn send<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
+        let mut request = self.request(method, &url);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -373,7 +501,7 @@ impl Client {
 
     async fn send_empty(&self, method: Method, path: &str) -> Result<()> {
         let url = format!("{}{path}", self.base);
-        self.execute(self.http.request(method, &url), &url).await?;
+        self.execute(self.request(method, &url), &url).await?;
         Ok(())
     }
 

@@ -111,6 +111,13 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// The API key given to the client cannot be sent (it has characters a
+    /// header cannot carry).
+    #[error("invalid API key: {message}")]
+    InvalidApiKey {
+        /// What is wrong with it (never the key itself).
+        message: String,
+    },
     /// The event stream skipped events that can no longer be delivered
     /// (the server's replay window moved on, or this client fell behind).
     #[error("{missed} events were missed: {message}")]

@@ -29,6 +29,9 @@ use futures::stream::BoxStream;
 use futures::{SinkExt, Stream, StreamExt};
 use godel_wire::{ClientFrame, Control, Event, ServerMessage};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 
 use crate::error::{Error, Result};
 
@@ -56,13 +59,14 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    pub(crate) fn new(base: &str, patterns: Vec<String>, since: Option<u64>) -> Self {
+    pub(crate) fn new(base: &str, auth: Option<HeaderValue>, patterns: Vec<String>, since: Option<u64>) -> Self {
         let ws_base = base.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
         // The server wants at least one pattern; no pattern means every event.
         let patterns = if patterns.is_empty() { vec!["*".to_owned()] } else { patterns };
         let url = format!("{ws_base}/events");
         let state = State {
             base: ws_base,
+            auth,
             patterns,
             last_seq: since,
             epoch: None,
@@ -157,6 +161,8 @@ enum Signal {
 /// The connection loop's state, owned by the stream's `unfold`.
 struct State {
     base: String,
+    /// `Bearer <key>` for the handshake, when the client has a key.
+    auth: Option<HeaderValue>,
     patterns: Vec<String>,
     /// Where to resume: the last event delivered, or the point the stream went live.
     last_seq: Option<u64>,
@@ -231,7 +237,14 @@ impl State {
                 url.push_str(&format!("&epoch={epoch}"));
             }
         }
-        match tokio_tungstenite::connect_async(url.as_str()).await {
+        let mut request = match url.as_str().into_client_request() {
+            Ok(request) => request,
+            Err(e) => return Err(Error::InvalidUrl { url, message: e.to_string() }),
+        };
+        if let Some(auth) = &self.auth {
+            request.headers_mut().insert(AUTHORIZATION, auth.clone());
+        }
+        match tokio_tungstenite::connect_async(request).await {
             Ok((mut socket, _)) => {
                 let subscribe = ClientFrame::Subscribe { patterns: self.patterns.clone() };
                 let subscribe = serde_json::to_string(&subscribe).expect("client frames serialize");

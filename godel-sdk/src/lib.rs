@@ -82,14 +82,15 @@ mod events;
 #[cfg(feature = "worker")]
 pub mod worker;
 
-pub use crate::client::{Client, ClientOptions, DEFAULT_SERVER, ListSessions, ListTasks};
+pub use crate::client::{Client, ClientOptions, DEFAULT_SERVER, ListAudit, ListSessions, ListTasks};
 pub use crate::error::{Error, ErrorCode, Result};
 pub use crate::events::EventStream;
 /// The API's shapes, shared with the server through `godel-wire`.
 pub use godel_wire::{
-    Agent, AgentKind, AgentStatus, AgentSummary, CancelOutcome, Cancelled, Event, Health, Instance, InstanceHealth,
-    Page, Priority, QueueDepth, QueueHealth, RegisterAgent, RegisterInstance, Session, SessionId, SessionState,
-    StoreHealth, SubmitTask, Task, TaskError, TaskErrorKind, TaskEvent, TaskId, TaskStatus, Timestamp,
+    Agent, AgentKind, AgentStatus, AgentSummary, AuditEntry, AuditOutcome, CancelOutcome, Cancelled, CreateKey,
+    CreatedKey, Event, Health, Instance, InstanceHealth, KeyId, KeyView, Page, Priority, QueueDepth, QueueHealth,
+    RegisterAgent, RegisterInstance, Role, RotatedKey, Session, SessionId, SessionState, StoreHealth, SubmitTask, Task,
+    TaskError, TaskErrorKind, TaskEvent, TaskId, TaskStatus, Timestamp,
 };
 
 /// Everything a program needs to run Godel in-process (feature `embed`).

@@ -47,6 +47,8 @@ pub struct WorkerOptions {
     /// How tasks run here: the command template (`{prompt}`, `{task_id}`,
     /// `{attempt}`, `{workdir}`), or the task's own command without one.
     pub process: ProcessConfig,
+    /// A `worker` (or `admin`) API key, sent as `Authorization: Bearer` on connect.
+    pub api_key: Option<String>,
 }
 
 /// Why [`Worker::run`] returned.
@@ -250,8 +252,15 @@ impl Worker {
     }
 
     async fn connect(&self, active: &Active) -> std::result::Result<Session, Refused> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = self.ws_url.as_str().into_client_request().map_err(|e| Refused::Retry(e.to_string()))?;
+        if let Some(key) = &self.options.api_key {
+            let value =
+                format!("Bearer {}", key.trim()).parse().map_err(|_| Refused::Retry("invalid API key".into()))?;
+            request.headers_mut().insert("authorization", value);
+        }
         let (mut socket, _) =
-            tokio_tungstenite::connect_async(self.ws_url.as_str()).await.map_err(|e| Refused::Retry(e.to_string()))?;
+            tokio_tungstenite::connect_async(request).await.map_err(|e| Refused::Retry(e.to_string()))?;
         let running: Vec<RunRef> = lock(active).keys().copied().collect();
         let hello = WorkerFrame::Hello {
             name: self.options.name.clone(),

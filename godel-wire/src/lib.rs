@@ -3,7 +3,8 @@
 //! OpenAPI test.
 //!
 //! - [`tasks`], [`dead_letters`], [`agents`], [`sessions`], [`instances`],
-//!   [`health`] and [`error`]: the REST API's request and response bodies;
+//!   [`keys`], [`audit`], [`health`] and [`error`]: the REST API's request
+//!   and response bodies;
 //! - [`events`]: what goes over `/events` (the event envelope, the
 //!   subscribe frames a client sends and the control frames it receives);
 //! - [`worker`]: the frames of the remote worker protocol on
@@ -18,11 +19,13 @@
 //! can name the field it did not expect.
 
 pub mod agents;
+pub mod audit;
 pub mod dead_letters;
 pub mod error;
 pub mod events;
 pub mod health;
 pub mod instances;
+pub mod keys;
 pub mod sessions;
 pub mod tasks;
 pub mod worker;
@@ -30,13 +33,16 @@ pub mod worker;
 mod text;
 
 pub use crate::agents::{Agent, RegisterAgent};
+pub use crate::audit::AuditEntry;
 pub use crate::dead_letters::{ReplayDeadLetters, Replayed};
 pub use crate::error::{ErrorBody, ErrorEnvelope};
 pub use crate::events::{ClientFrame, Control, Event, ServerMessage};
 pub use crate::health::{AgentSummary, Health, QueueDepth, QueueHealth, StoreHealth};
 pub use crate::instances::{Instance, InstanceHealth, RegisterInstance};
+pub use crate::keys::{CreateKey, CreatedKey, KeyView, RotateKey, RotatedKey};
 pub use crate::sessions::Session;
 pub use crate::tasks::{CancelOutcome, Cancelled, Page, SubmitBatch, SubmitTask, Task, TaskEvent};
 pub use godel_core::{
-    AgentKind, AgentStatus, Priority, SessionId, SessionState, TaskError, TaskErrorKind, TaskId, TaskStatus, Timestamp,
+    AgentKind, AgentStatus, AuditOutcome, KeyId, Priority, Role, SessionId, SessionState, TaskError, TaskErrorKind,
+    TaskId, TaskStatus, Timestamp,
 };

@@ -6,9 +6,11 @@
 //! handles its own signals (the first one drains).
 
 mod agents;
+mod credentials;
 mod dlq;
 mod doctor;
 mod instances;
+mod keys;
 mod queue;
 mod serve;
 mod sessions;
@@ -27,47 +29,79 @@ use crate::args::Command;
 use crate::exit::{CliResult, Exit, Failure};
 use crate::output;
 
+/// The global options every command that talks to a server uses.
+pub(crate) struct Global {
+    pub(crate) server: Option<String>,
+    pub(crate) api_key: Option<String>,
+}
+
 /// Runs a parsed command; `command_tail` is what followed `--`.
-pub(crate) fn run(server: Option<String>, command: Command, command_tail: Vec<String>) -> ExitCode {
+pub(crate) fn run(global: Global, command: Command, command_tail: Vec<String>) -> ExitCode {
     match command {
         Command::Serve(a) => serve::run(a),
         _ if !command_tail.is_empty() && !matches!(command, Command::Submit(_) | Command::Worker(_)) => {
             output::err("godel: only `submit` and `worker` take a command after `--`");
             Exit::Usage.into()
         }
-        Command::Worker(a) => on_runtime(worker::run(server, a, command_tail)),
-        Command::Submit(a) => remote(server, async |c| submit::submit(c, a, command_tail).await),
-        Command::Do(a) => remote(server, async |c| submit::run_do(c, a).await),
-        Command::List(a) => remote(server, async |c| tasks::list(c, a).await),
-        Command::Show(a) => remote(server, async |c| tasks::show(c, a).await),
-        Command::Logs(a) => remote(server, async |c| tasks::logs(c, a).await),
-        Command::Cancel(a) => remote(server, async |c| tasks::stop(c, &a.id, false).await),
-        Command::Kill(a) => remote(server, async |c| tasks::stop(c, &a.id, true).await),
-        Command::Retry(a) => remote(server, async |c| tasks::retry(c, a).await),
-        Command::Purge(a) => remote(server, async |c| tasks::purge(c, a).await),
-        Command::Queue(a) => remote(server, async |c| queue::run(c, a).await),
-        Command::Dlq(a) => remote(server, async |c| dlq::run(c, a).await),
-        Command::Agents(a) => remote(server, async |c| agents::run(c, a).await),
-        Command::Sessions(a) => remote(server, async |c| sessions::run(c, a).await),
-        Command::Watch(a) => remote(server, async |c| watch::run(c, a).await),
-        Command::Doctor(_) => remote(server, async |c| doctor::run(c, server_address(None).1).await),
-        Command::Instances(a) => remote(server, async |c| instances::run(c, a).await),
+        Command::Worker(a) => on_runtime(worker::run(global, a, command_tail)),
+        Command::Login(a) => {
+            on_runtime(async move { keys::login(&server_address(a.server.clone().or(global.server)).0, a).await })
+        }
+        Command::Logout(a) => on_runtime(async move { keys::logout(&server_address(a.server.or(global.server)).0) }),
+        Command::Submit(a) => remote(global, async |c| submit::submit(c, a, command_tail).await),
+        Command::Do(a) => remote(global, async |c| submit::run_do(c, a).await),
+        Command::List(a) => remote(global, async |c| tasks::list(c, a).await),
+        Command::Show(a) => remote(global, async |c| tasks::show(c, a).await),
+        Command::Logs(a) => remote(global, async |c| tasks::logs(c, a).await),
+        Command::Cancel(a) => remote(global, async |c| tasks::stop(c, &a.id, false).await),
+        Command::Kill(a) => remote(global, async |c| tasks::stop(c, &a.id, true).await),
+        Command::Retry(a) => remote(global, async |c| tasks::retry(c, a).await),
+        Command::Purge(a) => remote(global, async |c| tasks::purge(c, a).await),
+        Command::Queue(a) => remote(global, async |c| queue::run(c, a).await),
+        Command::Dlq(a) => remote(global, async |c| dlq::run(c, a).await),
+        Command::Agents(a) => remote(global, async |c| agents::run(c, a).await),
+        Command::Sessions(a) => remote(global, async |c| sessions::run(c, a).await),
+        Command::Watch(a) => remote(global, async |c| watch::run(c, a).await),
+        Command::Doctor(_) => remote(global, async |c| doctor::run(c, server_address(None).1).await),
+        Command::Instances(a) => remote(global, async |c| instances::run(c, a).await),
+        Command::Keys(a) => remote(global, async |c| keys::run(c, a).await),
+        Command::Audit(a) => remote(global, async |c| keys::audit(c, a).await),
     }
 }
 
-/// Runs `command` with a client of the server, on a fresh runtime; Ctrl-C
-/// stops it with [`Exit::Interrupted`].
-fn remote(server: Option<String>, command: impl AsyncFnOnce(&Client) -> CliResult) -> ExitCode {
+/// Runs `command` with a client of the server, carrying the credential
+/// [`credentials::lookup`] finds, on a fresh runtime; Ctrl-C stops it with
+/// [`Exit::Interrupted`].
+fn remote(global: Global, command: impl AsyncFnOnce(&Client) -> CliResult) -> ExitCode {
     on_runtime(async {
         tokio::select! {
             result = async {
-                let (url, _) = server_address(server);
-                let client = Client::new(&url)?;
-                command(&client).await
+                let (url, _) = server_address(global.server);
+                let credential = credentials::lookup(global.api_key, &url);
+                let mut client = Client::new(&url)?;
+                if let Some(credential) = &credential {
+                    client = client.with_api_key(&credential.key)?;
+                }
+                command(&client).await.map_err(|failure| explain_refusal(failure, &url, credential.as_ref()))
             } => result,
             _ = tokio::signal::ctrl_c() => Err(Failure::new(Exit::Interrupted, "interrupted")),
         }
     })
+}
+
+/// Adds to a 401 where the credential came from and how to give one.
+fn explain_refusal(failure: Failure, url: &str, credential: Option<&credentials::Credential>) -> Failure {
+    if failure.exit != Exit::Unauthorized {
+        return failure;
+    }
+    let hint = match credential {
+        Some(c) => format!("the API key from {} was not accepted", c.source),
+        None => "no API key was found".to_owned(),
+    };
+    Failure::new(
+        Exit::Unauthorized,
+        format!("{}: {hint}; pass --api-key, set GODEL_API_KEY, or run `godel login --server {url}`", failure.message),
+    )
 }
 
 /// Runs `command` on a fresh runtime and reports how it ended: nothing on

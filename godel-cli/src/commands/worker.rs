@@ -8,18 +8,19 @@ use godel_server::config::LogFormat;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args;
-use crate::commands::server_address;
+use crate::commands::{Global, credentials, server_address};
 use crate::exit::{CliResult, Exit, Failure};
 
 /// `godel worker`: runs until drained (by the server, or by the first
 /// SIGTERM/SIGINT); a second signal exits at once with 130.
-pub(crate) async fn run(global_server: Option<String>, a: args::Worker, template: Vec<String>) -> CliResult {
+pub(crate) async fn run(global: Global, a: args::Worker, template: Vec<String>) -> CliResult {
     let format = match a.log_format.as_deref().map(str::parse::<LogFormat>).transpose() {
         Ok(format) => format.unwrap_or_default(),
         Err(e) => return Err(Failure::usage(format!("invalid --log-format: {e}"))),
     };
     godel_server::daemon::init_logging(format);
-    let (server, _) = server_address(a.server.or(global_server));
+    let (server, _) = server_address(a.server.or(global.server));
+    let api_key = credentials::lookup(a.api_key.or(global.api_key), &server).map(|c| c.key);
     let name = match a.name {
         Some(name) => name,
         None => format!("worker-{}", hostname()),
@@ -36,6 +37,7 @@ pub(crate) async fn run(global_server: Option<String>, a: args::Worker, template
         concurrency: a.concurrency,
         region: a.region,
         process,
+        api_key,
     };
     let worker = Worker::new(options).map_err(|e| Failure::usage(e.to_string()))?;
     let drain = CancellationToken::new();

@@ -20,7 +20,8 @@ where
         let toml = format!(
             r#"
             bind = "127.0.0.1:0"
-            store = "sqlite://{}/godel.db"
+            store = "sqlite://{0}/godel.db"
+            state_dir = "{0}/state"
             [engine]
             heartbeat_interval = "100ms"
             poll_interval = "50ms"

@@ -10,5 +10,6 @@ mod doc_server;
 mod errors;
 mod events;
 mod health;
+mod keys;
 mod support;
 mod tasks;

@@ -73,10 +73,24 @@ impl TestServer {
     pub(crate) async fn start_with(agents: &str) -> Result<Self> {
         let dir = tempfile::tempdir().context("create a temporary directory")?;
         let store = dir.path().join("godel.db");
-        let toml = format!("store = \"sqlite://{}\"\n{FAST_ENGINE}\n{agents}", store.display());
+        // The state directory (the first admin key) stays in the temporary directory too.
+        let toml = format!(
+            "store = \"sqlite://{}\"\nstate_dir = \"{}\"\n{FAST_ENGINE}\n{agents}",
+            store.display(),
+            dir.path().join("state").display()
+        );
         let (addr, shutdown, handle) = launch(&toml, "127.0.0.1:0".parse()?).await?;
-        let client = Client::new(&format!("http://{addr}"))?;
+        // The admin key the server wrote on its first start.
+        let key = std::fs::read_to_string(dir.path().join("state").join(godel_server::ADMIN_KEY_FILE))
+            .context("the server's first admin key")?;
+        let client = Client::new(&format!("http://{addr}"))?.with_api_key(key.trim())?;
         Ok(Self { client, addr, toml, shutdown, handle: Some(handle), dir })
+    }
+
+    /// A client for `url` (a proxy in front of the server) with the server's admin key.
+    pub(crate) fn client_at(&self, url: &str) -> Result<Client> {
+        let key = std::fs::read_to_string(self.dir().join("state").join(godel_server::ADMIN_KEY_FILE))?;
+        Ok(Client::new(url)?.with_api_key(key.trim())?)
     }
 
     /// A client for it.

@@ -2,8 +2,10 @@
 //! Each test starts its own server in-process on a free port with a fresh
 //! store (see `support`).
 
+mod auth;
 mod budgets;
 mod instances;
+mod keys;
 mod openapi;
 mod shutdown;
 mod support;

@@ -26,13 +26,15 @@ use crate::support::TestServer;
 const DOCUMENT: &str = include_str!("../../openapi.json");
 /// The route files serving resources under `/api/v1`, scanned for the paths
 /// and methods they declare.
-const API_SOURCES: [&str; 6] = [
+const API_SOURCES: [&str; 8] = [
     include_str!("../../src/routes/tasks.rs"),
     include_str!("../../src/routes/queue.rs"),
     include_str!("../../src/routes/dead_letters.rs"),
     include_str!("../../src/routes/agents.rs"),
     include_str!("../../src/routes/sessions.rs"),
     include_str!("../../src/routes/instances.rs"),
+    include_str!("../../src/routes/keys.rs"),
+    include_str!("../../src/routes/audit.rs"),
 ];
 /// The route files serving paths at the root (and the workers' socket).
 const ROOT_SOURCES: [&str; 4] = [
@@ -56,7 +58,7 @@ async fn the_document_matches_the_server() {
          [[agents]]\nid = \"local\"\ncapacity = 8\ncapabilities = [\"shell\"]\n",
     )
     .await;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a client");
+    let http = server.http();
 
     // The served document is the file, and it is well formed.
     let served = http.get(server.url("/openapi.json")).send().await.expect("GET /openapi.json");
@@ -85,6 +87,7 @@ async fn the_document_matches_the_server() {
     scenario(&mut api).await;
     events(&mut api).await;
     workers(&mut api).await;
+    keys(&mut api).await;
     api.probe_undocumented().await;
 
     // Every documented operation answered a real request with success.
@@ -356,7 +359,7 @@ async fn events(api: &mut Api<'_>) {
 
     // A bad query parameter is refused before the upgrade.
     for query in ["?since=soon", "?patterns=task", "?colour=red"] {
-        match tokio_tungstenite::connect_async(api.server.ws_url(&format!("/events{query}"))).await {
+        match tokio_tungstenite::connect_async(api.server.ws(&format!("/events{query}"))).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), 400, "/events{query}");
                 let body: Value =
@@ -369,7 +372,7 @@ async fn events(api: &mut Api<'_>) {
 
     // Replay everything since the start, then follow live.
     let (mut ws, response) =
-        tokio_tungstenite::connect_async(api.server.ws_url("/events?since=0&patterns=*")).await.expect("a WebSocket");
+        tokio_tungstenite::connect_async(api.server.ws("/events?since=0&patterns=*")).await.expect("a WebSocket");
     api.spec.validate_response("GET", "/events", response.status().as_u16(), &Value::Null);
     let welcome = next_json(&mut ws).await;
     assert_eq!(welcome["type"], "welcome");
@@ -411,7 +414,7 @@ async fn events(api: &mut Api<'_>) {
 
     // A client resuming from an earlier run of the server is told so.
     let (mut ws, _) =
-        tokio_tungstenite::connect_async(api.server.ws_url("/events?since=1&epoch=an-earlier-run&patterns=task.*"))
+        tokio_tungstenite::connect_async(api.server.ws("/events?since=1&epoch=an-earlier-run&patterns=task.*"))
             .await
             .expect("a WebSocket");
     for _ in 0..2 {
@@ -433,7 +436,7 @@ async fn workers(api: &mut Api<'_>) {
     assert_eq!(exchange.status, 400, "{}", exchange.describe());
     api.spec.check(&exchange);
     let (mut ws, response) =
-        tokio_tungstenite::connect_async(api.server.ws_url("/api/v1/workers/connect")).await.expect("a WebSocket");
+        tokio_tungstenite::connect_async(api.server.ws("/api/v1/workers/connect")).await.expect("a WebSocket");
     api.spec.validate_response("GET", "/api/v1/workers/connect", response.status().as_u16(), &Value::Null);
     let hello = json!({"type": "hello", "name": "spec-worker", "concurrency": 1, "version": "test"});
     ws.send(Message::text(hello.to_string())).await.expect("send hello");
@@ -443,6 +446,33 @@ async fn workers(api: &mut Api<'_>) {
 }
 
 /// The next text frame on a WebSocket, as JSON.
+/// API keys and the audit log.
+async fn keys(api: &mut Api<'_>) {
+    const GET: Method = Method::GET;
+    const POST: Method = Method::POST;
+    api.call(GET, "/api/v1/keys", None, 200).await;
+    api.call(GET, "/api/v1/keys?tenant=default", None, 200).await;
+    api.call(GET, "/api/v1/keys?tenant=a%20b", None, 400).await;
+    let created = api
+        .call(POST, "/api/v1/keys", Some(json!({"name": "ci", "role": "submitter", "expires_in": "30d"})), 201)
+        .await;
+    api.call(POST, "/api/v1/keys", Some(json!({"name": "ci", "role": "root"})), 400).await;
+    let id = created["key"]["id"].as_str().expect("a key id").to_owned();
+    api.call(GET, &format!("/api/v1/keys/{id}"), None, 200).await;
+    api.call(GET, &format!("/api/v1/keys/{SAMPLE_ID}"), None, 404).await;
+    api.call(GET, "/api/v1/keys/nope", None, 400).await;
+    let rotated = api.call(POST, &format!("/api/v1/keys/{id}/rotate"), Some(json!({"grace": "0s"})), 201).await;
+    api.call(POST, &format!("/api/v1/keys/{id}/rotate"), Some(json!({"grace": "1h"})), 409).await;
+    api.call(POST, &format!("/api/v1/keys/{id}/rotate"), Some(json!({"grace": "1y"})), 400).await;
+    api.call(POST, &format!("/api/v1/keys/{SAMPLE_ID}/rotate"), Some(json!({})), 404).await;
+    let new_id = rotated["key"]["id"].as_str().expect("a key id").to_owned();
+    api.call(Method::DELETE, &format!("/api/v1/keys/{new_id}"), None, 200).await;
+    api.call(Method::DELETE, &format!("/api/v1/keys/{SAMPLE_ID}"), None, 404).await;
+    api.call(Method::DELETE, "/api/v1/keys/nope", None, 400).await;
+    api.call(GET, "/api/v1/audit?limit=5&outcome=allowed&action=keys.", None, 200).await;
+    api.call(GET, "/api/v1/audit?limit=0", None, 400).await;
+}
+
 async fn next_json<S>(ws: &mut S) -> Value
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
