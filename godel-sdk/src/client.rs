@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::EventStream;
+use crate::tls::{Tls, TlsOptions};
 
 /// The address a client uses when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7373";
@@ -23,6 +24,7 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7373";
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    tls: Tls,
 }
 
 /// Options for [`Client::with_options`].
@@ -120,6 +122,13 @@ impl Client {
 
     /// A client with explicit timeouts.
     pub fn with_options(base_url: &str, options: ClientOptions) -> Result<Self> {
+        Self::with_tls(base_url, options, &TlsOptions::default())
+    }
+
+    /// A client with explicit timeouts that checks an `https://` server's
+    /// certificate as `tls` says (e.g. against a private CA's file).
+    pub fn with_tls(base_url: &str, options: ClientOptions, tls: &TlsOptions) -> Result<Self> {
+        let tls = Tls::load(tls)?;
         let base = base_url.trim_end_matches('/').to_owned();
         let invalid = |message: &str| Error::InvalidUrl { url: base_url.to_owned(), message: message.to_owned() };
         let rest = base
@@ -129,13 +138,12 @@ impl Client {
         if rest.is_empty() || rest.contains(char::is_whitespace) {
             return Err(invalid("expected a host after the scheme"));
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(options.timeout)
             .connect_timeout(options.connect_timeout)
-            .user_agent(concat!("godel-sdk/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| invalid(&e.to_string()))?;
-        Ok(Self { http, base })
+            .user_agent(concat!("godel-sdk/", env!("CARGO_PKG_VERSION")));
+        let http = tls.http(builder)?.build().map_err(|e| invalid(&e.to_string()))?;
+        Ok(Self { http, base, tls })
     }
 
     /// The server's base URL.
@@ -344,7 +352,7 @@ impl Client {
     /// [`EventStream::subscribed`] first to be sure it listens before you
     /// submit work you want to follow.
     pub fn events(&self, patterns: &[&str]) -> EventStream {
-        EventStream::new(&self.base, patterns.iter().map(|p| (*p).to_owned()).collect(), None)
+        EventStream::new(&self.base, patterns.iter().map(|p| (*p).to_owned()).collect(), None, self.tls.connector())
     }
 
     /// Like [`Client::events`], starting after sequence number `since` (an
@@ -352,7 +360,12 @@ impl Client {
     /// first replays the kept events after it. If it no longer keeps them, or
     /// has restarted since, the first item is [`Error::EventsMissed`].
     pub fn events_since(&self, patterns: &[&str], since: u64) -> EventStream {
-        EventStream::new(&self.base, patterns.iter().map(|p| (*p).to_owned()).collect(), Some(since))
+        EventStream::new(
+            &self.base,
+            patterns.iter().map(|p| (*p).to_owned()).collect(),
+            Some(since),
+            self.tls.connector(),
+        )
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {

@@ -56,7 +56,12 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    pub(crate) fn new(base: &str, patterns: Vec<String>, since: Option<u64>) -> Self {
+    pub(crate) fn new(
+        base: &str,
+        patterns: Vec<String>,
+        since: Option<u64>,
+        connector: tokio_tungstenite::Connector,
+    ) -> Self {
         let ws_base = base.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
         // The server wants at least one pattern; no pattern means every event.
         let patterns = if patterns.is_empty() { vec!["*".to_owned()] } else { patterns };
@@ -70,6 +75,7 @@ impl EventStream {
             socket: None,
             failures: 0,
             finished: false,
+            connector,
         };
         let inner = futures::stream::unfold(state, |mut state| async move {
             if state.finished {
@@ -168,6 +174,8 @@ struct State {
     failures: u32,
     /// The server refused the subscription; nothing more will come.
     finished: bool,
+    /// How `wss://` connections check the server.
+    connector: tokio_tungstenite::Connector,
 }
 
 impl State {
@@ -231,7 +239,9 @@ impl State {
                 url.push_str(&format!("&epoch={epoch}"));
             }
         }
-        match tokio_tungstenite::connect_async(url.as_str()).await {
+        let connect =
+            tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, false, Some(self.connector.clone()));
+        match connect.await {
             Ok((mut socket, _)) => {
                 let subscribe = ClientFrame::Subscribe { patterns: self.patterns.clone() };
                 let subscribe = serde_json::to_string(&subscribe).expect("client frames serialize");

@@ -36,6 +36,10 @@ pub(crate) struct Cli {
     /// server URL, e.g. http://127.0.0.1:7373
     #[argh(option)]
     pub(crate) server: Option<String>,
+    /// PEM file of the CA certificates an https:// server's certificate is
+    /// checked against, instead of the web PKI roots (else GODEL_CA_FILE)
+    #[argh(option)]
+    pub(crate) ca_file: Option<std::path::PathBuf>,
     /// print the version and exit
     #[argh(switch, short = 'V')]
     pub(crate) version: bool,

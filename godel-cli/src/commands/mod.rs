@@ -21,48 +21,48 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use godel_sdk::embed::{InvalidInput, TaskId, Timestamp};
-use godel_sdk::{Client, DEFAULT_SERVER};
+use godel_sdk::{Client, ClientOptions, DEFAULT_SERVER, TlsOptions};
 
 use crate::args::Command;
 use crate::exit::{CliResult, Exit, Failure};
 use crate::output;
 
 /// Runs a parsed command; `command_tail` is what followed `--`.
-pub(crate) fn run(server: Option<String>, command: Command, command_tail: Vec<String>) -> ExitCode {
+pub(crate) fn run(server: Option<String>, tls: TlsOptions, command: Command, command_tail: Vec<String>) -> ExitCode {
     match command {
         Command::Serve(a) => serve::run(a),
         _ if !command_tail.is_empty() && !matches!(command, Command::Submit(_) | Command::Worker(_)) => {
             output::err("godel: only `submit` and `worker` take a command after `--`");
             Exit::Usage.into()
         }
-        Command::Worker(a) => on_runtime(worker::run(server, a, command_tail)),
-        Command::Submit(a) => remote(server, async |c| submit::submit(c, a, command_tail).await),
-        Command::Do(a) => remote(server, async |c| submit::run_do(c, a).await),
-        Command::List(a) => remote(server, async |c| tasks::list(c, a).await),
-        Command::Show(a) => remote(server, async |c| tasks::show(c, a).await),
-        Command::Logs(a) => remote(server, async |c| tasks::logs(c, a).await),
-        Command::Cancel(a) => remote(server, async |c| tasks::stop(c, &a.id, false).await),
-        Command::Kill(a) => remote(server, async |c| tasks::stop(c, &a.id, true).await),
-        Command::Retry(a) => remote(server, async |c| tasks::retry(c, a).await),
-        Command::Purge(a) => remote(server, async |c| tasks::purge(c, a).await),
-        Command::Queue(a) => remote(server, async |c| queue::run(c, a).await),
-        Command::Dlq(a) => remote(server, async |c| dlq::run(c, a).await),
-        Command::Agents(a) => remote(server, async |c| agents::run(c, a).await),
-        Command::Sessions(a) => remote(server, async |c| sessions::run(c, a).await),
-        Command::Watch(a) => remote(server, async |c| watch::run(c, a).await),
-        Command::Doctor(_) => remote(server, async |c| doctor::run(c, server_address(None).1).await),
-        Command::Instances(a) => remote(server, async |c| instances::run(c, a).await),
+        Command::Worker(a) => on_runtime(worker::run(server, tls, a, command_tail)),
+        Command::Submit(a) => remote(server, &tls, async |c| submit::submit(c, a, command_tail).await),
+        Command::Do(a) => remote(server, &tls, async |c| submit::run_do(c, a).await),
+        Command::List(a) => remote(server, &tls, async |c| tasks::list(c, a).await),
+        Command::Show(a) => remote(server, &tls, async |c| tasks::show(c, a).await),
+        Command::Logs(a) => remote(server, &tls, async |c| tasks::logs(c, a).await),
+        Command::Cancel(a) => remote(server, &tls, async |c| tasks::stop(c, &a.id, false).await),
+        Command::Kill(a) => remote(server, &tls, async |c| tasks::stop(c, &a.id, true).await),
+        Command::Retry(a) => remote(server, &tls, async |c| tasks::retry(c, a).await),
+        Command::Purge(a) => remote(server, &tls, async |c| tasks::purge(c, a).await),
+        Command::Queue(a) => remote(server, &tls, async |c| queue::run(c, a).await),
+        Command::Dlq(a) => remote(server, &tls, async |c| dlq::run(c, a).await),
+        Command::Agents(a) => remote(server, &tls, async |c| agents::run(c, a).await),
+        Command::Sessions(a) => remote(server, &tls, async |c| sessions::run(c, a).await),
+        Command::Watch(a) => remote(server, &tls, async |c| watch::run(c, a).await),
+        Command::Doctor(_) => remote(server, &tls, async |c| doctor::run(c, server_address(None).1).await),
+        Command::Instances(a) => remote(server, &tls, async |c| instances::run(c, a).await),
     }
 }
 
 /// Runs `command` with a client of the server, on a fresh runtime; Ctrl-C
 /// stops it with [`Exit::Interrupted`].
-fn remote(server: Option<String>, command: impl AsyncFnOnce(&Client) -> CliResult) -> ExitCode {
+fn remote(server: Option<String>, tls: &TlsOptions, command: impl AsyncFnOnce(&Client) -> CliResult) -> ExitCode {
     on_runtime(async {
         tokio::select! {
             result = async {
                 let (url, _) = server_address(server);
-                let client = Client::new(&url)?;
+                let client = Client::with_tls(&url, ClientOptions::default(), tls)?;
                 command(&client).await
             } => result,
             _ = tokio::signal::ctrl_c() => Err(Failure::new(Exit::Interrupted, "interrupted")),
@@ -99,10 +99,11 @@ fn server_address(flag: Option<String>) -> (String, &'static str) {
     let bind = std::fs::read_to_string(path)
         .ok()
         .and_then(|text| text.parse::<toml::Table>().ok())
-        .and_then(|t| t.get("bind").and_then(|b| b.as_str()).map(str::to_owned));
-    if let Some(bind) = bind {
+        .and_then(|t| t.get("bind").and_then(|b| b.as_str()).map(|b| (b.to_owned(), t.contains_key("tls"))));
+    if let Some((bind, tls)) = bind {
         let bind = bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
-        return (format!("http://{bind}"), "godel.toml");
+        let scheme = if tls { "https" } else { "http" };
+        return (format!("{scheme}://{bind}"), "godel.toml");
     }
     (DEFAULT_SERVER.to_owned(), "the default")
 }

@@ -13,7 +13,12 @@ use crate::exit::{CliResult, Exit, Failure};
 
 /// `godel worker`: runs until drained (by the server, or by the first
 /// SIGTERM/SIGINT); a second signal exits at once with 130.
-pub(crate) async fn run(global_server: Option<String>, a: args::Worker, template: Vec<String>) -> CliResult {
+pub(crate) async fn run(
+    global_server: Option<String>,
+    tls: godel_sdk::TlsOptions,
+    a: args::Worker,
+    template: Vec<String>,
+) -> CliResult {
     let format = match a.log_format.as_deref().map(str::parse::<LogFormat>).transpose() {
         Ok(format) => format.unwrap_or_default(),
         Err(e) => return Err(Failure::usage(format!("invalid --log-format: {e}"))),
@@ -31,6 +36,9 @@ pub(crate) async fn run(global_server: Option<String>, a: args::Worker, template
     };
     let options = WorkerOptions {
         server,
+        // A key with the worker role; without one only a server that asks for none accepts the worker.
+        api_key: std::env::var("GODEL_API_KEY").ok().filter(|k| !k.is_empty()),
+        tls,
         name,
         capabilities: a.capabilities,
         concurrency: a.concurrency,

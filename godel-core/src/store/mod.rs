@@ -274,8 +274,9 @@ impl SessionQuery {
 /// `postgresql://`; Godel's query parameters are listed on
 /// [`PostgresStore::open`] and in docs/store.md), or
 /// `redis://[user:password@]host[:port][/db][?prefix=godel&pool_size=8&timeout=5s]`
-/// (see [`RedisOptions::parse`]; `rediss://` is refused: this build has no
-/// TLS for Redis). The only place that matches on the backend kind.
+/// (see [`RedisOptions::parse`]; `rediss://` for TLS). PostgreSQL's
+/// `sslmode` is honoured, with rustls. The only place that matches on the
+/// backend kind.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         InvalidInput::new("store url", format!("expected scheme://…, e.g. sqlite://.godel/godel.db; got {url:?}"))

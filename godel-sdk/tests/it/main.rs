@@ -12,3 +12,4 @@ mod events;
 mod health;
 mod support;
 mod tasks;
+mod tls;

@@ -60,12 +60,16 @@ pub(crate) fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         reply
     });
     // Only under /api/v1: workers are new, so the deprecated /api alias never had them.
-    let workers = warp::path!("api" / "v1" / "workers" / "connect").and(warp::ws()).and(with(state.clone())).map(
-        |ws: warp::ws::Ws, state: Arc<AppState>| -> Response {
+    let workers = warp::path!("api" / "v1" / "workers" / "connect")
+        .and(warp::ws())
+        .and(with(state.clone()))
+        .and(warp::ext::optional::<crate::listener::Peer>())
+        .map(|ws: warp::ws::Ws, state: Arc<AppState>, peer: Option<crate::listener::Peer>| -> Response {
             let tracker = state.connections.clone();
-            ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state))).into_response()
-        },
-    );
+            let peer = peer.map(|p| p.0);
+            ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state, peer)))
+                .into_response()
+        });
     let routes = workers.or(v1).unify().or(legacy).unify().or(health::routes(&state)).unify();
     let routes = routes.or(metrics::routes(&state)).unify().or(openapi).unify();
     routes.or(events::routes(&state)).unify().boxed()

@@ -3,6 +3,7 @@
 //! store (see `support`).
 
 mod budgets;
+mod edges;
 mod instances;
 mod openapi;
 mod shutdown;
