@@ -190,12 +190,18 @@ async fn next_frame(socket: &mut Socket) -> Value {
     }
 }
 
-/// Connects as a worker named `name` and returns the socket with the
-/// server's first reply (`welcome` or `error`).
-async fn hello(server: &TestServer, name: &str, concurrency: u32, session: Option<&str>) -> (Socket, Value) {
+/// Connects as a worker named `name`, still running `running`, and returns
+/// the socket with the server's first reply (`welcome` or `error`).
+async fn hello(
+    server: &TestServer,
+    name: &str,
+    concurrency: u32,
+    session: Option<&str>,
+    running: Value,
+) -> (Socket, Value) {
     let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url("/api/v1/workers/connect")).await.unwrap();
     let mut frame = json!({"type": "hello", "name": name, "concurrency": concurrency, "version": "test",
-                           "capabilities": ["remote"]});
+                           "capabilities": ["remote"], "running": running});
     if let Some(session) = session {
         frame["session"] = session.into();
     }
@@ -209,7 +215,7 @@ async fn a_worker_reattaches_to_its_runs_only_with_its_session_secret() {
     // A long lease: the reconnect grace must outlast the test.
     let server = TestServer::start("[engine]\npoll_interval = \"50ms\"\nlease = \"60s\"\n").await;
     let http = reqwest::Client::builder().timeout(DEADLINE).build().unwrap();
-    let (mut worker, welcome) = hello(&server, "w1", 1, None).await;
+    let (mut worker, welcome) = hello(&server, "w1", 1, None, json!([])).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     let secret = welcome["session"].as_str().expect("a session secret").to_owned();
     assert!(secret.len() >= 43, "256 bits at least: {secret}");
@@ -218,13 +224,14 @@ async fn a_worker_reattaches_to_its_runs_only_with_its_session_secret() {
     let assign = next_frame(&mut worker).await;
     assert_eq!((assign["type"].as_str(), assign["task"]["id"].as_str()), (Some("assign"), Some(id.as_str())));
     let attempt = assign["task"]["attempt"].clone();
+    let running = json!([{"task": id, "attempt": attempt}]);
     drop(worker);
 
     // The same name without the secret, or with a wrong one, is refused and settles nothing.
     let finished = json!({"type": "finished", "task": id, "attempt": attempt,
                           "outcome": {"status": "completed", "result": {"by": "impostor"}}});
     for session in [None, Some("not-the-secret"), Some(&secret[..secret.len() - 1])] {
-        let (mut impostor, reply) = hello(&server, "w1", 1, session).await;
+        let (mut impostor, reply) = hello(&server, "w1", 1, session, running.clone()).await;
         assert_eq!((reply["type"].as_str(), reply["code"].as_str()), (Some("error"), Some("conflict")), "{reply}");
         let _ = impostor.send(Message::text(finished.to_string())).await;
         // The refusal closes the connection.
@@ -239,7 +246,7 @@ async fn a_worker_reattaches_to_its_runs_only_with_its_session_secret() {
     assert_eq!(task["status"], "running", "the impostor settled nothing: {task}");
 
     // The worker itself, with its secret, gets a new one and settles its run.
-    let (mut worker, welcome) = hello(&server, "w1", 1, Some(&secret)).await;
+    let (mut worker, welcome) = hello(&server, "w1", 1, Some(&secret), running).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     assert_ne!(welcome["session"].as_str(), Some(secret.as_str()), "each connection has its own secret");
     let mut finished = finished;
@@ -254,10 +261,10 @@ async fn a_worker_reattaches_to_its_runs_only_with_its_session_secret() {
 #[tokio::test]
 async fn a_worker_declaring_more_than_the_capacity_cap_is_refused() {
     let server = TestServer::start("[workers]\nmax_capacity = 4\n").await;
-    let (_socket, reply) = hello(&server, "big", 5, None).await;
+    let (_socket, reply) = hello(&server, "big", 5, None, json!([])).await;
     assert_eq!((reply["type"].as_str(), reply["code"].as_str()), (Some("error"), Some("invalid_request")), "{reply}");
     assert!(reply["message"].as_str().unwrap_or_default().contains("workers.max_capacity"), "{reply}");
-    let (_socket, reply) = hello(&server, "fits", 4, None).await;
+    let (_socket, reply) = hello(&server, "fits", 4, None, json!([])).await;
     assert_eq!(reply["type"], "welcome", "{reply}");
     server.stop().await;
 }
