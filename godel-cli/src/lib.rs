@@ -48,7 +48,9 @@ pub fn run(argv: &[String]) -> ExitCode {
         );
         return Exit::Usage.into();
     };
-    commands::run(commands::Global { server: cli.server, api_key: cli.api_key }, command, command_tail)
+    let tls =
+        godel_sdk::TlsOptions { ca_file: cli.ca_file.or_else(|| std::env::var_os("GODEL_CA_FILE").map(Into::into)) };
+    commands::run(commands::Global { server: cli.server, api_key: cli.api_key, tls }, command, command_tail)
 }
 
 /// Splits `submit … -- argv…` into the options and the command to run.

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::events::EventStream;
+use crate::tls::{Tls, TlsOptions};
 
 /// The address a client uses when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7373";
@@ -31,6 +32,7 @@ pub struct Client {
     base: String,
     /// `Bearer <key>`, marked sensitive.
     auth: Option<HeaderValue>,
+    tls: Tls,
 }
 
 impl std::fmt::Debug for Client {
@@ -180,6 +182,13 @@ impl Client {
 
     /// A client with explicit timeouts.
     pub fn with_options(base_url: &str, options: ClientOptions) -> Result<Self> {
+        Self::with_tls(base_url, options, &TlsOptions::default())
+    }
+
+    /// A client with explicit timeouts that checks an `https://` server's
+    /// certificate as `tls` says (e.g. against a private CA's file).
+    pub fn with_tls(base_url: &str, options: ClientOptions, tls: &TlsOptions) -> Result<Self> {
+        let tls = Tls::load(tls)?;
         let base = base_url.trim_end_matches('/').to_owned();
         let invalid = |message: &str| Error::InvalidUrl { url: base_url.to_owned(), message: message.to_owned() };
         let rest = base
@@ -189,13 +198,12 @@ impl Client {
         if rest.is_empty() || rest.contains(char::is_whitespace) {
             return Err(invalid("expected a host after the scheme"));
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(options.timeout)
             .connect_timeout(options.connect_timeout)
-            .user_agent(concat!("godel-sdk/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| invalid(&e.to_string()))?;
-        Ok(Self { http, base, auth: None })
+            .user_agent(concat!("godel-sdk/", env!("CARGO_PKG_VERSION")));
+        let http = tls.http(builder)?.build().map_err(|e| invalid(&e.to_string()))?;
+        Ok(Self { http, base, auth: None, tls })
     }
 
     /// The same client, sending `key` (a `gdl_…` API key or a JWT) as
@@ -429,7 +437,13 @@ impl Client {
     /// [`EventStream::subscribed`] first to be sure it listens before you
     /// submit work you want to follow.
     pub fn events(&self, patterns: &[&str]) -> EventStream {
-        EventStream::new(&self.base, self.auth.clone(), patterns.iter().map(|p| (*p).to_owned()).collect(), None)
+        EventStream::new(
+            &self.base,
+            self.auth.clone(),
+            patterns.iter().map(|p| (*p).to_owned()).collect(),
+            None,
+            self.tls.connector(),
+        )
     }
 
     /// Like [`Client::events`], starting after sequence number `since` (an
@@ -437,7 +451,13 @@ impl Client {
     /// first replays the kept events after it. If it no longer keeps them, or
     /// has restarted since, the first item is [`Error::EventsMissed`].
     pub fn events_since(&self, patterns: &[&str], since: u64) -> EventStream {
-        EventStream::new(&self.base, self.auth.clone(), patterns.iter().map(|p| (*p).to_owned()).collect(), Some(since))
+        EventStream::new(
+            &self.base,
+            self.auth.clone(),
+            patterns.iter().map(|p| (*p).to_owned()).collect(),
+            Some(since),
+            self.tls.connector(),
+        )
     }
 
     /// Every API key, or one tenant's, newest first (admin only).

@@ -118,6 +118,14 @@ pub enum Error {
         /// What is wrong with it (never the key itself).
         message: String,
     },
+    /// The CA file given for TLS cannot be used.
+    #[error("cannot use the CA file {path}: {message}")]
+    CaFile {
+        /// The file given.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The event stream skipped events that can no longer be delivered
     /// (the server's replay window moved on, or this client fell behind).
     #[error("{missed} events were missed: {message}")]

@@ -59,7 +59,13 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    pub(crate) fn new(base: &str, auth: Option<HeaderValue>, patterns: Vec<String>, since: Option<u64>) -> Self {
+    pub(crate) fn new(
+        base: &str,
+        auth: Option<HeaderValue>,
+        patterns: Vec<String>,
+        since: Option<u64>,
+        connector: tokio_tungstenite::Connector,
+    ) -> Self {
         let ws_base = base.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
         // The server wants at least one pattern; no pattern means every event.
         let patterns = if patterns.is_empty() { vec!["*".to_owned()] } else { patterns };
@@ -74,6 +80,7 @@ impl EventStream {
             socket: None,
             failures: 0,
             finished: false,
+            connector,
         };
         let inner = futures::stream::unfold(state, |mut state| async move {
             if state.finished {
@@ -174,6 +181,8 @@ struct State {
     failures: u32,
     /// The server refused the subscription; nothing more will come.
     finished: bool,
+    /// How `wss://` connections check the server.
+    connector: tokio_tungstenite::Connector,
 }
 
 impl State {
@@ -244,7 +253,9 @@ impl State {
         if let Some(auth) = &self.auth {
             request.headers_mut().insert(AUTHORIZATION, auth.clone());
         }
-        match tokio_tungstenite::connect_async(request).await {
+        let connect =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(self.connector.clone()));
+        match connect.await {
             Ok((mut socket, _)) => {
                 let subscribe = ClientFrame::Subscribe { patterns: self.patterns.clone() };
                 let subscribe = serde_json::to_string(&subscribe).expect("client frames serialize");

@@ -79,12 +79,14 @@
 mod client;
 mod error;
 mod events;
+mod tls;
 #[cfg(feature = "worker")]
 pub mod worker;
 
 pub use crate::client::{Client, ClientOptions, DEFAULT_SERVER, ListAudit, ListSessions, ListTasks};
 pub use crate::error::{Error, ErrorCode, Result};
 pub use crate::events::EventStream;
+pub use crate::tls::TlsOptions;
 /// The API's shapes, shared with the server through `godel-wire`.
 pub use godel_wire::{
     Agent, AgentKind, AgentStatus, AgentSummary, AuditEntry, AuditOutcome, CancelOutcome, Cancelled, CreateKey,

@@ -6,6 +6,11 @@
 //! backoff, tells the server which runs it still has, and reports outcomes
 //! that finished while it was away. The server waits for it up to its lease;
 //! after that the tasks go to other agents. See `docs/workers.md`.
+//!
+//! It authenticates with an API key of the `worker` role (sent as
+//! `Authorization: Bearer`), connects over `wss://` to an `https://` server,
+//! and keeps the session secret each `welcome` carries: the server gives a
+//! reconnecting worker its runs back only when it presents that secret.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -18,8 +23,11 @@ use godel_wire::worker::{Assignment, RunOutcome, RunRef, ServerFrame, WorkerFram
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::error::{Error, Result};
+use crate::tls::{Tls, TlsOptions};
 
 /// What [`WorkerOptions`] and [`Worker::run`] take, for programs built
 /// without the `embed` feature.
@@ -31,11 +39,15 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long to wait for the server's `welcome`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How a worker presents itself and runs tasks.
-#[derive(Clone, Debug)]
+/// How a worker presents itself and runs tasks. `Debug` does not show the key.
+#[derive(Clone)]
 pub struct WorkerOptions {
-    /// The server, e.g. `http://10.0.0.5:7373`.
+    /// The server, e.g. `http://10.0.0.5:7373` or `https://godel.internal:7373`.
     pub server: String,
+    /// An API key with the `worker` role, sent as `Authorization: Bearer`.
+    pub api_key: Option<String>,
+    /// How to check an `https://` server's certificate.
+    pub tls: TlsOptions,
     /// Its agent id on the server (1 to 128 characters from `A-Z a-z 0-9 _ - . :`).
     pub name: String,
     /// What it can do; tasks needing other capabilities go elsewhere.
@@ -47,8 +59,21 @@ pub struct WorkerOptions {
     /// How tasks run here: the command template (`{prompt}`, `{task_id}`,
     /// `{attempt}`, `{workdir}`), or the task's own command without one.
     pub process: ProcessConfig,
-    /// A `worker` (or `admin`) API key, sent as `Authorization: Bearer` on connect.
-    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for WorkerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOptions")
+            .field("server", &self.server)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
+            .field("name", &self.name)
+            .field("capabilities", &self.capabilities)
+            .field("concurrency", &self.concurrency)
+            .field("region", &self.region)
+            .field("process", &self.process)
+            .finish()
+    }
 }
 
 /// Why [`Worker::run`] returned.
@@ -64,6 +89,9 @@ pub struct Worker {
     options: WorkerOptions,
     adapter: Arc<ProcessAdapter>,
     ws_url: String,
+    tls: Tls,
+    /// The secret of the last connection's session, presented on reconnect.
+    session: Mutex<Option<String>>,
 }
 
 /// Runs this worker has that the server has not yet heard the end of, with
@@ -89,11 +117,12 @@ impl Worker {
         let base = options.server.trim_end_matches('/');
         let ws_url = if let Some(rest) = base.strip_prefix("http://") {
             format!("ws://{rest}/api/v1/workers/connect")
-        } else if base.starts_with("https://") {
-            return Err(invalid("https:// is not supported by the worker yet; use http:// behind a TLS tunnel".into()));
+        } else if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}/api/v1/workers/connect")
         } else {
-            return Err(invalid("expected http://host:port".into()));
+            return Err(invalid("expected http://host:port or https://host:port".into()));
         };
+        let tls = Tls::load(&options.tls)?;
         godel_core::AgentId::new(&options.name).map_err(|e| Error::Protocol {
             url: options.server.clone(),
             message: format!("invalid worker name {:?}: {}", options.name, e.reason),
@@ -108,7 +137,7 @@ impl Worker {
             url: options.server.clone(),
             message: format!("invalid command template: {}", e.reason),
         })?;
-        Ok(Self { options, adapter: Arc::new(adapter), ws_url })
+        Ok(Self { options, adapter: Arc::new(adapter), ws_url, tls, session: Mutex::new(None) })
     }
 
     /// Connects and works until drained: by the server (`drain`) or by
@@ -252,15 +281,19 @@ impl Worker {
     }
 
     async fn connect(&self, active: &Active) -> std::result::Result<Session, Refused> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut request = self.ws_url.as_str().into_client_request().map_err(|e| Refused::Retry(e.to_string()))?;
         if let Some(key) = &self.options.api_key {
-            let value =
-                format!("Bearer {}", key.trim()).parse().map_err(|_| Refused::Retry("invalid API key".into()))?;
+            let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                Refused::Fatal(Error::Protocol {
+                    url: self.options.server.clone(),
+                    message: "the API key holds characters a header cannot carry".to_owned(),
+                })
+            })?;
             request.headers_mut().insert("authorization", value);
         }
-        let (mut socket, _) =
-            tokio_tungstenite::connect_async(request).await.map_err(|e| Refused::Retry(e.to_string()))?;
+        let connect =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(self.tls.connector()));
+        let (mut socket, _) = connect.await.map_err(|e| refusal(&self.options.server, e))?;
         let running: Vec<RunRef> = lock(active).keys().copied().collect();
         let hello = WorkerFrame::Hello {
             name: self.options.name.clone(),
@@ -269,6 +302,7 @@ impl Worker {
             region: self.options.region.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             running,
+            session: self.session.lock().unwrap_or_else(PoisonError::into_inner).clone(),
         };
         send(&mut socket, &hello).await.map_err(|e| Refused::Retry(e.to_string()))?;
         let welcome = tokio::time::timeout(WELCOME_TIMEOUT, async {
@@ -283,8 +317,9 @@ impl Worker {
         })
         .await;
         match welcome {
-            Ok(Some(ServerFrame::Welcome { agent, heartbeat_ms, .. })) => {
+            Ok(Some(ServerFrame::Welcome { agent, heartbeat_ms, session, .. })) => {
                 tracing::info!(server = %self.options.server, agent, "connected");
+                *self.session.lock().unwrap_or_else(PoisonError::into_inner) = Some(session);
                 Ok(Session { socket, heartbeat: Duration::from_millis(heartbeat_ms.max(100)) })
             }
             // Another connection by this name may still be closing on the server: retry.
@@ -309,6 +344,19 @@ struct Session {
 enum Refused {
     Retry(String),
     Fatal(Error),
+}
+
+/// A failed WebSocket handshake: refusals of the credential are final
+/// (retrying cannot fix a key), anything else is retried.
+fn refusal(server: &str, e: tokio_tungstenite::tungstenite::Error) -> Refused {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match &e {
+        WsError::Http(response) if matches!(response.status().as_u16(), 401 | 403) => Refused::Fatal(Error::Protocol {
+            url: server.to_owned(),
+            message: format!("the server refused this worker's credential (HTTP {})", response.status()),
+        }),
+        _ => Refused::Retry(e.to_string()),
+    }
 }
 
 async fn send(

@@ -5,6 +5,7 @@
 //! error that names the key (and, for the file, the line).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,8 +48,9 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Everything the server needs to start.
-#[derive(Clone, Debug)]
+/// Everything the server needs to start. Its `Debug` shows the store URL
+/// without its password and leaves out anything else secret.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Address to listen on.
     pub bind: SocketAddr,
@@ -68,6 +70,14 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// Who may call the API (`[auth]`).
     pub auth: AuthConfig,
+    /// HTTPS and WSS (`[tls]`); plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+    /// Connection limits and timeouts (`[limits]`).
+    pub limits: Limits,
+    /// Remote workers (`[workers]`).
+    pub workers: WorkersConfig,
+    /// What gateways registered through the API may use (`[gateways_api]`).
+    pub gateways_api: GatewaysApi,
 }
 
 /// The file's shape. All keys are optional.
@@ -92,6 +102,13 @@ struct File {
     budgets: BudgetsFile,
     #[serde(default)]
     auth: AuthFile,
+    tls: Option<TlsFile>,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    workers: WorkersFile,
+    #[serde(default)]
+    gateways_api: GatewaysApiFile,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -251,7 +268,25 @@ impl ServerConfig {
         let state_dir = env("GODEL_STATE_DIR").map(PathBuf::from).or(file.state_dir).unwrap_or_else(|| ".godel".into());
         let gateways = gateways(file.gateways, env)?;
         let auth = auth(file.auth, env)?;
-        Ok(Self { bind, store_url, log_format, engine, agents, replay_window, gateways, state_dir, auth })
+        let tls = tls(file.tls, env)?;
+        let limits = limits(file.limits, env)?;
+        let workers = workers(file.workers, env)?;
+        let gateways_api = gateways_api(file.gateways_api, env);
+        Ok(Self {
+            bind,
+            store_url,
+            log_format,
+            engine,
+            agents,
+            replay_window,
+            gateways,
+            state_dir,
+            auth,
+            tls,
+            limits,
+            workers,
+            gateways_api,
+        })
     }
 }
 
@@ -592,6 +627,99 @@ impl Default for AuthConfig {
     }
 }
 
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Listed by hand so that the store's password stays out of logs; a
+        // field added later stays out too until it is listed here.
+        f.debug_struct("ServerConfig")
+            .field("bind", &self.bind)
+            .field("store_url", &redact_url(&self.store_url))
+            .field("log_format", &self.log_format)
+            .field("engine", &self.engine)
+            .field("agents", &self.agents)
+            .field("replay_window", &self.replay_window)
+            .field("gateways", &self.gateways)
+            .field("state_dir", &self.state_dir)
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("limits", &self.limits)
+            .field("workers", &self.workers)
+            .field("gateways_api", &self.gateways_api)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL as it may be logged or put in an error: `user:password@` becomes
+/// `user:***@`, and a `password=` query parameter loses its value.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            // The authority ends at the first `/`; its userinfo at the last `@`.
+            let end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+                    None => base.to_owned(),
+                },
+                None => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+/// `[tls]`: the certificate chain and private key the server presents.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first (`tls.cert_file`).
+    pub cert_file: PathBuf,
+    /// PEM private key (`tls.key_file`): PKCS#8, PKCS#1 or SEC1.
+    pub key_file: PathBuf,
+}
+
+/// `[limits]`: what a connection may hold and for how long.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Limits {
+    /// Open connections at most, WebSockets included; beyond it a new
+    /// connection is closed at once (`limits.max_connections`, 10,000).
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, from its
+    /// first byte or from the end of the previous request
+    /// (`limits.header_read_timeout`, 10 s).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and no bytes moving for
+    /// this long is closed (`limits.idle_timeout`, 75 s). WebSockets have
+    /// their own pings instead.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+        }
+    }
+}
+
 /// `[auth.jwt]`: which tokens are accepted. One algorithm, pinned.
 #[derive(Clone)]
 pub struct JwtConfig {
@@ -624,6 +752,40 @@ impl std::fmt::Debug for JwtKey {
             JwtKey::Hs256(_) => f.write_str("Hs256(<secret>)"),
             JwtKey::EdDsa(path) => f.debug_tuple("EdDsa").field(path).finish(),
             JwtKey::Rs256(path) => f.debug_tuple("Rs256").field(path).finish(),
+        }
+    }
+}
+
+/// `[workers]`: what a remote worker may ask for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct WorkersConfig {
+    /// The largest concurrency a worker may declare (`workers.max_capacity`, 64).
+    pub max_capacity: u32,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self { max_capacity: 64 }
+    }
+}
+
+/// `[gateways_api]`: limits on gateways registered through the API.
+/// Gateways in `godel.toml` are trusted and not held to these.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct GatewaysApi {
+    /// Environment variables a registration may name in `token_env` or
+    /// `password_env` (`gateways_api.allowed_token_env`, none by default).
+    pub allowed_token_env: Vec<String>,
+    /// Hosts a registration's URL may point at (`gateways_api.allowed_hosts`,
+    /// loopback names by default).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for GatewaysApi {
+    fn default() -> Self {
+        Self {
+            allowed_token_env: Vec::new(),
+            allowed_hosts: ["127.0.0.1", "localhost", "::1"].map(str::to_owned).to_vec(),
         }
     }
 }
@@ -667,6 +829,13 @@ struct JwtFile {
     audience: String,
     leeway: Option<String>,
     max_lifetime: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -760,6 +929,103 @@ fn jwt_config(file: JwtFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     Ok(JwtConfig { key, issuer: file.issuer, audience: file.audience, leeway, max_lifetime })
 }
 
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_connections: Option<usize>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct WorkersFile {
+    max_capacity: Option<u32>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct GatewaysApiFile {
+    allowed_token_env: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+}
+
+/// `[tls]`, or `GODEL_TLS_CERT_FILE` and `GODEL_TLS_KEY_FILE`: both or neither.
+fn tls(file: Option<TlsFile>, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Option<TlsConfig>> {
+    let (cert, key) = file.map(|f| (f.cert_file, f.key_file)).unwrap_or_default();
+    let cert = env("GODEL_TLS_CERT_FILE").map(PathBuf::from).or(cert);
+    let key = env("GODEL_TLS_KEY_FILE").map(PathBuf::from).or(key);
+    match (cert, key) {
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsConfig { cert_file, key_file })),
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!("invalid tls.key_file: required with tls.cert_file"),
+        (None, Some(_)) => bail!("invalid tls.cert_file: required with tls.key_file"),
+    }
+}
+
+fn limits(file: LimitsFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Limits> {
+    let mut limits = Limits::default();
+    let max = env("GODEL_LIMITS_MAX_CONNECTIONS")
+        .map(|v| {
+            v.parse::<usize>().map_err(|_| anyhow!("invalid GODEL_LIMITS_MAX_CONNECTIONS: expected a count, got {v:?}"))
+        })
+        .transpose()?
+        .or(file.max_connections);
+    if let Some(max) = max {
+        if max == 0 {
+            bail!("invalid limits.max_connections: expected at least 1");
+        }
+        limits.max_connections = max;
+    }
+    let durations = [
+        (
+            "limits.header_read_timeout",
+            env("GODEL_LIMITS_HEADER_READ_TIMEOUT").or(file.header_read_timeout),
+            &mut limits.header_read_timeout,
+        ),
+        ("limits.idle_timeout", env("GODEL_LIMITS_IDLE_TIMEOUT").or(file.idle_timeout), &mut limits.idle_timeout),
+    ];
+    for (key, value, slot) in durations {
+        if let Some(v) = value {
+            *slot = duration(key, &v)?;
+            if slot.is_zero() {
+                bail!("invalid {key}: expected more than zero");
+            }
+        }
+    }
+    Ok(limits)
+}
+
+fn workers(file: WorkersFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<WorkersConfig> {
+    let max = env("GODEL_WORKERS_MAX_CAPACITY")
+        .map(|v| {
+            v.parse::<u32>().map_err(|_| anyhow!("invalid GODEL_WORKERS_MAX_CAPACITY: expected a count, got {v:?}"))
+        })
+        .transpose()?
+        .or(file.max_capacity);
+    match max {
+        Some(0) => bail!("invalid workers.max_capacity: expected at least 1"),
+        Some(max_capacity) => Ok(WorkersConfig { max_capacity }),
+        None => Ok(WorkersConfig::default()),
+    }
+}
+
+/// `[gateways_api]`; the variables `GODEL_GATEWAYS_API_ALLOWED_TOKEN_ENV` and
+/// `GODEL_GATEWAYS_API_ALLOWED_HOSTS` take comma-separated lists.
+fn gateways_api(file: GatewaysApiFile, env: &dyn Fn(&str) -> Option<String>) -> GatewaysApi {
+    let list = |var: &str| {
+        env(var).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect::<Vec<_>>())
+    };
+    let mut api = GatewaysApi::default();
+    if let Some(names) = list("GODEL_GATEWAYS_API_ALLOWED_TOKEN_ENV").or(file.allowed_token_env) {
+        api.allowed_token_env = names;
+    }
+    if let Some(hosts) = list("GODEL_GATEWAYS_API_ALLOWED_HOSTS").or(file.allowed_hosts) {
+        api.allowed_hosts = hosts;
+    }
+    api
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -822,6 +1088,57 @@ mod tests {
         assert!(err("[[agents]]\nid = \"a\"\nisolation = \"worktree\"").contains("agents[0].repo"));
         assert!(err("bind = \"localhost\"").contains("invalid bind"));
         assert!(err("[engine]\nmax_output_bytes = \"big\"").contains("max_output_bytes"));
+    }
+
+    #[test]
+    fn network_sections_are_parsed_and_checked() {
+        let config = ServerConfig::from_toml("", &no_env).unwrap();
+        assert_eq!(config.tls, None);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.workers.max_capacity, 64);
+        assert!(config.gateways_api.allowed_token_env.is_empty());
+        assert_eq!(config.gateways_api.allowed_hosts, ["127.0.0.1", "localhost", "::1"]);
+        let text = "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n\
+                    [limits]\nmax_connections = 5\nheader_read_timeout = \"2s\"\nidle_timeout = \"3s\"\n\
+                    [workers]\nmax_capacity = 8\n\
+                    [gateways_api]\nallowed_token_env = [\"OC_TOKEN\"]\nallowed_hosts = [\"gw.internal\"]\n";
+        let env = |k: &str| (k == "GODEL_LIMITS_IDLE_TIMEOUT").then(|| "4s".to_owned());
+        let config = ServerConfig::from_toml(text, &env).unwrap();
+        assert_eq!(config.tls.unwrap().key_file, PathBuf::from("k.pem"));
+        assert_eq!(config.limits.max_connections, 5);
+        assert_eq!(config.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.limits.idle_timeout, Duration::from_secs(4));
+        assert_eq!(config.workers.max_capacity, 8);
+        assert_eq!(config.gateways_api.allowed_token_env, ["OC_TOKEN"]);
+        assert_eq!(config.gateways_api.allowed_hosts, ["gw.internal"]);
+        let err = |text: &str| ServerConfig::from_toml(text, &no_env).unwrap_err().to_string();
+        assert!(err("[tls]\ncert_file = \"c.pem\"").contains("tls.key_file"));
+        assert!(err("[limits]\nmax_connections = 0").contains("limits.max_connections"));
+        assert!(err("[limits]\nidle_timeout = \"0s\"").contains("limits.idle_timeout"));
+        assert!(err("[limits]\nheader_read_timeout = \"soon\"").contains("limits.header_read_timeout"));
+        assert!(err("[workers]\nmax_capacity = 0").contains("workers.max_capacity"));
+        assert!(err("[gateways_api]\nallowed_tokens = []").contains("unknown field `allowed_tokens`"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_urls() {
+        assert_eq!(
+            redact_url("postgres://godel:hunter2@db:5432/x?sslmode=require"),
+            "postgres://godel:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(redact_url("redis://:hunter2@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+        assert_eq!(redact_url("postgres://db/x?user=u&password=hunter2"), "postgres://db/x?user=u&password=***");
+        assert_eq!(redact_url("postgres://godel@db/x"), "postgres://godel@db/x");
+        assert_eq!(redact_url("sqlite://.godel/godel.db"), "sqlite://.godel/godel.db");
+        let env = |k: &str| match k {
+            "GODEL_STORE" => Some("postgres://godel:hunter2@db/x".to_owned()),
+            "OC_TOKEN" => Some("gateway-token-value".to_owned()),
+            _ => None,
+        };
+        let text = "[[gateways]]\nname = \"home\"\nurl = \"ws://127.0.0.1:18789\"\ntoken_env = \"OC_TOKEN\"\n";
+        let debug = format!("{:?}", ServerConfig::from_toml(text, &env).unwrap());
+        assert!(!debug.contains("hunter2") && !debug.contains("gateway-token-value"), "{debug}");
+        assert!(debug.contains("godel:***@db"), "{debug}");
     }
 
     const HTTP_AGENT: &str = "[[agents]]\nid = \"llm\"\nkind = \"http\"\nurl = \"http://127.0.0.1:8080/v1\"\n\

@@ -14,6 +14,13 @@
 //! after 10 s), which is how `GET /instances` on one node shows the others'.
 //! The views also tell each node how many nodes use a gateway: they split
 //! its capacity (90% of its session limit) so that together they stay under it.
+//!
+//! Whoever may register a gateway through the API must not be able to make
+//! the server send its secrets anywhere: a registration's `token_env` and
+//! `password_env` must name variables on `gateways_api.allowed_token_env`,
+//! and its URL's host must be on `gateways_api.allowed_hosts` (loopback
+//! names by default). Every node checks this before it reads the variable or
+//! connects; gateways from `godel.toml` are trusted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::config::GatewaysApi;
 use crate::wire::opt_ts;
 
 /// How often a node reconciles registrations and announces its view.
@@ -64,6 +72,38 @@ fn default_max_sessions() -> u32 {
 }
 
 impl Registration {
+    /// Refuses what `[gateways_api]` does not allow, naming the variable or
+    /// host and the key that would allow it. Checked before any variable is
+    /// read or any connection made.
+    pub(crate) fn allowed(&self, api: &GatewaysApi) -> Result<(), String> {
+        let secrets = [self.token.is_some(), self.token_env.is_some(), self.password_env.is_some()];
+        if secrets.iter().filter(|given| **given).count() > 1 {
+            // Malformed: `config` refuses it before reading anything.
+            return Ok(());
+        }
+        let vars = [("token_env", &self.token_env), ("password_env", &self.password_env)];
+        for (field, var) in vars {
+            if let Some(var) = var.as_deref().filter(|var| !api.allowed_token_env.iter().any(|a| a == var)) {
+                return Err(format!(
+                    "{field} {var:?} is not allowed: gateways registered through the API may only name variables \
+                     listed in gateways_api.allowed_token_env in godel.toml"
+                ));
+            }
+        }
+        if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
+            // Not a gateway URL at all: `config` refuses it, naming the field.
+            return Ok(());
+        }
+        let host = url_host(&self.url);
+        if !api.allowed_hosts.iter().any(|allowed| allowed.trim_end_matches('.').eq_ignore_ascii_case(&host)) {
+            return Err(format!(
+                "url host {host:?} is not allowed: gateways registered through the API may only point at hosts \
+                 listed in gateways_api.allowed_hosts in godel.toml"
+            ));
+        }
+        Ok(())
+    }
+
     /// The gateway's configuration on this node; secrets named by `*_env`
     /// are read from this node's environment.
     pub(crate) fn config(&self) -> Result<GatewayConfig, String> {
@@ -86,6 +126,19 @@ impl Registration {
         config.validate().map_err(|e| format!("invalid {}: {}", e.field, e.reason))?;
         Ok(config)
     }
+}
+
+/// The host of a `ws://` or `wss://` URL, without user, port or IPv6
+/// brackets, lowercased.
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn view_json(g: &GatewaySnapshot, source: &str, node: &str, capacity: Option<u32>) -> Value {
@@ -214,8 +267,9 @@ async fn reconcile(state: &AppState) -> Result<(), EngineError> {
         if state.gateways.get(name).is_some() || state.configured_gateways.contains(name) {
             continue;
         }
-        let config =
-            serde_json::from_value::<Registration>(doc.clone()).map_err(|e| e.to_string()).and_then(|r| r.config());
+        let config = serde_json::from_value::<Registration>(doc.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.allowed(&state.gateways_api).and_then(|()| r.config()));
         match config {
             Ok(config) => match attach(state, config) {
                 Ok(_) => tracing::info!(gateway = name, "connected to a gateway registered through the API"),
@@ -276,7 +330,7 @@ async fn announce(state: &AppState, before: &[String]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::node_share;
+    use super::{node_share, url_host};
 
     #[test]
     fn shares_add_up_to_the_capacity() {
@@ -286,5 +340,14 @@ mod tests {
         let shares: Vec<u32> = nodes.iter().map(|n| node_share(2, &nodes, n)).collect();
         assert_eq!(shares, [1, 1, 0, 0], "more nodes than sessions: the first ones get one each");
         assert_eq!(nodes.iter().map(|n| node_share(10, &nodes, n)).sum::<u32>(), 10);
+    }
+
+    #[test]
+    fn url_hosts_are_compared_without_port_user_or_brackets() {
+        assert_eq!(url_host("ws://127.0.0.1:18789/"), "127.0.0.1");
+        assert_eq!(url_host("wss://User@GW.Example.:443/x"), "gw.example");
+        assert_eq!(url_host("ws://[::1]:18789"), "::1");
+        assert_eq!(url_host("ws://localhost"), "localhost");
+        assert_eq!(url_host("ws://127.0.0.1@evil.example:1"), "evil.example");
     }
 }

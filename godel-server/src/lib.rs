@@ -12,12 +12,12 @@ pub mod daemon;
 mod error;
 mod events;
 mod instances;
+mod listener;
 mod metrics;
 mod routes;
 mod wire;
 mod workers;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -25,11 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use godel_core::{Orchestrator, Store, TenantId, store};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::Filter;
-use warp::hyper::server::conn::AddrStream;
 
 pub use crate::auth::keys::{NewKey, generate as generate_key};
 pub use crate::bootstrap::ADMIN_KEY_FILE;
@@ -63,6 +61,10 @@ pub(crate) struct AppState {
     configured_gateways: std::collections::BTreeSet<String>,
     /// Authentication, authorization, rate limits and the audit writer.
     auth: auth::Auth,
+    /// What a remote worker may ask for (`[workers]`).
+    worker_limits: config::WorkersConfig,
+    /// What a gateway registered through the API may use (`[gateways_api]`).
+    gateways_api: config::GatewaysApi,
 }
 
 const STARTING: u8 = 0;
@@ -104,8 +106,9 @@ pub async fn run(
     shutdown: CancellationToken,
     on_listening: Option<OnListening>,
 ) -> anyhow::Result<()> {
-    let store =
-        store::open(&config.store_url).await.with_context(|| format!("cannot open the store {}", config.store_url))?;
+    // The URL's password goes nowhere: not in this error, not in the start line.
+    let store_shown = config::redact_url(&config.store_url);
+    let store = store::open(&config.store_url).await.with_context(|| format!("cannot open the store {store_shown}"))?;
     bootstrap::admin_key(&store, &config.state_dir, &config.engine.tenant).await?;
     let bus = godel_core::EventBus::new(4_096, config.replay_window);
     // One clock for the engine and the gateway connections: only the server picks it.
@@ -145,29 +148,24 @@ pub async fn run(
         gateways,
         configured_gateways: config.gateways.iter().map(|g| g.name.clone()).collect(),
         auth,
+        worker_limits: config.workers,
+        gateways_api: config.gateways_api.clone(),
     });
 
     let log_state = state.clone();
     let routes = routes::routes(state.clone()).recover(error::recover).unify().with(warp::log::custom(move |info| {
         log_state.metrics.request(info.method().as_str(), info.path(), info.status().as_u16(), info.elapsed());
     }));
-    let (stop_http_tx, stop_http_rx) = oneshot::channel::<()>();
+    let listener = listener::Listener::bind(config.bind, config.tls.as_ref(), config.limits).await?;
+    let addr = listener.local_addr().context("cannot read the address the server listens on")?;
+    let scheme = listener.scheme();
+    let stop_http = CancellationToken::new();
+    state.auth.listening(addr);
     // Every request passes the guard before the routes see it.
     let guarded = auth::make_service(state.clone(), warp::service(routes));
-    let make = warp::hyper::service::make_service_fn(move |connection: &AddrStream| {
-        let service = guarded(connection.remote_addr());
-        async move { Ok::<_, Infallible>(service) }
-    });
-    let mut incoming =
-        warp::hyper::server::conn::AddrIncoming::bind(&config.bind).map_err(|e| listen_error(config.bind, &e))?;
-    incoming.set_nodelay(true);
-    let addr = incoming.local_addr();
-    state.auth.listening(addr);
-    let server = warp::hyper::Server::builder(incoming).serve(make).with_graceful_shutdown(async move {
-        let _ = stop_http_rx.await;
-    });
+    let server = listener.serve(guarded, stop_http.clone());
 
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, store = %config.store_url, agents = config.agents.len(), "godel-server started");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, scheme, store = %store_shown, agents = config.agents.len(), "godel-server started");
     let engine_stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let http = tokio::spawn(server);
@@ -213,7 +211,7 @@ pub async fn run(
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "godel-server shutting down");
     state.phase.store(DRAINING, Ordering::SeqCst);
     state.shutdown.cancel();
-    let _ = stop_http_tx.send(());
+    stop_http.cancel();
     state.connections.close();
     state.connections.wait().await;
     // Graceful HTTP shutdown waits for every open connection, and hyper keeps
@@ -241,20 +239,5 @@ pub async fn run(
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-fn listen_error(addr: SocketAddr, e: &(dyn std::error::Error + 'static)) -> anyhow::Error {
-    let in_use = e
-        .source()
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
-        || e.to_string().contains("in use");
-    if in_use {
-        anyhow::anyhow!(
-            "cannot listen on {addr}: the address is already in use (is another godel-server running? set bind in godel.toml or GODEL_BIND)"
-        )
-    } else {
-        anyhow::anyhow!("cannot listen on {addr}: {e}")
     }
 }

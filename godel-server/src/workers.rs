@@ -11,16 +11,28 @@
 //! back and report; if it does not, they fail as retryable ("worker
 //! vanished") and the engine retries them elsewhere. If the server itself
 //! dies, the leases lapse and another node reclaims the tasks.
+//!
+//! A worker is a principal, not a name: each connection gets a random
+//! session secret in its `welcome`, and a worker that reconnects takes its
+//! waiting runs back only by presenting the secret of the connection it
+//! lost. Another connection using the same name is refused until the grace
+//! period ends and the old worker is deregistered. What a worker may declare
+//! is capped by `workers.max_capacity`, and its peer address is logged when
+//! it comes and goes.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::{SinkExt, StreamExt};
 use godel_core::adapter::{AbortMode, AdapterError, AgentSession, OutputSink};
 use godel_core::{Adapter, AgentConfig, AgentId, AgentKind, Outcome, Task, TaskError, TaskErrorKind};
 use godel_wire::worker::{Assignment, RunRef, ServerFrame, WorkerFrame};
+use rand::RngCore;
 use tokio::sync::{Notify, mpsc, oneshot};
 use warp::ws::{Message, WebSocket};
 
@@ -30,8 +42,6 @@ use crate::AppState;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the server pings a worker; a worker silent for three of these is gone.
 const PING_EVERY: Duration = Duration::from_secs(5);
-/// Most concurrent tasks a worker may ask for.
-const MAX_CONCURRENCY: u32 = 1_024;
 
 /// The connected workers, by agent id.
 #[derive(Debug, Default)]
@@ -75,6 +85,8 @@ struct LinkState {
     generation: u64,
     disconnected_at: Option<Instant>,
     runs: HashMap<RunRef, Run>,
+    /// The current (or last) connection's session secret.
+    session: String,
 }
 
 #[derive(Debug)]
@@ -210,11 +222,12 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Serves one worker connection until it leaves or the server shuts down.
-pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>) {
+pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, peer: Option<SocketAddr>) {
     let (mut tx, mut rx) = socket.split();
+    let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut rx)).await {
-        Ok(Some(Ok(WorkerFrame::Hello { name, capabilities, concurrency, region, version, running }))) => {
-            Hello { name, capabilities, concurrency, region, version, running }
+        Ok(Some(Ok(WorkerFrame::Hello { name, capabilities, concurrency, region, version, running, session }))) => {
+            Hello { name, capabilities, concurrency, region, version, running, session }
         }
         Ok(Some(Ok(_))) => return refuse(&mut tx, "invalid_request", "the first frame must be hello").await,
         Ok(Some(Err(e))) => return refuse(&mut tx, "invalid_request", &e).await,
@@ -223,13 +236,17 @@ pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>) {
     };
     let (link, generation, outbox_rx) = match attach(&state, &hello) {
         Ok(attached) => attached,
-        Err((code, message)) => return refuse(&mut tx, code, &message).await,
+        Err((code, message)) => {
+            tracing::warn!(worker = %hello.name, %peer, code, reason = %message, "worker refused");
+            return refuse(&mut tx, code, &message).await;
+        }
     };
-    tracing::info!(worker = %link.agent, version = hello.version, generation, "worker connected");
+    tracing::info!(worker = %link.agent, %peer, version = hello.version, generation, "worker connected");
     let welcome = ServerFrame::Welcome {
         agent: link.agent.to_string(),
         heartbeat_ms: millis(PING_EVERY),
         grace_ms: millis(link.grace),
+        session: link.lock().session.clone(),
     };
     if tx.send(Message::text(frame_text(&welcome))).await.is_err() {
         detach(&state, &link, generation).await;
@@ -238,7 +255,7 @@ pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>) {
     reconcile(&link, &hello.running);
     let left = pump(&state, &link, tx, rx, outbox_rx).await;
     if left {
-        tracing::info!(worker = %link.agent, "worker left");
+        tracing::info!(worker = %link.agent, %peer, "worker left");
         state.workers.lock().remove(&link.agent);
         let _ = state.orchestrator.remove_agent(&link.agent);
         for (run, _) in std::mem::take(&mut link.lock().runs) {
@@ -247,6 +264,7 @@ pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>) {
         link.lock().outbox = None;
         link.changed.notify_waiters();
     } else {
+        tracing::warn!(worker = %link.agent, %peer, "worker connection lost");
         detach(&state, &link, generation).await;
     }
 }
@@ -258,6 +276,19 @@ struct Hello {
     region: Option<String>,
     version: String,
     running: Vec<RunRef>,
+    session: Option<String>,
+}
+
+/// A new session secret: 256 random bits.
+fn session_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same_secret(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 async fn refuse(tx: &mut futures::stream::SplitSink<WebSocket, Message>, code: &str, message: &str) {
@@ -272,10 +303,11 @@ fn attach(
     hello: &Hello,
 ) -> Result<(Arc<Link>, u64, mpsc::UnboundedReceiver<ServerFrame>), (&'static str, String)> {
     let agent = AgentId::new(&hello.name).map_err(|e| ("invalid_request", format!("invalid name: {}", e.reason)))?;
-    if !(1..=MAX_CONCURRENCY).contains(&hello.concurrency) {
+    let max = state.worker_limits.max_capacity;
+    if !(1..=max).contains(&hello.concurrency) {
         return Err((
             "invalid_request",
-            format!("concurrency must be 1 to {MAX_CONCURRENCY}, got {}", hello.concurrency),
+            format!("concurrency must be 1 to {max} (workers.max_capacity on this server), got {}", hello.concurrency),
         ));
     }
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
@@ -285,6 +317,18 @@ fn attach(
         if link_state.outbox.is_some() {
             return Err(("conflict", format!("a worker named {agent} is already connected")));
         }
+        // Runs wait for the worker that held them, not for whoever uses its name.
+        if !hello.session.as_deref().is_some_and(|given| same_secret(given, &link_state.session)) {
+            return Err((
+                "conflict",
+                format!(
+                    "worker {agent} has runs waiting for its session; reconnect with that session's secret, \
+                     or wait {} s for them to be given up",
+                    link.grace.as_secs()
+                ),
+            ));
+        }
+        link_state.session = session_secret();
         link_state.outbox = Some(outbox);
         link_state.generation += 1;
         link_state.disconnected_at = None;
@@ -296,7 +340,12 @@ fn attach(
     }
     let link = Arc::new(Link {
         agent: agent.clone(),
-        state: Mutex::new(LinkState { outbox: Some(outbox), generation: 1, ..LinkState::default() }),
+        state: Mutex::new(LinkState {
+            outbox: Some(outbox),
+            generation: 1,
+            session: session_secret(),
+            ..LinkState::default()
+        }),
         changed: Notify::new(),
         grace: state.orchestrator.config().lease,
     });

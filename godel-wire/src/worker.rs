@@ -44,6 +44,10 @@ pub enum WorkerFrame {
         /// Runs it still has, after a reconnect.
         #[serde(default)]
         running: Vec<RunRef>,
+        /// The session secret of its previous connection, from that
+        /// connection's `welcome`: reattaching to waiting runs needs it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
     },
     /// A piece of a run's output.
     Output {
@@ -120,6 +124,11 @@ pub enum ServerFrame {
         /// How long the server keeps the worker's runs after losing it.
         #[serde(default)]
         grace_ms: u64,
+        /// This connection's session secret: a worker that loses the
+        /// connection presents it in its next `hello` to take its runs back.
+        /// Keep it like a password.
+        #[serde(default)]
+        session: String,
     },
     /// Run this task now.
     Assign {
@@ -139,7 +148,7 @@ pub enum ServerFrame {
     Drain,
     /// A refusal (of `hello`) or a complaint about a frame.
     Error {
-        /// `invalid_request` or `conflict`.
+        /// `invalid_request`, `forbidden` or `conflict`.
         code: String,
         /// What was wrong.
         message: String,

@@ -13,4 +13,5 @@ mod harness;
 mod lifecycle;
 mod ordering;
 mod outage;
+mod secrets;
 mod workers;

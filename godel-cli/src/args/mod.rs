@@ -43,6 +43,10 @@ pub(crate) struct Cli {
     /// API key (else GODEL_API_KEY, `godel login`, or a local server's admin.key)
     #[argh(option)]
     pub(crate) api_key: Option<String>,
+    /// PEM file of the CA certificates an https:// server's certificate is
+    /// checked against, instead of the web PKI roots (else GODEL_CA_FILE)
+    #[argh(option)]
+    pub(crate) ca_file: Option<std::path::PathBuf>,
     /// print the version and exit
     #[argh(switch, short = 'V')]
     pub(crate) version: bool,

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use godel_sdk::embed::{InvalidInput, TaskId, Timestamp};
-use godel_sdk::{Client, DEFAULT_SERVER};
+use godel_sdk::{Client, ClientOptions, DEFAULT_SERVER, TlsOptions};
 
 use crate::args::Command;
 use crate::exit::{CliResult, Exit, Failure};
@@ -33,6 +33,7 @@ use crate::output;
 pub(crate) struct Global {
     pub(crate) server: Option<String>,
     pub(crate) api_key: Option<String>,
+    pub(crate) tls: TlsOptions,
 }
 
 /// Runs a parsed command; `command_tail` is what followed `--`.
@@ -78,7 +79,7 @@ fn remote(global: Global, command: impl AsyncFnOnce(&Client) -> CliResult) -> Ex
             result = async {
                 let (url, _) = server_address(global.server);
                 let credential = credentials::lookup(global.api_key, &url);
-                let mut client = Client::new(&url)?;
+                let mut client = Client::with_tls(&url, ClientOptions::default(), &global.tls)?;
                 if let Some(credential) = &credential {
                     client = client.with_api_key(&credential.key)?;
                 }
@@ -133,10 +134,11 @@ fn server_address(flag: Option<String>) -> (String, &'static str) {
     let bind = std::fs::read_to_string(path)
         .ok()
         .and_then(|text| text.parse::<toml::Table>().ok())
-        .and_then(|t| t.get("bind").and_then(|b| b.as_str()).map(str::to_owned));
-    if let Some(bind) = bind {
+        .and_then(|t| t.get("bind").and_then(|b| b.as_str()).map(|b| (b.to_owned(), t.contains_key("tls"))));
+    if let Some((bind, tls)) = bind {
         let bind = bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
-        return (format!("http://{bind}"), "godel.toml");
+        let scheme = if tls { "https" } else { "http" };
+        return (format!("{scheme}://{bind}"), "godel.toml");
     }
     (DEFAULT_SERVER.to_owned(), "the default")
 }

@@ -32,11 +32,13 @@ pub(crate) async fn run(global: Global, a: args::Worker, template: Vec<String>) 
     };
     let options = WorkerOptions {
         server,
+        tls: global.tls,
         name,
         capabilities: a.capabilities,
         concurrency: a.concurrency,
         region: a.region,
         process,
+        // A key with the worker role (or admin).
         api_key,
     };
     let worker = Worker::new(options).map_err(|e| Failure::usage(e.to_string()))?;

@@ -393,9 +393,10 @@ impl SessionQuery {
 /// `postgresql://`; Godel's query parameters are listed on
 /// `PostgresStore::open` and in docs/store.md), or
 /// `redis://[user:password@]host[:port][/db][?prefix=godel&pool_size=8&timeout=5s]`
-/// (see `RedisOptions::parse`; `rediss://` is refused: this build has no
-/// TLS for Redis). The only place that matches on the backend kind. A URL
-/// for a backend this build left out is an error naming its Cargo feature.
+/// (see `RedisOptions::parse`; `rediss://` for TLS). PostgreSQL's `sslmode`
+/// is honoured, with rustls. The only place that matches on the backend
+/// kind. A URL for a backend this build left out is an error naming its
+/// Cargo feature.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {

@@ -13,3 +13,4 @@ mod health;
 mod keys;
 mod support;
 mod tasks;
+mod tls;

@@ -141,7 +141,7 @@ impl Drop for TestServer {
     }
 }
 
-async fn launch(
+pub(crate) async fn launch(
     toml: &str,
     bind: SocketAddr,
 ) -> Result<(SocketAddr, CancellationToken, JoinHandle<anyhow::Result<()>>)> {

@@ -35,6 +35,7 @@ async fn list(state: Arc<AppState>) -> ApiResult {
 
 async fn register(state: Arc<AppState>, body: Bytes) -> ApiResult {
     let registration: Registration = parse_body(&body)?;
+    registration.allowed(&state.gateways_api).map_err(|message| ApiError::new(Code::Forbidden, message))?;
     let config = registration.config().map_err(ApiError::invalid)?;
     if instances::is_registered(&state, &registration.name).await? {
         return Err(ApiError::new(Code::Conflict, format!("a gateway {} is already registered", registration.name)));

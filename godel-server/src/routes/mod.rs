@@ -66,13 +66,23 @@ pub(crate) fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     });
     // Only under /api/v1: workers are new, so the deprecated /api alias never had them.
     // The guard let only worker and admin credentials through.
-    let workers =
-        warp::path!("api" / "v1" / "workers" / "connect").and(warp::ws()).and(with(state.clone())).and(ctx()).map(
-            |ws: warp::ws::Ws, state: Arc<AppState>, ctx: RequestContext| -> Response {
+    let workers = warp::path!("api" / "v1" / "workers" / "connect")
+        .and(warp::ws())
+        .and(with(state.clone()))
+        .and(ctx())
+        .and(warp::ext::optional::<crate::listener::Peer>())
+        .map(
+            |ws: warp::ws::Ws,
+             state: Arc<AppState>,
+             ctx: RequestContext,
+             peer: Option<crate::listener::Peer>|
+             -> Response {
                 let credential = ctx.principal.as_ref().map(|p| p.credential.as_str()).unwrap_or_default();
                 tracing::info!(peer = %ctx.source, request_id = ctx.request_id, credential, "worker connecting");
                 let tracker = state.connections.clone();
-                ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state))).into_response()
+                let peer = peer.map(|p| p.0);
+                ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state, peer)))
+                    .into_response()
             },
         );
     let routes = workers.or(v1).unify().or(legacy).unify().or(health::routes(&state)).unify();

@@ -36,7 +36,11 @@ async fn gateways_registered_through_the_api_run_tasks_until_deregistered() {
     use reqwest::Method;
     let config = FakeConfig { agents: vec!["coder".into()], default_agent: "coder".into(), ..FakeConfig::default() };
     let fake = FakeGateway::start(config).await.expect("a fake gateway");
-    let server = TestServer::start("[engine]\npoll_interval = \"20ms\"\n").await;
+    // The unset variable below must pass the allow-list to reach the check that it is set.
+    let server = TestServer::start(
+        "[engine]\npoll_interval = \"20ms\"\n[gateways_api]\nallowed_token_env = [\"GODEL_NO_SUCH_VAR\"]\n",
+    )
+    .await;
     let http = server.http();
     let instances = server.url("/api/v1/instances");
 

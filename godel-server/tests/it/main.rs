@@ -4,6 +4,7 @@
 
 mod auth;
 mod budgets;
+mod edges;
 mod instances;
 mod keys;
 mod openapi;

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::harness::{FAST_ENGINE, Launch, Server, eventually};
 
 /// A fresh schema on the test PostgreSQL, or `None` (skip) when there is none.
-async fn postgres() -> Result<Option<(String, Arc<dyn Store>)>> {
+pub(super) async fn postgres() -> Result<Option<(String, Arc<dyn Store>)>> {
     let base = std::env::var("GODEL_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();

@@ -85,6 +85,7 @@ pub(crate) struct Launch {
     bind: String,
     store: Option<String>,
     pid_file: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -96,7 +97,14 @@ impl Launch {
             bind: "127.0.0.1:0".to_owned(),
             store: None,
             pid_file: None,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the server.
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// Uses the store at `url` instead of `dir/godel.db`.
@@ -174,6 +182,7 @@ impl Launch {
         for key in SERVER_ENV {
             command.env_remove(key);
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = command
             // Tasks of agents without a work directory run here.
             .current_dir(&self.dir)

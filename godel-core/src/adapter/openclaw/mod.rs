@@ -123,7 +123,8 @@ impl Default for GatewayTiming {
 pub struct GatewayConfig {
     /// A unique name; the engine agent is `gateway-<name>`.
     pub name: String,
-    /// `ws://host:port` of the gateway.
+    /// `ws://host:port` of the gateway, or `wss://host:port` (TLS with rustls,
+    /// checked against the web PKI roots).
     pub url: String,
     /// Credentials.
     pub auth: GatewayAuth,
@@ -183,12 +184,9 @@ impl GatewayConfig {
         self.agent_id().map_err(|e| InvalidInput::new("name", e.reason))?;
         if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) || connection::host(&self.url).is_empty()
         {
-            return Err(InvalidInput::new("url", format!("expected ws://host:port, got {:?}", self.url)));
-        }
-        if self.url.starts_with("wss://") {
             return Err(InvalidInput::new(
                 "url",
-                "wss:// is not supported yet; reach remote gateways through a tunnel to a loopback ws:// port",
+                format!("expected ws://host:port or wss://host:port, got {:?}", self.url),
             ));
         }
         if self.max_sessions == 0 {

@@ -32,13 +32,8 @@ impl RedisOptions {
             .split_once("://")
             .ok_or_else(|| InvalidInput::new("store url", format!("expected redis://host:port, got {url:?}")))?;
         match scheme {
-            "redis" => {}
-            "rediss" => {
-                return Err(InvalidInput::new(
-                    "store url",
-                    "rediss:// (TLS) is not supported by this build; use redis:// over a trusted network or a TLS tunnel",
-                ));
-            }
+            // rediss:// is TLS (rustls), the server checked against the system's roots.
+            "redis" | "rediss" => {}
             other => return Err(InvalidInput::new("store url", format!("expected redis://, got {other}://"))),
         }
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
