@@ -101,6 +101,8 @@ enum Backend {
 }
 
 /// A fresh store, and for SQLite the temporary directory its file lives in.
+// One fixture lives per run, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Fixture {
     Memory(MemoryStore),
