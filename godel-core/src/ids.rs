@@ -225,7 +225,8 @@ name_id!(
 );
 
 impl TenantId {
-    /// The tenant every request runs as until authentication lands.
+    /// The tenant of the first admin key, and of work an embedding program
+    /// submits without naming one.
     pub fn default_tenant() -> Self {
         Self("default".to_owned())
     }
