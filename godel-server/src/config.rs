@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub gateways: Vec<GatewayConfig>,
     /// Where Godel keeps state such as its OpenClaw device key (`state_dir`, default `.godel`).
     pub state_dir: PathBuf,
+    /// Who may call the API (`[auth]`).
+    pub auth: AuthConfig,
 }
 
 /// The file's shape. All keys are optional.
@@ -88,6 +90,8 @@ struct File {
     prices: BTreeMap<String, PriceFile>,
     #[serde(default)]
     budgets: BudgetsFile,
+    #[serde(default)]
+    auth: AuthFile,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -246,7 +250,8 @@ impl ServerConfig {
         }
         let state_dir = env("GODEL_STATE_DIR").map(PathBuf::from).or(file.state_dir).unwrap_or_else(|| ".godel".into());
         let gateways = gateways(file.gateways, env)?;
-        Ok(Self { bind, store_url, log_format, engine, agents, replay_window, gateways, state_dir })
+        let auth = auth(file.auth, env)?;
+        Ok(Self { bind, store_url, log_format, engine, agents, replay_window, gateways, state_dir, auth })
     }
 }
 
@@ -552,6 +557,206 @@ fn gateways(files: Vec<GatewayFile>, env: &dyn Fn(&str) -> Option<String>) -> an
         out.push(config);
     }
     Ok(out)
+}
+
+/// `[auth]`: public probes, the Origin and Host allow-lists, JWT and rate limits.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// `/health` (the deep probe) answers without a credential.
+    pub public_health: bool,
+    /// `/metrics` answers without a credential.
+    pub public_metrics: bool,
+    /// Origins allowed besides loopback ones on the server's port (`https://ops.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// Host names allowed besides loopback names and the bind address.
+    pub allowed_hosts: Vec<String>,
+    /// JWT authentication, when `[auth.jwt]` is present.
+    pub jwt: Option<JwtConfig>,
+    /// Requests per second per credential; the burst is twice that.
+    pub per_credential: u32,
+    /// Failed authentications per minute per source address.
+    pub failed_per_source: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            public_health: false,
+            public_metrics: false,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            jwt: None,
+            per_credential: 2_000,
+            failed_per_source: 10,
+        }
+    }
+}
+
+/// `[auth.jwt]`: which tokens are accepted. One algorithm, pinned.
+#[derive(Clone)]
+pub struct JwtConfig {
+    /// Where the verifying key comes from; it fixes the algorithm.
+    pub key: JwtKey,
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` every token must carry.
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Longest a token may live (`exp` minus `iat`, or minus `nbf` without `iat`).
+    pub max_lifetime: Duration,
+}
+
+/// The verifying key of `[auth.jwt]`. `Debug` never shows a secret.
+#[derive(Clone)]
+pub enum JwtKey {
+    /// `HS256`: the shared secret (at least 32 bytes), read from `secret_env`.
+    Hs256(Vec<u8>),
+    /// `EdDSA`: an Ed25519 public key, PEM.
+    EdDsa(PathBuf),
+    /// `RS256`: an RSA public key, PEM.
+    Rs256(PathBuf),
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKey::Hs256(_) => f.write_str("Hs256(<secret>)"),
+            JwtKey::EdDsa(path) => f.debug_tuple("EdDsa").field(path).finish(),
+            JwtKey::Rs256(path) => f.debug_tuple("Rs256").field(path).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("key", &self.key)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("max_lifetime", &self.max_lifetime)
+            .finish()
+    }
+}
+
+/// Shortest HS256 secret accepted: as long as the hash's output.
+const MIN_JWT_SECRET: usize = 32;
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    public_health: Option<bool>,
+    public_metrics: Option<bool>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    jwt: Option<JwtFile>,
+    #[serde(default)]
+    rate_limit: RateLimitFile,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct JwtFile {
+    algorithm: String,
+    secret_env: Option<String>,
+    public_key_file: Option<PathBuf>,
+    issuer: String,
+    audience: String,
+    leeway: Option<String>,
+    max_lifetime: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFile {
+    per_credential: Option<u32>,
+    failed_per_source: Option<u32>,
+}
+
+fn auth(file: AuthFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<AuthConfig> {
+    let flag = |var: &str, value: Option<bool>| -> anyhow::Result<bool> {
+        match env(var) {
+            Some(v) => v.parse().map_err(|_| anyhow!("invalid {var}: expected true or false, got {v:?}")),
+            None => Ok(value.unwrap_or(false)),
+        }
+    };
+    let defaults = AuthConfig::default();
+    let positive = |key: &str, value: Option<u32>, default: u32| -> anyhow::Result<u32> {
+        match value {
+            Some(0) => bail!("invalid {key}: expected at least 1"),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        }
+    };
+    for origin in &file.allowed_origins {
+        let scheme = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        if scheme.is_none_or(|rest| rest.is_empty() || rest.contains('/')) {
+            bail!(
+                "invalid auth.allowed_origins: expected scheme://host[:port] like https://ops.example.com, got {origin:?}"
+            );
+        }
+    }
+    Ok(AuthConfig {
+        public_health: flag("GODEL_AUTH_PUBLIC_HEALTH", file.public_health)?,
+        public_metrics: flag("GODEL_AUTH_PUBLIC_METRICS", file.public_metrics)?,
+        allowed_origins: file.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect(),
+        allowed_hosts: file.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        jwt: file.jwt.map(|jwt| jwt_config(jwt, env)).transpose()?,
+        per_credential: positive(
+            "auth.rate_limit.per_credential",
+            file.rate_limit.per_credential,
+            defaults.per_credential,
+        )?,
+        failed_per_source: positive(
+            "auth.rate_limit.failed_per_source",
+            file.rate_limit.failed_per_source,
+            defaults.failed_per_source,
+        )?,
+    })
+}
+
+fn jwt_config(file: JwtFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<JwtConfig> {
+    let public_key = |algorithm: &str| {
+        if file.secret_env.is_some() {
+            bail!("invalid auth.jwt.secret_env: only HS256 takes a secret; {algorithm} verifies with public_key_file");
+        }
+        file.public_key_file
+            .clone()
+            .ok_or_else(|| anyhow!("auth.jwt.public_key_file is required with algorithm = {algorithm:?}"))
+    };
+    let key = match file.algorithm.as_str() {
+        "HS256" => {
+            if file.public_key_file.is_some() {
+                bail!("invalid auth.jwt.public_key_file: HS256 verifies with a shared secret (secret_env)");
+            }
+            let var =
+                file.secret_env.as_deref().ok_or_else(|| anyhow!("auth.jwt.secret_env is required with HS256"))?;
+            let secret = env(var).unwrap_or_default();
+            if secret.len() < MIN_JWT_SECRET {
+                bail!(
+                    "invalid auth.jwt.secret_env: the environment variable {var} must hold at least {MIN_JWT_SECRET} bytes, it holds {}",
+                    secret.len()
+                );
+            }
+            JwtKey::Hs256(secret.into_bytes())
+        }
+        "EdDSA" => JwtKey::EdDsa(public_key("EdDSA")?),
+        "RS256" => JwtKey::Rs256(public_key("RS256")?),
+        other => bail!("invalid auth.jwt.algorithm: expected HS256, EdDSA or RS256, got {other:?}"),
+    };
+    if file.issuer.is_empty() || file.audience.is_empty() {
+        bail!("invalid auth.jwt: issuer and audience must not be empty");
+    }
+    let leeway = file.leeway.map(|v| duration("auth.jwt.leeway", &v)).transpose()?.unwrap_or(Duration::from_secs(30));
+    let max_lifetime = file
+        .max_lifetime
+        .map(|v| duration("auth.jwt.max_lifetime", &v))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    Ok(JwtConfig { key, issuer: file.issuer, audience: file.audience, leeway, max_lifetime })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use godel_core::store::StoreError;
 use godel_core::{EngineError, InvalidInput};
 use serde::Serialize;
-use warp::http::StatusCode;
+use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
@@ -17,9 +17,11 @@ use warp::{Rejection, Reply};
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Code {
     InvalidRequest,
+    Unauthorized,
     Forbidden,
     NotFound,
     Conflict,
+    RateLimited,
     InternalError,
     ServiceUnavailable,
 }
@@ -28,9 +30,11 @@ impl Code {
     fn status(self) -> StatusCode {
         match self {
             Code::InvalidRequest => StatusCode::BAD_REQUEST,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::Conflict => StatusCode::CONFLICT,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             Code::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -44,13 +48,45 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     /// Overrides the code's status (405, 413, 415 keep the envelope's code but say more).
     status: Option<StatusCode>,
+    /// For `rate_limited`: the limit that was hit and when it frees up.
+    limit: Option<RateLimit>,
+}
+
+/// The numbers a `429` carries in its `Retry-After` and `RateLimit-*` headers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct RateLimit {
+    /// Requests allowed per window.
+    pub(crate) limit: u64,
+    /// Whole seconds until a request would be allowed again (at least 1).
+    pub(crate) reset_secs: u64,
 }
 
 pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
 
 impl ApiError {
     pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), status: None }
+        Self { code, message: message.into(), status: None, limit: None }
+    }
+
+    /// `401 unauthorized`: no credential, or one that is malformed, unknown,
+    /// expired or revoked. The message says which, never the credential.
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthorized, message)
+    }
+
+    /// `403 forbidden`.
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(Code::Forbidden, message)
+    }
+
+    /// `429 rate_limited`, with the limit for its headers.
+    pub(crate) fn rate_limited(message: impl Into<String>, limit: RateLimit) -> Self {
+        Self { limit: Some(limit), ..Self::new(Code::RateLimited, message) }
+    }
+
+    /// `415`: a mutating request whose body is not JSON.
+    pub(crate) fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::invalid(message).with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
@@ -72,14 +108,26 @@ impl ApiError {
 
     /// The only place an error becomes an HTTP response.
     pub(crate) fn into_response(self) -> Response {
-        let retryable = matches!(self.code, Code::ServiceUnavailable | Code::InternalError);
+        let retryable = matches!(self.code, Code::ServiceUnavailable | Code::InternalError | Code::RateLimited);
         if self.code == Code::InternalError {
             tracing::error!(message = %self.message, "internal error");
         }
         let body = serde_json::json!({
             "error": { "code": self.code, "message": self.message, "retryable": retryable }
         });
-        warp::reply::with_status(warp::reply::json(&body), self.status()).into_response()
+        let mut response = warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        let headers = response.headers_mut();
+        if self.code == Code::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(limit) = self.limit {
+            let reset = limit.reset_secs.max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(reset));
+            headers.insert("ratelimit-limit", HeaderValue::from(limit.limit));
+            headers.insert("ratelimit-remaining", HeaderValue::from(0u64));
+            headers.insert("ratelimit-reset", HeaderValue::from(reset));
+        }
+        response
     }
 }
 

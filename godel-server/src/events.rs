@@ -10,13 +10,18 @@
 //! an earlier run of the server, whose numbering does not carry over. The
 //! server pings every 20 s and closes a connection that has not answered for
 //! 60 s; at shutdown it closes every connection with code 1001.
+//!
+//! A connection sees only its tenant's events (the tenant of its credential,
+//! or the one an admin named in `/api/v1/tenants/{tenant}/events`); sequence
+//! numbers are the server's, so they may skip the numbers of other tenants'
+//! events.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use godel_core::bus::RecvError;
-use godel_core::{EventPattern, Subscription};
+use godel_core::{EventPattern, Subscription, TenantId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use warp::ws::{Message, WebSocket};
@@ -42,10 +47,16 @@ pub(crate) fn parse_patterns(list: &str) -> Result<Vec<EventPattern>, String> {
 }
 
 /// Serves one connection until the client leaves or the server shuts down.
-pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, resume: Resume, patterns: Vec<EventPattern>) {
+pub(crate) async fn serve(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    tenant: TenantId,
+    resume: Resume,
+    patterns: Vec<EventPattern>,
+) {
     let (mut tx, mut rx) = socket.split();
     let bus = state.orchestrator.bus();
-    let mut connection = Connection { since: None, subscription: None, last_sent: 0 };
+    let mut connection = Connection { tenant, since: None, subscription: None, last_sent: 0 };
     let welcome_seq = bus.last_seq();
     let welcome =
         json!({"type": "welcome", "seq": welcome_seq, "epoch": state.epoch, "replay_window": state.replay_window});
@@ -105,7 +116,7 @@ pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, resume: Resum
             published = recv(&mut connection.subscription) => match published {
                 Ok(p) if p.seq > connection.last_sent => {
                     connection.last_sent = p.seq;
-                    vec![event_json(&p)]
+                    if p.event.tenant == connection.tenant { vec![event_json(&p)] } else { Vec::new() }
                 }
                 Ok(_) => Vec::new(),
                 Err(RecvError::Lagged(n)) => vec![json!({
@@ -145,6 +156,8 @@ pub(crate) struct Resume {
 }
 
 struct Connection {
+    /// Whose events this connection sees.
+    tenant: TenantId,
     since: Option<u64>,
     subscription: Option<Subscription>,
     last_sent: u64,
@@ -211,7 +224,9 @@ impl Connection {
                             out.push(self.subscribed());
                             for p in missed {
                                 self.last_sent = p.seq;
-                                out.push(event_json(&p));
+                                if p.event.tenant == self.tenant {
+                                    out.push(event_json(&p));
+                                }
                             }
                             return out;
                         }

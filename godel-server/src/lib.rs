@@ -17,6 +17,7 @@ mod routes;
 mod wire;
 mod workers;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -28,9 +29,11 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::Filter;
+use warp::hyper::server::conn::AddrStream;
 
+pub use crate::auth::keys::{NewKey, generate as generate_key};
 pub use crate::bootstrap::ADMIN_KEY_FILE;
-pub use crate::config::{LogFormat, ServerConfig};
+pub use crate::config::{AuthConfig, JwtConfig, JwtKey, LogFormat, ServerConfig};
 
 /// The OpenAPI document describing every route.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -58,6 +61,8 @@ pub(crate) struct AppState {
     gateways: Arc<godel_core::adapter::OpenclawRegistry>,
     /// Names of the gateways `godel.toml` defines (the rest came through the API).
     configured_gateways: std::collections::BTreeSet<String>,
+    /// Authentication, authorization, rate limits and the audit writer.
+    auth: auth::Auth,
 }
 
 const STARTING: u8 = 0;
@@ -69,8 +74,9 @@ impl AppState {
         self.orchestrator.store()
     }
 
-    fn tenant(&self) -> TenantId {
-        // Until authentication lands every request runs as the default tenant.
+    /// The tenant of requests without a credential (public routes) and of
+    /// `godel.toml`'s own agents and gateways.
+    fn default_tenant(&self) -> TenantId {
         self.orchestrator.config().tenant.clone()
     }
 
@@ -121,9 +127,14 @@ pub async fn run(
         tracing::info!(gateways = config.gateways.len(), device = gateways.device_id(), "openclaw gateways configured");
     }
     let orchestrator = builder.build().context("invalid engine configuration")?;
+    let metrics = metrics::Metrics::new();
+    let audit_stop = CancellationToken::new();
+    let (audit, audit_writer) =
+        auth::audit::Audit::start(orchestrator.store().clone(), metrics.audit_dropped.clone(), audit_stop.clone());
+    let auth = auth::Auth::new(&config.auth, orchestrator.config().tenant.clone(), audit)?;
     let state = Arc::new(AppState {
         orchestrator: orchestrator.clone(),
-        metrics: metrics::Metrics::new(),
+        metrics,
         started: Instant::now(),
         phase: AtomicU8::new(STARTING),
         replay_window: config.replay_window,
@@ -133,6 +144,7 @@ pub async fn run(
         workers: workers::Workers::default(),
         gateways,
         configured_gateways: config.gateways.iter().map(|g| g.name.clone()).collect(),
+        auth,
     });
 
     let log_state = state.clone();
@@ -140,11 +152,20 @@ pub async fn run(
         log_state.metrics.request(info.method().as_str(), info.path(), info.status().as_u16(), info.elapsed());
     }));
     let (stop_http_tx, stop_http_rx) = oneshot::channel::<()>();
-    let (addr, server) = warp::serve(routes)
-        .try_bind_with_graceful_shutdown(config.bind, async move {
-            let _ = stop_http_rx.await;
-        })
-        .map_err(|e| listen_error(config.bind, &e))?;
+    // Every request passes the guard before the routes see it.
+    let guarded = auth::make_service(state.clone(), warp::service(routes));
+    let make = warp::hyper::service::make_service_fn(move |connection: &AddrStream| {
+        let service = guarded(connection.remote_addr());
+        async move { Ok::<_, Infallible>(service) }
+    });
+    let mut incoming =
+        warp::hyper::server::conn::AddrIncoming::bind(&config.bind).map_err(|e| listen_error(config.bind, &e))?;
+    incoming.set_nodelay(true);
+    let addr = incoming.local_addr();
+    state.auth.listening(addr);
+    let server = warp::hyper::Server::builder(incoming).serve(make).with_graceful_shutdown(async move {
+        let _ = stop_http_rx.await;
+    });
 
     tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, store = %config.store_url, agents = config.agents.len(), "godel-server started");
     let engine_stop = CancellationToken::new();
@@ -165,6 +186,13 @@ pub async fn run(
         let (state, stop) = (state.clone(), engine_stop.clone());
         async move {
             instances::sync(state, stop).await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let (state, stop) = (state.clone(), engine_stop.clone());
+        async move {
+            auth::Auth::maintain(state, stop).await;
             Ok(())
         }
     });
@@ -204,6 +232,11 @@ pub async fn run(
         }
     }
     state.gateways.shutdown().await;
+    // Last: every request has finished, so every entry is queued.
+    audit_stop.cancel();
+    if let Err(e) = audit_writer.await {
+        tracing::error!(error = %e, "the audit writer panicked");
+    }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "godel-server stopped");
     match failure {
         Some(e) => Err(e),
@@ -211,8 +244,9 @@ pub async fn run(
     }
 }
 
-fn listen_error(addr: SocketAddr, e: &warp::Error) -> anyhow::Error {
-    let in_use = std::error::Error::source(e)
+fn listen_error(addr: SocketAddr, e: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    let in_use = e
+        .source()
         .and_then(|s| s.downcast_ref::<std::io::Error>())
         .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
         || e.to_string().contains("in use");

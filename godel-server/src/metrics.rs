@@ -72,6 +72,8 @@ pub(crate) struct Metrics {
     request_duration: HistogramFamily<RouteLabel>,
     errors: Family<StatusLabel, Counter>,
     events_missed: Counter,
+    /// Audit entries dropped because the audit queue was full.
+    pub(crate) audit_dropped: Counter,
     /// When tasks started running here, to time them.
     started: Mutex<HashMap<TaskId, Instant>>,
     /// Completions in the last minute, for the throughput in health reports.
@@ -104,6 +106,7 @@ impl Metrics {
             request_duration: Family::new_with_constructor(request_buckets),
             errors: Family::default(),
             events_missed: Counter::default(),
+            audit_dropped: Counter::default(),
             started: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
             registry: Registry::default(),
@@ -130,6 +133,11 @@ impl Metrics {
             "events_missed",
             "Events the metrics follower missed by lagging",
             metrics.events_missed.clone(),
+        );
+        registry.register(
+            "audit_dropped",
+            "Audit entries dropped because the audit queue was full",
+            metrics.audit_dropped.clone(),
         );
         Self { registry, ..metrics }
     }

@@ -452,11 +452,12 @@ impl TaskStore for MemoryStore {
         Ok(out)
     }
 
-    async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task> {
+    async fn replay_if(&self, tenant: &TenantId, id: TaskId, only_from: &[TaskStatus], now: Timestamp) -> Result<Task> {
+        crate::store::replay_from(only_from)?;
         let mut state = self.lock();
         let queue = state.tenants.get_mut(tenant).ok_or(StoreError::NotFound(id))?;
         let seq = queue.seq_of(id)?;
-        replay_entry(queue, seq, now)
+        replay_entry(queue, seq, only_from, now)
     }
 
     async fn replay_dead_letters(&self, tenant: &TenantId, filter: &TaskFilter, now: Timestamp) -> Result<u64> {
@@ -465,7 +466,7 @@ impl TaskStore for MemoryStore {
         let Some(queue) = state.tenants.get_mut(tenant) else { return Ok(0) };
         let seqs: Vec<i64> = queue.tasks.iter().filter(|(_, e)| filter.matches(&e.task)).map(|(s, _)| *s).collect();
         for &seq in &seqs {
-            replay_entry(queue, seq, now)?;
+            replay_entry(queue, seq, &[TaskStatus::DeadLetter], now)?;
         }
         Ok(seqs.len() as u64)
     }
@@ -745,9 +746,9 @@ impl Credentials for MemoryStore {
     }
 }
 
-fn replay_entry(queue: &mut TenantQueue, seq: i64, now: Timestamp) -> Result<Task> {
+fn replay_entry(queue: &mut TenantQueue, seq: i64, only_from: &[TaskStatus], now: Timestamp) -> Result<Task> {
     let task = &mut queue.tasks.get_mut(&seq).expect("exists").task;
-    if !matches!(task.status, TaskStatus::DeadLetter | TaskStatus::Failed | TaskStatus::Cancelled) {
+    if !only_from.contains(&task.status) {
         return Err(StoreError::InvalidTransition { task: task.id, from: task.status, action: "replay" });
     }
     task.status = TaskStatus::Pending;

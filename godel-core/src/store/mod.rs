@@ -193,8 +193,18 @@ pub trait TaskStore: Send + Sync {
     async fn reclaim_expired(&self, now: Timestamp, limit: usize) -> Result<Vec<Reclaimed>>;
 
     /// Puts a dead-lettered, failed or cancelled task back in the queue with a
-    /// fresh set of attempts.
-    async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task>;
+    /// fresh set of attempts. By default, a [`replay_if`](TaskStore::replay_if)
+    /// from any of the [`REPLAYABLE`] statuses.
+    async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task> {
+        self.replay_if(tenant, id, &REPLAYABLE, now).await
+    }
+
+    /// Replays a task only if its status is one of `only_from` (a non-empty
+    /// subset of [`REPLAYABLE`]), checked and changed atomically: a task in
+    /// another status gives [`StoreError::InvalidTransition`] and is left as
+    /// it was. E.g. replaying a dead letter with `&[TaskStatus::DeadLetter]`
+    /// cannot revive a task that someone cancelled or purged meanwhile.
+    async fn replay_if(&self, tenant: &TenantId, id: TaskId, only_from: &[TaskStatus], now: Timestamp) -> Result<Task>;
 
     /// Replays every dead-lettered task matching `filter` (its `statuses` must be
     /// empty or exactly `[dead_letter]`). Returns how many were replayed.
@@ -733,6 +743,24 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass this to get the next page; `None` on the last one.
     pub next_cursor: Option<Cursor>,
+}
+
+/// The statuses a task can be replayed from: the finished ones but `completed`.
+pub const REPLAYABLE: [TaskStatus; 3] = [TaskStatus::DeadLetter, TaskStatus::Failed, TaskStatus::Cancelled];
+
+/// Checks the statuses a [`TaskStore::replay_if`] allows (a non-empty subset
+/// of [`REPLAYABLE`]) and returns their names.
+pub(crate) fn replay_from(only_from: &[TaskStatus]) -> Result<Vec<&'static str>, InvalidInput> {
+    if only_from.is_empty() {
+        return Err(InvalidInput::new("only_from", "expected at least one status to replay from"));
+    }
+    if let Some(s) = only_from.iter().find(|s| !REPLAYABLE.contains(s)) {
+        return Err(InvalidInput::new(
+            "only_from",
+            format!("a {s} task cannot be replayed (only dead_letter, failed or cancelled)"),
+        ));
+    }
+    Ok(only_from.iter().map(|s| s.as_str()).collect())
 }
 
 /// Checks an audit listing's limit and cursor, and returns the sequence number

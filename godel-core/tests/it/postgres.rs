@@ -1,6 +1,7 @@
 //! Checks of the PostgreSQL backend beyond the shared conformance suite:
 //! servers starting at once on a fresh schema, the row-level security wall
-//! seen by an ordinary role, bad URL options, poll-only mode, and a database
+//! seen by an ordinary role (for tasks, and for keys, the audit log and
+//! cluster messages), bad URL options, poll-only mode, and a database
 //! restart under an open handle (on a private PostgreSQL instance this test
 //! starts itself; the shared server is never restarted).
 
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use godel_core::store::prelude::*;
 use godel_core::store::{ClusterMessage, PostgresStore, TaskQuery};
-use godel_core::{NewTask, StoreError, TenantId, Timestamp};
+use godel_core::{
+    ApiKey, AuditEntry, AuditOutcome, AuditQuery, KeyHash, KeyId, NewTask, Role, StoreError, TenantId, Timestamp,
+};
 use sqlx::{Connection, PgConnection};
 
 use crate::conformance::{drop_stale_schemas, fresh_schema, postgres_url, service_missing, with_param};
@@ -76,24 +79,7 @@ async fn concurrent_opens_migrate_a_fresh_schema_once() {
 /// sweep included). Superusers bypass RLS, so the test makes its own role.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_level_security_is_a_second_wall() {
-    let Some(url) = fresh_url().await else { return };
-    let schema = schema_of(&url);
-    // Migrate as the superuser, then hand the tables to an ordinary role.
-    PostgresStore::open(&url).await.unwrap().close().await;
-    let role = format!("godel_rls_{:08x}", rand::random::<u32>());
-    let mut admin = PgConnection::connect(&postgres_url()).await.unwrap();
-    for sql in [
-        format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"),
-        format!("GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}"),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
-        format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
-    ] {
-        sqlx::query(&sql).execute(&mut admin).await.unwrap();
-    }
-    let as_role = url.replacen("://postgres@", &format!("://{role}@"), 1);
-    assert_ne!(as_role, url, "the test URL must name the postgres user");
-
-    let store = PostgresStore::open(&as_role).await.expect("open as an ordinary role");
+    let Some((url, schema, role, store)) = OrdinaryRole::fresh_store().await else { return };
     let (acme, globex) = (tenant("acme"), tenant("globex"));
     store.enqueue(&acme, NewTask::prompt("a1"), T0).await.unwrap();
     store.enqueue(&acme, NewTask::prompt("a2"), T0).await.unwrap();
@@ -113,9 +99,7 @@ async fn row_level_security_is_a_second_wall() {
 
     // Raw SQL as the role: no tenant set sees nothing; a tenant sees only its
     // own rows, even with no WHERE clause at all.
-    let role_url = postgres_url().replacen("://postgres@", &format!("://{role}@"), 1);
-    let mut conn = PgConnection::connect(&role_url).await.unwrap();
-    sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut conn).await.unwrap();
+    let mut conn = role.connect(&schema).await;
     let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
     assert_eq!(count("SELECT count(*) FROM tasks").fetch_one(&mut conn).await.unwrap(), 0);
     assert_eq!(count("SELECT count(*) FROM task_history").fetch_one(&mut conn).await.unwrap(), 0);
@@ -147,8 +131,145 @@ async fn row_level_security_is_a_second_wall() {
     assert_eq!(task.status, godel_core::TaskStatus::Pending);
     store.close().await;
     drop_schema(&url, &schema).await;
-    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
-        sqlx::query(&sql).execute(&mut admin).await.unwrap();
+    role.drop().await;
+}
+
+/// API keys and audit entries are walled by tenant like tasks, reached across
+/// tenants only by the store's own marked transactions, and the audit log
+/// cannot be rewritten; cluster messages are reached only by a node's
+/// connections. The store still works under all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_walls_credentials() {
+    let Some((url, schema, role, store)) = OrdinaryRole::fresh_store().await else { return };
+    let (acme, globex) = (tenant("acme"), tenant("globex"));
+    let key = |t: &TenantId, byte: u8| ApiKey {
+        id: KeyId::new(),
+        name: "ci".into(),
+        tenant: t.clone(),
+        role: Role::Submitter,
+        hash: KeyHash([byte; 32]),
+        prefix: "gdl_Ab3dE6fG".into(),
+        created_at: T0,
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let (ours, theirs) = (key(&acme, 1), key(&globex, 2));
+    store.create_key(&ours).await.unwrap();
+    store.create_key(&theirs).await.unwrap();
+    assert_eq!(store.key_by_hash(&theirs.hash).await.unwrap(), Some(theirs.clone()));
+    assert_eq!(store.list_keys(None).await.unwrap().len(), 2);
+    assert_eq!(store.list_keys(Some(&acme)).await.unwrap(), vec![ours.clone()]);
+    store.touch_keys(&[(ours.id, T0), (theirs.id, T0)]).await.unwrap();
+    assert_eq!(store.revoke_key(&theirs.id, T0).await.unwrap().revoked_at, Some(T0));
+    let entry = |t: &TenantId| AuditEntry {
+        seq: 0,
+        at: T0,
+        credential: None,
+        tenant: t.clone(),
+        role: None,
+        action: "auth.failed".into(),
+        target: None,
+        outcome: AuditOutcome::Denied,
+        status: 401,
+        request_id: "r".into(),
+        source: "127.0.0.1".into(),
+    };
+    store.append_audit(&[entry(&acme), entry(&globex), entry(&globex)]).await.unwrap();
+    assert_eq!(store.list_audit(&AuditQuery::default()).await.unwrap().items.len(), 3);
+    let acme_only = AuditQuery { tenant: Some(acme.clone()), ..AuditQuery::default() };
+    assert_eq!(store.list_audit(&acme_only).await.unwrap().items.len(), 1);
+
+    // Raw SQL as the role: nothing without a tenant or a mark; a tenant sees
+    // only its own rows and cannot rewrite or delete audit entries.
+    let mut conn = role.connect(&schema).await;
+    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
+    assert_eq!(count("SELECT count(*) FROM api_keys").fetch_one(&mut conn).await.unwrap(), 0);
+    assert_eq!(count("SELECT count(*) FROM audit_log").fetch_one(&mut conn).await.unwrap(), 0);
+    assert_eq!(count("SELECT count(*) FROM cluster_messages").fetch_one(&mut conn).await.unwrap(), 0);
+    let parked = sqlx::query("INSERT INTO cluster_messages (body) VALUES ('{}')").execute(&mut conn).await;
+    assert!(parked.is_err(), "a connection without a node id parked a cluster message");
+    sqlx::query("SELECT set_config('godel.tenant', 'acme', false)").execute(&mut conn).await.unwrap();
+    assert_eq!(count("SELECT count(*) FROM api_keys").fetch_one(&mut conn).await.unwrap(), 1);
+    assert_eq!(count("SELECT count(*) FROM audit_log").fetch_one(&mut conn).await.unwrap(), 1);
+    let rewritten = sqlx::query("UPDATE audit_log SET action = 'nothing'").execute(&mut conn).await.unwrap();
+    assert_eq!(rewritten.rows_affected(), 0, "an audit entry was rewritten");
+    let erased = sqlx::query("DELETE FROM audit_log").execute(&mut conn).await.unwrap();
+    assert_eq!(erased.rows_affected(), 0, "a tenant erased its audit entries");
+    let forged = sqlx::query(
+        "INSERT INTO api_keys (id, hash, name, tenant, role, prefix, created_at) \
+         VALUES (gen_random_uuid(), 'ff', 'x', 'globex', 'admin', 'gdl_', 0)",
+    )
+    .execute(&mut conn)
+    .await;
+    let code = forged.unwrap_err().as_database_error().and_then(|e| e.code().map(|c| c.into_owned()));
+    assert_eq!(code.as_deref(), Some("42501"), "a key for another tenant must violate the policy");
+    sqlx::query("SELECT set_config('godel.node', 'a-node', false)").execute(&mut conn).await.unwrap();
+    sqlx::query("INSERT INTO cluster_messages (body) VALUES ('{}')").execute(&mut conn).await.unwrap();
+    assert_eq!(count("SELECT count(*) FROM cluster_messages").fetch_one(&mut conn).await.unwrap(), 1);
+    conn.close().await.unwrap();
+
+    // Retention, a store sweep, still deletes.
+    assert_eq!(store.prune_audit(T0 + Duration::from_secs(1), 10).await.unwrap(), 3);
+    assert!(store.has_keys().await.unwrap());
+    store.close().await;
+    drop_schema(&url, &schema).await;
+    role.drop().await;
+}
+
+/// An ordinary role (neither superuser nor BYPASSRLS) with every right on the
+/// tables of a migrated schema: superusers skip row-level security, so the
+/// tests of the policies connect as this.
+struct OrdinaryRole {
+    name: String,
+    admin: PgConnection,
+}
+
+impl OrdinaryRole {
+    /// A fresh schema (its URL and name), a new ordinary role, and a store on
+    /// the schema opened as that role; `None` (skip) if the server does not answer.
+    async fn fresh_store() -> Option<(String, String, Self, PostgresStore)> {
+        let url = fresh_url().await?;
+        let schema = schema_of(&url);
+        // Migrate as the superuser, then hand the tables to an ordinary role.
+        PostgresStore::open(&url).await.unwrap().close().await;
+        let role = Self::create(&schema).await;
+        let store = PostgresStore::open(&role.url(&url)).await.expect("open as an ordinary role");
+        Some((url, schema, role, store))
+    }
+
+    async fn create(schema: &str) -> Self {
+        let name = format!("godel_rls_{:08x}", rand::random::<u32>());
+        let mut admin = PgConnection::connect(&postgres_url()).await.unwrap();
+        for sql in [
+            format!("CREATE ROLE {name} LOGIN NOSUPERUSER NOBYPASSRLS"),
+            format!("GRANT USAGE, CREATE ON SCHEMA {schema} TO {name}"),
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {name}"),
+            format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {name}"),
+        ] {
+            sqlx::query(&sql).execute(&mut admin).await.unwrap();
+        }
+        Self { name, admin }
+    }
+
+    /// `url`, connecting as this role.
+    fn url(&self, url: &str) -> String {
+        let as_role = url.replacen("://postgres@", &format!("://{}@", self.name), 1);
+        assert_ne!(as_role, url, "the test URL must name the postgres user");
+        as_role
+    }
+
+    /// A bare connection as this role, on `schema`.
+    async fn connect(&self, schema: &str) -> PgConnection {
+        let mut conn = PgConnection::connect(&self.url(&postgres_url())).await.unwrap();
+        sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut conn).await.unwrap();
+        conn
+    }
+
+    async fn drop(mut self) {
+        for sql in [format!("DROP OWNED BY {}", self.name), format!("DROP ROLE {}", self.name)] {
+            sqlx::query(&sql).execute(&mut self.admin).await.unwrap();
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub(crate) enum Probe {
 }
 
 /// One row of the table.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Rule {
     pub(crate) method: Method,
     /// The path as `openapi.json` writes it: `/api/v1/tasks/{id}/cancel`.
@@ -144,6 +144,39 @@ pub(crate) fn lookup<'a>(method: &Method, path: &'a str) -> Option<Matched<'a>> 
     Some(found)
 }
 
+/// The table as `docs/security.md` prints it: a Markdown table with one row
+/// per route and a column per role (`✓` allowed, `–` refused, `public`).
+#[cfg(test)]
+pub(crate) fn matrix() -> String {
+    let mut out = String::from("| method | path | admin | operator | submitter | viewer | worker | audit action |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for rule in RULES {
+        let cells: Vec<&str> = Role::ALL
+            .iter()
+            .map(|role| match rule.access {
+                Access::Public => "public",
+                Access::Configurable(_) if *role == Role::Worker => "–",
+                Access::Configurable(_) => "✓",
+                Access::Roles(roles) if roles.contains(role) => "✓",
+                Access::Roles(_) => "–",
+            })
+            .collect();
+        let note = match rule.access {
+            Access::Configurable(Probe::Health) => " (public with `auth.public_health`)",
+            Access::Configurable(Probe::Metrics) => " (public with `auth.public_metrics`)",
+            _ => "",
+        };
+        out.push_str(&format!(
+            "| {} | `{}` | {} | `{}`{note} |\n",
+            rule.method,
+            rule.path,
+            cells.join(" | "),
+            rule.action
+        ));
+    }
+    out
+}
+
 /// The template's parameters if `segments` fit it.
 fn matches<'a>(template: &str, segments: &[&'a str]) -> Option<Vec<&'a str>> {
     let parts: Vec<&str> = template.strip_prefix('/')?.split('/').collect();
@@ -202,6 +235,28 @@ mod tests {
         }
         assert_eq!(rule(Method::GET, "/api/workers/connect"), None);
         assert_eq!(rule(Method::PATCH, "/api/v1/tasks"), None);
+    }
+
+    #[test]
+    fn the_documented_matrix_is_the_table() {
+        let doc = include_str!("../../../docs/security.md");
+        assert!(
+            doc.contains(&matrix()),
+            "docs/security.md's matrix differs from the table; print it again:\n{}",
+            matrix()
+        );
+    }
+
+    #[test]
+    fn every_documented_route_has_a_row() {
+        let doc: serde_json::Value = serde_json::from_str(crate::OPENAPI).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys().filter(|m| *m != "parameters") {
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let found = RULES.iter().any(|r| r.method == method && r.path == path);
+                assert!(found, "{method} {path} is in openapi.json but not in the table");
+            }
+        }
     }
 
     #[test]

@@ -14,48 +14,56 @@ use warp::hyper::body::Bytes;
 use warp::reply::Response;
 
 use crate::AppState;
+use crate::auth::RequestContext;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::routes::{LIST_PARAMS, Params, agent_id, body, ok, raw_query, respond, task_id, task_query, with};
+use crate::routes::{
+    LIST_PARAMS, Params, agent_id, body, ctx, engine, engine_for_task, ok, raw_query, respond, task_id, task_query,
+    tenant, with,
+};
 use crate::wire::{Page, TaskDto, parse_body};
 
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
-    let s = || with(state.clone());
-    let list =
-        warp::path!("dead-letters").and(warp::get()).and(s()).and(raw_query()).then(|s, q| respond(list_dead(s, q)));
+    let s = || with(state.clone()).and(ctx());
+    let list = warp::path!("dead-letters")
+        .and(warp::get())
+        .and(s())
+        .and(raw_query())
+        .then(|s, c, q| respond(list_dead(s, c, q)));
     let replay_one = warp::path!("dead-letters" / String / "replay")
         .and(warp::post())
         .and(s())
-        .then(|id, s| respond(replay_dead(s, id)));
+        .then(|id, s, c| respond(replay_dead(s, c, id)));
     let replay_bulk = warp::path!("dead-letters" / "replay")
         .and(warp::post())
         .and(s())
         .and(body())
-        .then(|s, b| respond(replay_dead_bulk(s, b)));
+        .then(|s, c, b| respond(replay_dead_bulk(s, c, b)));
     let export = warp::path!("dead-letters" / "export")
         .and(warp::get())
         .and(s())
         .and(raw_query())
-        .then(|s, q| respond(export_dead(s, q)));
+        .then(|s, c, q| respond(export_dead(s, c, q)));
     // Literal paths before the `{id}` ones they would otherwise match.
     replay_bulk.or(export).unify().or(list).unify().or(replay_one).unify().boxed()
 }
 
-async fn list_dead(state: Arc<AppState>, query: String) -> ApiResult {
+async fn list_dead(state: Arc<AppState>, ctx: RequestContext, query: String) -> ApiResult {
     let params = Params::parse(&query, &LIST_PARAMS)?;
     let mut query = task_query(&params)?;
     if params.get("status").is_some() {
         return Err(ApiError::invalid("dead-letter listings take no status filter"));
     }
     query.filter.statuses = vec![TaskStatus::DeadLetter];
-    let page = state.store().list(&state.tenant(), &query).await?;
+    let page = state.store().list(&tenant(&state, &ctx), &query).await?;
     ok(&Page {
         items: page.items.iter().map(TaskDto::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
     })
 }
 
-async fn replay_dead(state: Arc<AppState>, id: String) -> ApiResult {
-    let task = state.orchestrator.replay_dead_letter(task_id(&id)?).await?;
+async fn replay_dead(state: Arc<AppState>, ctx: RequestContext, id: String) -> ApiResult {
+    let id = task_id(&id)?;
+    let task = engine_for_task(&state, &tenant(&state, &ctx), id)?.replay_dead_letter(id).await?;
     ok(&TaskDto::from(&task))
 }
 
@@ -69,7 +77,7 @@ struct BulkReplay {
     created_before: Option<String>,
 }
 
-async fn replay_dead_bulk(state: Arc<AppState>, body: Bytes) -> ApiResult {
+async fn replay_dead_bulk(state: Arc<AppState>, ctx: RequestContext, body: Bytes) -> ApiResult {
     // No body means no filter: replay every dead letter.
     let request: BulkReplay = if body.is_empty() { parse_body(b"{}")? } else { parse_body(&body)? };
     let filter = TaskFilter {
@@ -80,11 +88,16 @@ async fn replay_dead_bulk(state: Arc<AppState>, body: Bytes) -> ApiResult {
         created_after: request.created_after.map(|t| Timestamp::parse_rfc3339("created_after", &t)).transpose()?,
         created_before: request.created_before.map(|t| Timestamp::parse_rfc3339("created_before", &t)).transpose()?,
     };
-    let replayed = state.orchestrator.replay_dead_letters(&filter).await?;
+    // Another tenant has no dead letters on this server (see `engine`).
+    let replayed = match engine(&state, &tenant(&state, &ctx)) {
+        Some(engine) => engine.replay_dead_letters(&filter).await?,
+        None => 0,
+    };
     ok(&json!({ "replayed": replayed }))
 }
 
-async fn export_dead(state: Arc<AppState>, query: String) -> ApiResult {
+async fn export_dead(state: Arc<AppState>, ctx: RequestContext, query: String) -> ApiResult {
+    let tenant = tenant(&state, &ctx);
     let params = Params::parse(&query, &["priority", "created_after", "created_before"])?;
     let filter = TaskFilter {
         statuses: vec![TaskStatus::DeadLetter],
@@ -97,7 +110,7 @@ async fn export_dead(state: Arc<AppState>, query: String) -> ApiResult {
     let mut cursor = None;
     loop {
         let query = TaskQuery { filter: filter.clone(), order: SortOrder::Ascending, limit: 1_000, cursor };
-        let page = state.store().list(&state.tenant(), &query).await?;
+        let page = state.store().list(&tenant, &query).await?;
         for task in &page.items {
             out.push_str(
                 &serde_json::to_string(&TaskDto::from(task))

@@ -8,22 +8,29 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::AppState;
+use crate::auth::RequestContext;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{Params, raw_query, with};
+use crate::routes::{Params, ctx, raw_query, tenant, with};
 
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
     warp::path!("events")
         .and(warp::ws())
         .and(raw_query())
         .and(with(state.clone()))
-        .map(|ws: warp::ws::Ws, query: String, state: Arc<AppState>| -> Response {
+        .and(ctx())
+        .map(|ws: warp::ws::Ws, query: String, state: Arc<AppState>, ctx: RequestContext| -> Response {
             let (resume, patterns) = match events_params(&query) {
                 Ok(params) => params,
                 Err(e) => return e.into_response(),
             };
+            // A subscriber sees its own tenant's events: an admin sees another
+            // tenant's only through /api/v1/tenants/{tenant}/events.
+            let tenant = tenant(&state, &ctx);
             let tracker = state.connections.clone();
-            ws.on_upgrade(move |socket| tracker.track_future(crate::events::serve(socket, state, resume, patterns)))
-                .into_response()
+            ws.on_upgrade(move |socket| {
+                tracker.track_future(crate::events::serve(socket, state, tenant, resume, patterns))
+            })
+            .into_response()
         })
         .boxed()
 }

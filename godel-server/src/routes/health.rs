@@ -12,16 +12,21 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::AppState;
+use crate::auth::RequestContext;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::routes::queue::queue_report;
-use crate::routes::{json_with, ok, respond, with};
+use crate::routes::{ctx, json_with, ok, respond, with};
 
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
     let live = warp::path!("health" / "live")
         .and(warp::get())
         .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
     let ready = warp::path!("health" / "ready").and(warp::get()).and(with(state.clone())).then(|s| respond(ready(s)));
-    let deep = warp::path!("health").and(warp::get()).and(with(state.clone())).then(|s| respond(deep_health(s)));
+    let deep = warp::path!("health")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(ctx())
+        .then(|s, c| respond(deep_health(s, c)));
     live.or(ready).unify().or(deep).unify().boxed()
 }
 
@@ -36,7 +41,7 @@ async fn ready(state: Arc<AppState>) -> ApiResult {
     }
 }
 
-async fn deep_health(state: Arc<AppState>) -> ApiResult {
+async fn deep_health(state: Arc<AppState>, ctx: RequestContext) -> ApiResult {
     let started = Instant::now();
     let probe = tokio::time::timeout(Duration::from_secs(2), state.store().ping()).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -51,7 +56,7 @@ async fn deep_health(state: Arc<AppState>) -> ApiResult {
         "latency_ms": latency_ms,
         "error": store_error,
     });
-    let queue = if store_error.is_none() { queue_report(&state).await.ok() } else { None };
+    let queue = if store_error.is_none() { queue_report(&state, &ctx).await.ok() } else { None };
     let status = match (&store_error, &queue) {
         (Some(_), _) => "unhealthy",
         (None, Some(q)) => q["status"].as_str().unwrap_or("degraded"),

@@ -16,9 +16,10 @@ use warp::hyper::body::Bytes;
 use warp::reply::Response;
 
 use crate::AppState;
+use crate::auth::RequestContext;
 use crate::auth::keys::generate;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{Params, body, json_with, ok, raw_query, respond, with};
+use crate::routes::{Params, body, ctx, json_with, ok, raw_query, respond, tenant, with};
 use crate::wire::parse_body;
 
 /// The shortest and longest life a new key may be given (`expires_in`).
@@ -31,7 +32,8 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(3_600);
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
     let s = || with(state.clone());
     let list = warp::path!("keys").and(warp::get()).and(s()).and(raw_query()).then(|s, q| respond(list(s, q)));
-    let create = warp::path!("keys").and(warp::post()).and(s()).and(body()).then(|s, b| respond(create(s, b)));
+    let create =
+        warp::path!("keys").and(warp::post()).and(s()).and(ctx()).and(body()).then(|s, c, b| respond(create(s, c, b)));
     let get = warp::path!("keys" / String).and(warp::get()).and(s()).then(|id, s| respond(get(s, id)));
     let revoke = warp::path!("keys" / String).and(warp::delete()).and(s()).then(|id, s| respond(revoke(s, id)));
     let rotate = warp::path!("keys" / String / "rotate")
@@ -64,16 +66,14 @@ async fn list(state: Arc<AppState>, query: String) -> ApiResult {
     ok(&Page { items: keys.iter().map(view).collect(), next_cursor: None })
 }
 
-async fn create(state: Arc<AppState>, body: Bytes) -> ApiResult {
+async fn create(state: Arc<AppState>, ctx: RequestContext, body: Bytes) -> ApiResult {
     let request: CreateKey = parse_body(&body)?;
     ApiKey::validate_name(&request.name)?;
     let tenant = match &request.tenant {
         Some(tenant) => {
             TenantId::new(tenant.as_str()).map_err(|e| ApiError::invalid(format!("invalid tenant: {}", e.reason)))?
         }
-        // TENANT SCOPE: the default is the server's tenant; with the request
-        // guard in place it becomes the calling admin's.
-        None => state.tenant(),
+        None => tenant(&state, &ctx),
     };
     let now = Timestamp::now();
     let expires_at = match &request.expires_in {
@@ -92,6 +92,8 @@ async fn get(state: Arc<AppState>, id: String) -> ApiResult {
 
 async fn revoke(state: Arc<AppState>, id: String) -> ApiResult {
     let key = state.store().revoke_key(&key_id(&id)?, Timestamp::now()).await.map_err(key_error)?;
+    // This node stops taking the key at once; others within the cache's lifetime.
+    state.auth.keys.invalidate();
     ok(&view(&key))
 }
 
@@ -116,6 +118,7 @@ async fn rotate(state: Arc<AppState>, id: String, body: Bytes) -> ApiResult {
         NewKey { name: old.name.clone(), tenant: old.tenant.clone(), role: old.role, expires_at: old.expires_at };
     let (key, secret) = new_key(&state, spec, now).await?;
     let previous = store.expire_key(&id, now + grace).await.map_err(key_error)?;
+    state.auth.keys.invalidate();
     created(&key.id, &RotatedKey { key: view(&key), secret, previous: view(&previous) })
 }
 

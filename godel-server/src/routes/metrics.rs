@@ -10,15 +10,21 @@ use warp::http::header;
 use warp::reply::Response;
 
 use crate::AppState;
+use crate::auth::RequestContext;
 use crate::error::ApiResult;
-use crate::routes::{respond, with};
+use crate::routes::{ctx, respond, tenant, with};
 
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
-    warp::path!("metrics").and(warp::get()).and(with(state.clone())).then(|s| respond(metrics(s))).boxed()
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with(state.clone()))
+        .and(ctx())
+        .then(|s, c| respond(metrics(s, c)))
+        .boxed()
 }
 
-async fn metrics(state: Arc<AppState>) -> ApiResult {
-    let depth = state.store().depth(&state.tenant(), Timestamp::now()).await?;
+async fn metrics(state: Arc<AppState>, ctx: RequestContext) -> ApiResult {
+    let depth = state.store().depth(&tenant(&state, &ctx), Timestamp::now()).await?;
     let text = state.metrics.render(&depth, &state.orchestrator.agents());
     let mut reply = Response::new(text.into());
     reply.headers_mut().insert(

@@ -6,7 +6,9 @@
 //!
 //! Each handler returns `ApiResult<Response>`; errors become the envelope in
 //! one place (`ApiError::into_response`). Handlers read from the store
-//! directly but change state only through the orchestrator. Every route
+//! directly but change state only through the orchestrator. Who is calling
+//! comes from the guard (`crate::auth`) as a `RequestContext` ([`ctx`]);
+//! every read and write is scoped to the caller's tenant. Every route
 //! under `/api/v1` is also served under `/api` with `Deprecation` and
 //! `Sunset` headers.
 
@@ -27,7 +29,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use godel_core::store::{Cursor, SortOrder, TaskFilter, TaskQuery};
-use godel_core::{AgentId, Priority, SessionId, TaskId, TaskStatus, Timestamp};
+use godel_core::{AgentId, EngineError, Orchestrator, Priority, SessionId, TaskId, TaskStatus, TenantId, Timestamp};
 use warp::filters::BoxedFilter;
 use warp::http::{StatusCode, header};
 use warp::hyper::body::Bytes;
@@ -35,6 +37,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::AppState;
+use crate::auth::RequestContext;
 use crate::error::{ApiError, ApiResult};
 
 /// Largest request body accepted.
@@ -62,12 +65,16 @@ pub(crate) fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         reply
     });
     // Only under /api/v1: workers are new, so the deprecated /api alias never had them.
-    let workers = warp::path!("api" / "v1" / "workers" / "connect").and(warp::ws()).and(with(state.clone())).map(
-        |ws: warp::ws::Ws, state: Arc<AppState>| -> Response {
-            let tracker = state.connections.clone();
-            ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state))).into_response()
-        },
-    );
+    // The guard let only worker and admin credentials through.
+    let workers =
+        warp::path!("api" / "v1" / "workers" / "connect").and(warp::ws()).and(with(state.clone())).and(ctx()).map(
+            |ws: warp::ws::Ws, state: Arc<AppState>, ctx: RequestContext| -> Response {
+                let credential = ctx.principal.as_ref().map(|p| p.credential.as_str()).unwrap_or_default();
+                tracing::info!(peer = %ctx.source, request_id = ctx.request_id, credential, "worker connecting");
+                let tracker = state.connections.clone();
+                ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state))).into_response()
+            },
+        );
     let routes = workers.or(v1).unify().or(legacy).unify().or(health::routes(&state)).unify();
     let routes = routes.or(metrics::routes(&state)).unify().or(openapi).unify();
     routes.or(events::routes(&state)).unify().boxed()
@@ -81,6 +88,34 @@ fn api_routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
     let routes = routes.or(agents::routes(state)).unify().or(sessions::routes(state)).unify();
     let routes = routes.or(instances::routes(state)).unify();
     routes.or(keys::routes(state)).unify().or(audit::routes(state)).unify().boxed()
+}
+
+/// Who is calling: the context the guard put in the request's extensions.
+pub(crate) fn ctx() -> impl Filter<Extract = (RequestContext,), Error = warp::Rejection> + Clone {
+    warp::ext::get::<RequestContext>()
+}
+
+/// The tenant a request acts as: its credential's, or on a public route the
+/// default one.
+pub(super) fn tenant(state: &AppState, ctx: &RequestContext) -> TenantId {
+    ctx.principal.as_ref().map_or_else(|| state.default_tenant(), |p| p.tenant.clone())
+}
+
+/// The orchestrator acting for `tenant`, or `None` when this server cannot
+/// act for it.
+///
+/// TENANT SCOPE: the orchestrator runs only its configured tenant's tasks
+/// until it has per-tenant scopes (`Orchestrator::tenant`); this is the one
+/// place to switch to them. Until then another tenant has no tasks here, and
+/// its writes are refused rather than applied to the default tenant.
+pub(super) fn engine<'a>(state: &'a AppState, tenant: &TenantId) -> Option<&'a Orchestrator> {
+    (*tenant == state.default_tenant()).then_some(&state.orchestrator)
+}
+
+/// [`engine`] for a write on an existing task: another tenant's view has no
+/// such task.
+pub(super) fn engine_for_task<'a>(state: &'a AppState, tenant: &TenantId, id: TaskId) -> ApiResult<&'a Orchestrator> {
+    engine(state, tenant).ok_or_else(|| EngineError::TaskNotFound(id).into())
 }
 
 pub(super) fn with(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {

@@ -11,33 +11,35 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 use crate::AppState;
+use crate::auth::RequestContext;
 use crate::error::ApiResult;
-use crate::routes::{ok, respond, with};
+use crate::routes::{ctx, ok, respond, tenant, with};
 use crate::wire;
 
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
-    let s = || with(state.clone());
-    let depth = warp::path!("queue" / "depth").and(warp::get()).and(s()).then(|s| respond(queue_depth(s)));
-    let health = warp::path!("queue" / "health").and(warp::get()).and(s()).then(|s| respond(queue_health(s)));
+    let s = || with(state.clone()).and(ctx());
+    let depth = warp::path!("queue" / "depth").and(warp::get()).and(s()).then(|s, c| respond(queue_depth(s, c)));
+    let health = warp::path!("queue" / "health").and(warp::get()).and(s()).then(|s, c| respond(queue_health(s, c)));
     depth.or(health).unify().boxed()
 }
 
-async fn queue_depth(state: Arc<AppState>) -> ApiResult {
-    let depth = state.store().depth(&state.tenant(), Timestamp::now()).await?;
+async fn queue_depth(state: Arc<AppState>, ctx: RequestContext) -> ApiResult {
+    let depth = state.store().depth(&tenant(&state, &ctx), Timestamp::now()).await?;
     ok(&wire::depth_json(&depth))
 }
 
 /// How long the head of the queue may wait before the queue counts as degraded.
 const SLOW_QUEUE: Duration = Duration::from_secs(60);
 
-async fn queue_health(state: Arc<AppState>) -> ApiResult {
-    ok(&queue_report(&state).await?)
+async fn queue_health(state: Arc<AppState>, ctx: RequestContext) -> ApiResult {
+    ok(&queue_report(&state, &ctx).await?)
 }
 
-pub(super) async fn queue_report(state: &AppState) -> ApiResult<Value> {
+pub(super) async fn queue_report(state: &AppState, ctx: &RequestContext) -> ApiResult<Value> {
     let now = Timestamp::now();
-    let counts = state.store().counts(&state.tenant(), now).await?;
-    let depth = state.store().depth(&state.tenant(), now).await?;
+    let tenant = tenant(state, ctx);
+    let counts = state.store().counts(&tenant, now).await?;
+    let depth = state.store().depth(&tenant, now).await?;
     let agents = state.orchestrator.agents();
     let online: Vec<_> = agents.iter().filter(|a| matches!(a.status, AgentStatus::Idle | AgentStatus::Busy)).collect();
     let free: u32 = online.iter().map(|a| a.free_capacity()).sum();

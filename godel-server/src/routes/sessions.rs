@@ -12,24 +12,31 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::AppState;
+use crate::auth::RequestContext;
 use crate::error::ApiResult;
-use crate::routes::{Params, agent_id, json_with, ok, raw_query, respond, session_id, task_id, with};
+use crate::routes::{
+    Params, agent_id, ctx, engine, json_with, ok, raw_query, respond, session_id, task_id, tenant, with,
+};
 use crate::wire::SessionDto;
 
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
-    let s = || with(state.clone());
-    let list =
-        warp::path!("sessions").and(warp::get()).and(s()).and(raw_query()).then(|s, q| respond(list_sessions(s, q)));
-    let get = warp::path!("sessions" / String).and(warp::get()).and(s()).then(|id, s| respond(get_session(s, id)));
+    let s = || with(state.clone()).and(ctx());
+    let list = warp::path!("sessions")
+        .and(warp::get())
+        .and(s())
+        .and(raw_query())
+        .then(|s, c, q| respond(list_sessions(s, c, q)));
+    let get =
+        warp::path!("sessions" / String).and(warp::get()).and(s()).then(|id, s, c| respond(get_session(s, c, id)));
     let terminate = warp::path!("sessions" / String / "terminate")
         .and(warp::post())
         .and(s())
-        .then(|id, s| respond(terminate_session(s, id)));
+        .then(|id, s, c| respond(terminate_session(s, c, id)));
     // Literal paths before the `{id}` ones they would otherwise match.
     list.or(terminate).unify().or(get).unify().boxed()
 }
 
-async fn list_sessions(state: Arc<AppState>, query: String) -> ApiResult {
+async fn list_sessions(state: Arc<AppState>, ctx: RequestContext, query: String) -> ApiResult {
     let params = Params::parse(&query, &["limit", "state", "agent_id", "task_id"])?;
     let query = SessionQuery {
         states: params.list::<SessionState>("state")?,
@@ -37,16 +44,18 @@ async fn list_sessions(state: Arc<AppState>, query: String) -> ApiResult {
         task: params.get("task_id").map(task_id).transpose()?,
         limit: params.limit()?,
     };
-    let sessions = state.store().list_sessions(&state.tenant(), &query).await?;
+    let sessions = state.store().list_sessions(&tenant(&state, &ctx), &query).await?;
     ok(&json!({ "items": sessions.iter().map(SessionDto::from).collect::<Vec<_>>() }))
 }
 
-async fn get_session(state: Arc<AppState>, id: String) -> ApiResult {
-    let session = state.store().get_session(&state.tenant(), session_id(&id)?).await?;
+async fn get_session(state: Arc<AppState>, ctx: RequestContext, id: String) -> ApiResult {
+    let session = state.store().get_session(&tenant(&state, &ctx), session_id(&id)?).await?;
     ok(&SessionDto::from(&session))
 }
 
-async fn terminate_session(state: Arc<AppState>, id: String) -> ApiResult {
-    let (session, task) = state.orchestrator.terminate_session(session_id(&id)?).await?;
+async fn terminate_session(state: Arc<AppState>, ctx: RequestContext, id: String) -> ApiResult {
+    let id = session_id(&id)?;
+    let engine = engine(&state, &tenant(&state, &ctx)).ok_or(godel_core::EngineError::SessionNotFound(id))?;
+    let (session, task) = engine.terminate_session(id).await?;
     Ok(json_with(StatusCode::ACCEPTED, &json!({ "session": SessionDto::from(&session), "task_id": task.to_string() })))
 }

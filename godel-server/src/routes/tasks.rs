@@ -13,9 +13,11 @@ use warp::hyper::body::Bytes;
 use warp::reply::Response;
 
 use crate::AppState;
+use crate::auth::RequestContext;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::{
-    LIST_PARAMS, Params, body, json_with, no_content, ok, raw_query, respond, task_id, task_query, with,
+    LIST_PARAMS, Params, body, ctx, engine, engine_for_task, json_with, no_content, ok, raw_query, respond, task_id,
+    task_query, tenant, with,
 };
 use crate::wire::{self, CreateBatch, CreateTask, Page, TaskDto, parse_body};
 
@@ -23,36 +25,47 @@ use crate::wire::{self, CreateBatch, CreateTask, Page, TaskDto, parse_body};
 const MAX_BATCH: usize = 1_000;
 
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
-    let s = || with(state.clone());
-    let create = warp::path!("tasks").and(warp::post()).and(s()).and(body()).then(|s, b| respond(create_task(s, b)));
-    let batch =
-        warp::path!("tasks" / "batch").and(warp::post()).and(s()).and(body()).then(|s, b| respond(create_batch(s, b)));
-    let list = warp::path!("tasks").and(warp::get()).and(s()).and(raw_query()).then(|s, q| respond(list_tasks(s, q)));
-    let get = warp::path!("tasks" / String).and(warp::get()).and(s()).then(|id, s| respond(get_task(s, id)));
+    let s = || with(state.clone()).and(ctx());
+    let create =
+        warp::path!("tasks").and(warp::post()).and(s()).and(body()).then(|s, c, b| respond(create_task(s, c, b)));
+    let batch = warp::path!("tasks" / "batch")
+        .and(warp::post())
+        .and(s())
+        .and(body())
+        .then(|s, c, b| respond(create_batch(s, c, b)));
+    let list =
+        warp::path!("tasks").and(warp::get()).and(s()).and(raw_query()).then(|s, c, q| respond(list_tasks(s, c, q)));
+    let get = warp::path!("tasks" / String).and(warp::get()).and(s()).then(|id, s, c| respond(get_task(s, c, id)));
     let delete = warp::path!("tasks" / String)
         .and(warp::delete())
         .and(s())
         .and(raw_query())
-        .then(|id, s, q| respond(delete_task(s, id, q)));
+        .then(|id, s, c, q| respond(delete_task(s, c, id, q)));
     let cancel = warp::path!("tasks" / String / "cancel")
         .and(warp::post())
         .and(s())
-        .then(|id, s| respond(stop_task(s, id, false)));
-    let kill =
-        warp::path!("tasks" / String / "kill").and(warp::post()).and(s()).then(|id, s| respond(stop_task(s, id, true)));
-    let retry =
-        warp::path!("tasks" / String / "retry").and(warp::post()).and(s()).then(|id, s| respond(retry_task(s, id)));
-    let events =
-        warp::path!("tasks" / String / "events").and(warp::get()).and(s()).then(|id, s| respond(task_events(s, id)));
+        .then(|id, s, c| respond(stop_task(s, c, id, false)));
+    let kill = warp::path!("tasks" / String / "kill")
+        .and(warp::post())
+        .and(s())
+        .then(|id, s, c| respond(stop_task(s, c, id, true)));
+    let retry = warp::path!("tasks" / String / "retry")
+        .and(warp::post())
+        .and(s())
+        .then(|id, s, c| respond(retry_task(s, c, id)));
+    let events = warp::path!("tasks" / String / "events")
+        .and(warp::get())
+        .and(s())
+        .then(|id, s, c| respond(task_events(s, c, id)));
     // Literal paths before the `{id}` ones they would otherwise match.
     let tasks = batch.or(create).unify().or(list).unify().or(events).unify().or(cancel).unify();
     tasks.or(kill).unify().or(retry).unify().or(get).unify().or(delete).unify().boxed()
 }
 
-async fn create_task(state: Arc<AppState>, body: Bytes) -> ApiResult {
+async fn create_task(state: Arc<AppState>, ctx: RequestContext, body: Bytes) -> ApiResult {
     let request: CreateTask = parse_body(&body)?;
     let new = request.into_new_task(Timestamp::now())?;
-    let enqueued = state.orchestrator.enqueue(new).await?;
+    let enqueued = submitter(&state, &ctx)?.enqueue(new).await?;
     let task = enqueued.task;
     // A repeated idempotency key returns the first task: 200, not 201.
     let status = if enqueued.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -62,7 +75,7 @@ async fn create_task(state: Arc<AppState>, body: Bytes) -> ApiResult {
     Ok(reply)
 }
 
-async fn create_batch(state: Arc<AppState>, body: Bytes) -> ApiResult {
+async fn create_batch(state: Arc<AppState>, ctx: RequestContext, body: Bytes) -> ApiResult {
     let request: CreateBatch = parse_body(&body)?;
     if request.tasks.is_empty() || request.tasks.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!(
@@ -77,32 +90,32 @@ async fn create_batch(state: Arc<AppState>, body: Bytes) -> ApiResult {
         .enumerate()
         .map(|(i, t)| t.into_new_task(now).map_err(|e| ApiError::new(e.code, format!("tasks[{i}]: {}", e.message))))
         .collect::<ApiResult<Vec<_>>>()?;
-    let created = state.orchestrator.submit_batch(tasks).await?;
+    let created = submitter(&state, &ctx)?.submit_batch(tasks).await?;
     let items: Vec<TaskDto> = created.iter().map(TaskDto::from).collect();
     Ok(json_with(StatusCode::CREATED, &json!({ "tasks": items })))
 }
 
-async fn list_tasks(state: Arc<AppState>, query: String) -> ApiResult {
+async fn list_tasks(state: Arc<AppState>, ctx: RequestContext, query: String) -> ApiResult {
     let params = Params::parse(&query, &LIST_PARAMS)?;
     let query = task_query(&params)?;
-    let page = state.store().list(&state.tenant(), &query).await?;
+    let page = state.store().list(&tenant(&state, &ctx), &query).await?;
     ok(&Page {
         items: page.items.iter().map(TaskDto::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
     })
 }
 
-async fn get_task(state: Arc<AppState>, id: String) -> ApiResult {
-    let task = state.store().get(&state.tenant(), task_id(&id)?).await?;
+async fn get_task(state: Arc<AppState>, ctx: RequestContext, id: String) -> ApiResult {
+    let task = state.store().get(&tenant(&state, &ctx), task_id(&id)?).await?;
     ok(&TaskDto::from(&task))
 }
 
-async fn delete_task(state: Arc<AppState>, id: String, query: String) -> ApiResult {
+async fn delete_task(state: Arc<AppState>, ctx: RequestContext, id: String, query: String) -> ApiResult {
     let params = Params::parse(&query, &["purge"])?;
     let id = task_id(&id)?;
     match params.get("purge") {
         Some("true") => {
-            state.orchestrator.purge(id).await?;
+            engine_for_task(&state, &tenant(&state, &ctx), id)?.purge(id).await?;
             no_content()
         }
         _ => Err(ApiError::invalid(
@@ -111,10 +124,12 @@ async fn delete_task(state: Arc<AppState>, id: String, query: String) -> ApiResu
     }
 }
 
-async fn stop_task(state: Arc<AppState>, id: String, force: bool) -> ApiResult {
+async fn stop_task(state: Arc<AppState>, ctx: RequestContext, id: String, force: bool) -> ApiResult {
     let id = task_id(&id)?;
-    let outcome = if force { state.orchestrator.kill(id).await? } else { state.orchestrator.cancel(id).await? };
-    let task = state.store().get(&state.tenant(), id).await?;
+    let tenant = tenant(&state, &ctx);
+    let engine = engine_for_task(&state, &tenant, id)?;
+    let outcome = if force { engine.kill(id).await? } else { engine.cancel(id).await? };
+    let task = state.store().get(&tenant, id).await?;
     let outcome = match outcome {
         CancelOutcome::Cancelled => "cancelled",
         CancelOutcome::Requested => "cancel_requested",
@@ -122,15 +137,27 @@ async fn stop_task(state: Arc<AppState>, id: String, force: bool) -> ApiResult {
     ok(&json!({ "outcome": outcome, "task": TaskDto::from(&task) }))
 }
 
-async fn retry_task(state: Arc<AppState>, id: String) -> ApiResult {
-    let task = state.orchestrator.retry(task_id(&id)?).await?;
+async fn retry_task(state: Arc<AppState>, ctx: RequestContext, id: String) -> ApiResult {
+    let id = task_id(&id)?;
+    let task = engine_for_task(&state, &tenant(&state, &ctx), id)?.retry(id).await?;
     ok(&TaskDto::from(&task))
 }
 
-async fn task_events(state: Arc<AppState>, id: String) -> ApiResult {
+async fn task_events(state: Arc<AppState>, ctx: RequestContext, id: String) -> ApiResult {
     let id = task_id(&id)?;
-    let (store, tenant) = (state.store(), state.tenant());
+    let (store, tenant) = (state.store(), tenant(&state, &ctx));
     let history = store.history(&tenant, id).await?;
     let output = store.output(&tenant, id).await?;
     ok(&json!({ "items": wire::history_json(&history, &output) }))
+}
+
+/// The orchestrator a submission goes to, for the caller's tenant.
+fn submitter<'a>(state: &'a AppState, ctx: &RequestContext) -> ApiResult<&'a godel_core::Orchestrator> {
+    let tenant = tenant(state, ctx);
+    engine(state, &tenant).ok_or_else(|| {
+        ApiError::forbidden(format!(
+            "this server runs tasks for tenant {} only; tenant {tenant} cannot submit here yet",
+            state.default_tenant()
+        ))
+    })
 }

@@ -10,7 +10,7 @@ use crate::support::TestServer;
 #[tokio::test]
 async fn past_the_hard_budget_submits_are_forbidden() {
     let server = TestServer::start("[budgets]\ndefault = { hard = 0 }\n").await;
-    let http = reqwest::Client::new();
+    let http = server.http();
     for (path, body) in [
         ("/api/v1/tasks", json!({"command": ["true"]})),
         ("/api/v1/tasks/batch", json!({"tasks": [{"command": ["true"]}]})),
@@ -46,7 +46,7 @@ async fn http_agents_spend_until_the_hard_budget_refuses() {
         fake.base_url()
     );
     let server = TestServer::start(&toml).await;
-    let http = reqwest::Client::new();
+    let http = server.http();
     for n in 0..2 {
         let created: Value = http
             .post(server.url("/api/v1/tasks"))

@@ -37,7 +37,7 @@ async fn gateways_registered_through_the_api_run_tasks_until_deregistered() {
     let config = FakeConfig { agents: vec!["coder".into()], default_agent: "coder".into(), ..FakeConfig::default() };
     let fake = FakeGateway::start(config).await.expect("a fake gateway");
     let server = TestServer::start("[engine]\npoll_interval = \"20ms\"\n").await;
-    let http = reqwest::Client::new();
+    let http = server.http();
     let instances = server.url("/api/v1/instances");
 
     // Bad registrations are refused, naming what is wrong.
@@ -123,7 +123,7 @@ async fn servers_sharing_a_gateway_split_its_capacity() {
     let toml = |node: &str| format!("[engine]\nnode = \"{node}\"\npoll_interval = \"20ms\"\n");
     let a = TestServer::start_on(Some(&store), &toml("node-a")).await;
     let b = TestServer::start_on(Some(&store), &toml("node-b")).await;
-    let http = reqwest::Client::new();
+    let http = a.http();
 
     let registration = json!({"name": "shared", "url": fake.url(), "agents": ["main"], "max_sessions": 10});
     let (status, _) = call(&http, Method::POST, a.url("/api/v1/instances"), Some(registration)).await;

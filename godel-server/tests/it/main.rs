@@ -2,6 +2,7 @@
 //! Each test starts its own server in-process on a free port with a fresh
 //! store (see `support`).
 
+mod auth;
 mod budgets;
 mod instances;
 mod keys;

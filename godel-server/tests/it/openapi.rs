@@ -58,7 +58,7 @@ async fn the_document_matches_the_server() {
          [[agents]]\nid = \"local\"\ncapacity = 8\ncapabilities = [\"shell\"]\n",
     )
     .await;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a client");
+    let http = server.http();
 
     // The served document is the file, and it is well formed.
     let served = http.get(server.url("/openapi.json")).send().await.expect("GET /openapi.json");
@@ -359,7 +359,7 @@ async fn events(api: &mut Api<'_>) {
 
     // A bad query parameter is refused before the upgrade.
     for query in ["?since=soon", "?patterns=task", "?colour=red"] {
-        match tokio_tungstenite::connect_async(api.server.ws_url(&format!("/events{query}"))).await {
+        match tokio_tungstenite::connect_async(api.server.ws(&format!("/events{query}"))).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), 400, "/events{query}");
                 let body: Value =
@@ -372,7 +372,7 @@ async fn events(api: &mut Api<'_>) {
 
     // Replay everything since the start, then follow live.
     let (mut ws, response) =
-        tokio_tungstenite::connect_async(api.server.ws_url("/events?since=0&patterns=*")).await.expect("a WebSocket");
+        tokio_tungstenite::connect_async(api.server.ws("/events?since=0&patterns=*")).await.expect("a WebSocket");
     api.spec.validate_response("GET", "/events", response.status().as_u16(), &Value::Null);
     let welcome = next_json(&mut ws).await;
     assert_eq!(welcome["type"], "welcome");
@@ -414,7 +414,7 @@ async fn events(api: &mut Api<'_>) {
 
     // A client resuming from an earlier run of the server is told so.
     let (mut ws, _) =
-        tokio_tungstenite::connect_async(api.server.ws_url("/events?since=1&epoch=an-earlier-run&patterns=task.*"))
+        tokio_tungstenite::connect_async(api.server.ws("/events?since=1&epoch=an-earlier-run&patterns=task.*"))
             .await
             .expect("a WebSocket");
     for _ in 0..2 {
@@ -436,7 +436,7 @@ async fn workers(api: &mut Api<'_>) {
     assert_eq!(exchange.status, 400, "{}", exchange.describe());
     api.spec.check(&exchange);
     let (mut ws, response) =
-        tokio_tungstenite::connect_async(api.server.ws_url("/api/v1/workers/connect")).await.expect("a WebSocket");
+        tokio_tungstenite::connect_async(api.server.ws("/api/v1/workers/connect")).await.expect("a WebSocket");
     api.spec.validate_response("GET", "/api/v1/workers/connect", response.status().as_u16(), &Value::Null);
     let hello = json!({"type": "hello", "name": "spec-worker", "concurrency": 1, "version": "test"});
     ws.send(Message::text(hello.to_string())).await.expect("send hello");

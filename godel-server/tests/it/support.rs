@@ -1,11 +1,18 @@
 //! A server started in-process for one test: loopback, port 0, a SQLite
 //! store in a fresh temporary directory, and a shutdown trigger the test owns.
+//! Before it starts, an admin key for the default tenant is put in its store;
+//! [`TestServer::http`] and [`TestServer::ws`] send it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use godel_core::{ApiKey, KeyId, Role, Store, TenantId, Timestamp};
 use godel_server::ServerConfig;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_util::sync::CancellationToken;
 
 /// A running server. Dropping it without [`TestServer::stop`] still tells it
@@ -15,6 +22,10 @@ pub(crate) struct TestServer {
     addr: SocketAddr,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The store the server uses, opened again by the test.
+    store: Arc<dyn Store>,
+    /// An admin key of the default tenant.
+    admin: String,
     _dir: tempfile::TempDir,
 }
 
@@ -39,6 +50,8 @@ impl TestServer {
             dir.path().join("state").display()
         );
         let config = ServerConfig::from_toml(&toml, &|_| None).expect("a valid test configuration");
+        let store = godel_core::store::open(&store).await.expect("the test store opens");
+        let admin = create_key(&store, &TenantId::default_tenant(), Role::Admin).await;
         let shutdown = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
         let on_listening = move |addr: SocketAddr| {
@@ -49,18 +62,44 @@ impl TestServer {
             Ok(addr) => addr,
             Err(_) => panic!("the server stopped before listening: {:?}", handle.await),
         };
-        Self { addr, shutdown, handle: Some(handle), _dir: dir }
+        Self { addr, shutdown, handle: Some(handle), store, admin, _dir: dir }
+    }
+
+    /// The server's store, for tests that make keys or read the audit log.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A new key with `role` for `tenant`; returns its plaintext.
+    pub(crate) async fn key(&self, tenant: &str, role: Role) -> String {
+        create_key(&self.store, &TenantId::new(tenant).expect("a valid tenant"), role).await
+    }
+
+    /// The admin key's plaintext.
+    pub(crate) fn admin_key(&self) -> &str {
+        &self.admin
+    }
+
+    /// An HTTP client that sends the admin key.
+    pub(crate) fn http(&self) -> reqwest::Client {
+        client(&self.admin)
+    }
+
+    /// A WebSocket request for `path` carrying the admin key.
+    pub(crate) fn ws(&self, path: &str) -> Request {
+        self.ws_with(path, &self.admin)
+    }
+
+    /// A WebSocket request for `path` carrying `key`.
+    pub(crate) fn ws_with(&self, path: &str, key: &str) -> Request {
+        let mut request = self.ws_url(path).into_client_request().expect("a WebSocket URL");
+        request.headers_mut().insert(AUTHORIZATION, bearer(key));
+        request
     }
 
     /// `http://127.0.0.1:<port><path>`.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
-    }
-
-    /// The temporary directory holding the store (`godel.db`) and the state
-    /// directory (`state/`, where the first admin key is written).
-    pub(crate) fn dir(&self) -> &std::path::Path {
-        self._dir.path()
     }
 
     /// `ws://127.0.0.1:<port><path>`.
@@ -83,4 +122,40 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// An HTTP client that sends `key`, with a timeout so that a hang fails.
+pub(crate) fn client(key: &str) -> reqwest::Client {
+    let mut headers = HeaderMap::new();
+    headers.insert(AUTHORIZATION, bearer(key));
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .expect("a client")
+}
+
+fn bearer(key: &str) -> HeaderValue {
+    let mut value = HeaderValue::from_str(&format!("Bearer {key}")).expect("an ASCII key");
+    value.set_sensitive(true);
+    value
+}
+
+/// Puts a new key in `store`, as the keys routes would; returns its plaintext.
+pub(crate) async fn create_key(store: &Arc<dyn Store>, tenant: &TenantId, role: Role) -> String {
+    let new = godel_server::generate_key();
+    let key = ApiKey {
+        id: KeyId::new(),
+        name: format!("test-{role}"),
+        tenant: tenant.clone(),
+        role,
+        hash: new.hash,
+        prefix: new.prefix.clone(),
+        created_at: Timestamp::now(),
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    store.create_key(&key).await.expect("the key is stored");
+    new.plaintext
 }

@@ -47,7 +47,7 @@ async fn subscribe(
     patterns: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let (mut socket, _) =
-        tokio_tungstenite::connect_async(server.ws_url(&format!("/events?patterns={patterns}"))).await.unwrap();
+        tokio_tungstenite::connect_async(server.ws(&format!("/events?patterns={patterns}"))).await.unwrap();
     loop {
         let message = next_json(&mut socket).await;
         if message["type"] == "subscribed" {
@@ -74,7 +74,7 @@ async fn next_json(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_is_published_and_runs_at_once() {
     let server = TestServer::start(ENGINE).await;
-    let http = reqwest::Client::new();
+    let http = server.http();
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ready");
     let id = dead_letter(&server, &http, &marker).await;
@@ -92,7 +92,7 @@ async fn a_retry_is_published_and_runs_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_replays_are_published_and_run_at_once() {
     let server = TestServer::start(ENGINE).await;
-    let http = reqwest::Client::new();
+    let http = server.http();
     let dir = tempfile::tempdir().unwrap();
     let (one, bulk) = (dir.path().join("one"), dir.path().join("bulk"));
     let first = dead_letter(&server, &http, &one).await;
@@ -126,7 +126,7 @@ async fn dead_letter_replays_are_published_and_run_at_once() {
 #[tokio::test]
 async fn agent_errors_map_by_meaning() {
     let server = TestServer::start(ENGINE).await;
-    let http = reqwest::Client::new();
+    let http = server.http();
     for (method, path) in [
         (reqwest::Method::DELETE, "/api/v1/agents/nobody"),
         (reqwest::Method::POST, "/api/v1/agents/nobody/drain"),

@@ -259,11 +259,11 @@ impl TaskStore for PostgresStore {
             .collect()
     }
 
-    async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task> {
+    async fn replay_if(&self, tenant: &TenantId, id: TaskId, only_from: &[TaskStatus], now: Timestamp) -> Result<Task> {
+        let from = sql::status_list(&crate::store::replay_from(only_from)?);
         let sql = format!(
             "UPDATE tasks t SET {REPLAY_SET} \
-             WHERE t.tenant = $2 AND t.id = $3::uuid AND t.status IN ('dead_letter', 'failed', 'cancelled') \
-             RETURNING {COLUMNS}"
+             WHERE t.tenant = $2 AND t.id = $3::uuid AND t.status IN ({from}) RETURNING {COLUMNS}"
         );
         scoped!(self, tenant, |conn| async move {
             let row = sqlx::query(&sql)

@@ -1,7 +1,9 @@
 -- replay: puts a dead-lettered, failed or cancelled task back in the queue
 -- with fresh attempts; or, in bulk, every dead letter matching a filter.
 -- ARGV: T, now, channel, wake message, mode, then
---   mode 'one': task id; returns 'n', 't:<status>' or the task's fields;
+--   mode 'one': task id, then the statuses it may be replayed from (checked
+--   and changed in this one script); returns 'n', 't:<status>' or the task's
+--   fields;
 --   mode 'bulk': the six filter arguments; returns how many were replayed.
 local T, now, channel, wake, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if mode == 'one' then
@@ -11,7 +13,11 @@ if mode == 'one' then
   if not status then
     return 'n'
   end
-  if status ~= 'dead_letter' and status ~= 'failed' and status ~= 'cancelled' then
+  local allowed = false
+  for i = 7, #ARGV do
+    allowed = allowed or ARGV[i] == status
+  end
+  if not allowed then
     return 't:' .. status
   end
   replay_task(T, id, k, now)

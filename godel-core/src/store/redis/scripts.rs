@@ -59,6 +59,8 @@ scripts!(
     list,
     counts,
     sessions,
+    keys,
+    audit,
 );
 
 /// A call of `script`, to which the caller adds the script's arguments.

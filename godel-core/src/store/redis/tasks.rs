@@ -211,14 +211,16 @@ impl TaskStore for RedisStore {
             .collect()
     }
 
-    async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task> {
+    async fn replay_if(&self, tenant: &TenantId, id: TaskId, only_from: &[TaskStatus], now: Timestamp) -> Result<Task> {
+        let from = crate::store::replay_from(only_from)?;
         let mut args = call(&self.scripts.replay);
         args.arg(self.tenant_key(tenant))
             .arg(now.as_millis())
             .arg(&self.channel)
             .arg(self.wake(tenant)?)
             .arg("one")
-            .arg(id.to_string());
+            .arg(id.to_string())
+            .arg(from);
         let reply = self.eval(&self.scripts.replay, args).await?;
         task_answer(&reply, id, "replay")?;
         task_of(tenant, &row_fields(reply)?)

@@ -63,6 +63,12 @@ pub(crate) fn refused(task: TaskId, from: TaskStatus, action: &'static str) -> S
     StoreError::InvalidTransition { task, from, action }
 }
 
+/// Status names as a SQL list (`'dead_letter', 'failed'`), for an `IN (…)`.
+/// The names are the store's own, never input, so they are safe as literals.
+pub(crate) fn status_list(statuses: &[&'static str]) -> String {
+    statuses.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+}
+
 /// Whether a failed attempt may be retried, and from when: the parameters
 /// of a fenced fail.
 pub(crate) fn retry_of(failure: &Failure, now: Timestamp) -> (bool, Timestamp) {

@@ -225,10 +225,10 @@ impl TaskStore for SqliteStore {
             .collect()
     }
 
-    async fn replay(&self, tenant: &TenantId, id: TaskId, now: Timestamp) -> Result<Task> {
+    async fn replay_if(&self, tenant: &TenantId, id: TaskId, only_from: &[TaskStatus], now: Timestamp) -> Result<Task> {
+        let from = sql::status_list(&crate::store::replay_from(only_from)?);
         let sql = format!(
-            "UPDATE tasks SET {REPLAY_SET} \
-             WHERE tenant = ?2 AND id = ?3 AND status IN ('dead_letter', 'failed', 'cancelled') RETURNING {COLUMNS}"
+            "UPDATE tasks SET {REPLAY_SET} WHERE tenant = ?2 AND id = ?3 AND status IN ({from}) RETURNING {COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(now.as_millis())

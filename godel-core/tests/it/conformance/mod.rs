@@ -1,6 +1,7 @@
 //! The store conformance suite: one async function per rule of the store
-//! contract (in `rules`), stamped out by [`conformance!`] once per backend so a
-//! failure reads `sqlite::claim_is_exclusive`. Every test gets a fresh
+//! contract (in `rules`, and in `credentials` for keys and the audit log),
+//! stamped out by [`conformance!`] once per backend so a failure reads
+//! `sqlite::claim_is_exclusive`. Every test gets a fresh
 //! namespace: a new memory store, a new SQLite file in a temporary directory,
 //! a fresh PostgreSQL schema (with a second handle on it as another node).
 
@@ -211,6 +212,7 @@ macro_rules! conformance {
                 pagination_neither_skips_nor_repeats,
                 bad_listing_input_is_rejected,
                 dead_letters_replay_one_and_in_bulk,
+                replay_if_refuses_other_statuses,
                 output_is_recorded_per_attempt,
                 release_keeps_the_attempt_and_the_place,
                 batches_are_atomic_and_fenced_per_task,
@@ -224,15 +226,6 @@ macro_rules! conformance {
                 registry_members_expire_and_are_scoped,
                 spend_adds_up_per_tenant_and_period,
             );
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cluster_messages_reach_other_nodes_only() {
-                let Some(fixture) = $fixture().await else { return };
-                crate::conformance::rules::cluster_messages_reach_other_nodes_only(fixture.store.clone(), fixture.peer.clone()).await;
-            }
-        }
-    };
-    (credentials $backend:ident => $fixture:path) => {
-        mod $backend {
             conformance!(@rules credentials $fixture;
                 keys_round_trip_and_are_found_by_hash,
                 duplicate_keys_conflict,
@@ -243,6 +236,11 @@ macro_rules! conformance {
                 audit_pagination_is_stable,
                 audit_prune_is_bounded,
             );
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster_messages_reach_other_nodes_only() {
+                let Some(fixture) = $fixture().await else { return };
+                crate::conformance::rules::cluster_messages_reach_other_nodes_only(fixture.store.clone(), fixture.peer.clone()).await;
+            }
         }
     };
     (@rules $module:ident $fixture:path; $($rule:ident),* $(,)?) => {
@@ -259,11 +257,6 @@ macro_rules! conformance {
 conformance!(memory => crate::conformance::memory);
 #[cfg(feature = "sqlite")]
 conformance!(sqlite => crate::conformance::sqlite);
-mod credentials_on {
-    conformance!(credentials memory => crate::conformance::memory);
-    #[cfg(feature = "sqlite")]
-    conformance!(credentials sqlite => crate::conformance::sqlite);
-}
 #[cfg(feature = "postgres")]
 conformance!(postgres => crate::conformance::postgres);
 #[cfg(feature = "redis")]

@@ -721,6 +721,62 @@ pub(crate) async fn dead_letters_replay_one_and_in_bulk(store: Db) {
     ));
 }
 
+/// A conditional replay checks the status and replays in one step: a task in
+/// a status it does not allow is refused with `InvalidTransition` and left
+/// exactly as it was (status, attempts, history), and the allowed statuses
+/// must be replayable ones.
+pub(crate) async fn replay_if_refuses_other_statuses(store: Db) {
+    let t = tenant("acme");
+    let dead = enqueue(&store, &t, NewTask::prompt("doomed").max_attempts(1)).await;
+    let claim = claim_one(&store, &t, T0).await;
+    assert_eq!(store.fail(&claim.lease, &retry_in(secs(1)), T0).await.unwrap(), FailOutcome::DeadLettered);
+    let cancelled = enqueue(&store, &t, NewTask::prompt("cancelled")).await;
+    store.cancel(&t, cancelled.id, T0).await.unwrap();
+    let pending = enqueue(&store, &t, NewTask::prompt("pending")).await;
+
+    let now = T0 + secs(10);
+    for (task, only_from, from) in [
+        (dead.id, vec![TaskStatus::Cancelled, TaskStatus::Failed], TaskStatus::DeadLetter),
+        (cancelled.id, vec![TaskStatus::DeadLetter], TaskStatus::Cancelled),
+        (pending.id, vec![TaskStatus::DeadLetter, TaskStatus::Failed, TaskStatus::Cancelled], TaskStatus::Pending),
+    ] {
+        let before = (store.get(&t, task).await.unwrap(), store.history(&t, task).await.unwrap());
+        let refused = store.replay_if(&t, task, &only_from, now).await;
+        assert!(
+            matches!(refused, Err(StoreError::InvalidTransition { task: id, from: f, action: "replay" }) if id == task && f == from),
+            "{refused:?}"
+        );
+        assert_eq!((store.get(&t, task).await.unwrap(), store.history(&t, task).await.unwrap()), before);
+    }
+    assert_eq!(store.depth(&t, now).await.unwrap().total(), 1);
+
+    // Statuses a task cannot be replayed from are bad input, not a refusal.
+    for only_from in [vec![], vec![TaskStatus::Completed], vec![TaskStatus::DeadLetter, TaskStatus::Pending]] {
+        let bad = store.replay_if(&t, dead.id, &only_from, now).await;
+        assert!(matches!(bad, Err(StoreError::InvalidInput(e)) if e.field == "only_from"), "{only_from:?}");
+    }
+    let missing = TaskId::new();
+    assert!(
+        matches!(store.replay_if(&t, missing, &[TaskStatus::DeadLetter], now).await, Err(StoreError::NotFound(id)) if id == missing)
+    );
+    assert!(matches!(
+        store.replay_if(&tenant("globex"), dead.id, &[TaskStatus::DeadLetter], now).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // An allowed status replays, once.
+    let replayed = store.replay_if(&t, dead.id, &[TaskStatus::DeadLetter], now).await.unwrap();
+    assert_eq!((replayed.status, replayed.attempt, replayed.run_at), (TaskStatus::Pending, 0, now));
+    assert_eq!(replayed.dead_lettered_at, None);
+    assert!(matches!(
+        store.replay_if(&t, dead.id, &[TaskStatus::DeadLetter], now).await,
+        Err(StoreError::InvalidTransition { from: TaskStatus::Pending, .. })
+    ));
+    let replayed = store.replay_if(&t, cancelled.id, &[TaskStatus::Cancelled, TaskStatus::Failed], now).await.unwrap();
+    assert_eq!(replayed.status, TaskStatus::Pending);
+    assert_eq!(store.depth(&t, now).await.unwrap().total(), 3);
+}
+
 /// Output is kept per attempt, in order, and only the lease holder may add it.
 pub(crate) async fn output_is_recorded_per_attempt(store: Db) {
     let t = tenant("acme");
