@@ -5,6 +5,9 @@
 //! directory) and loads it; `--url` points it at a running server instead.
 //! Created tasks are scheduled a day ahead, so they stay queued without being
 //! claimable and the figures measure the API and the store, not execution.
+//! Each client authenticates with its own admin key, as separate callers
+//! would (put in the store before the in-process server starts); against a
+//! running server they share `--api-key` (or `GODEL_API_KEY`).
 //!
 //! `cargo run --release -p godel-benches --bin api-load`
 
@@ -39,6 +42,9 @@ struct Args {
     /// store for the in-process server (default sqlite in a temp dir)
     #[argh(option)]
     store: Option<String>,
+    /// API key for `--url` (default: GODEL_API_KEY)
+    #[argh(option)]
+    api_key: Option<String>,
 }
 
 #[tokio::main]
@@ -46,11 +52,16 @@ async fn main() -> anyhow::Result<()> {
     let args: Args = argh::from_env();
     let dir = tempfile::tempdir()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let (url, server) = match &args.url {
-        Some(url) => (url.trim_end_matches('/').to_owned(), None),
+    let (url, server, keys) = match &args.url {
+        Some(url) => {
+            let key = args.api_key.clone().or_else(|| std::env::var("GODEL_API_KEY").ok());
+            let key = key.context("--url needs --api-key or GODEL_API_KEY")?;
+            (url.trim_end_matches('/').to_owned(), None, vec![key; args.clients])
+        }
         None => {
             let store =
                 args.store.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("load.db").display()));
+            let keys = admin_keys(&store, args.clients).await?;
             let toml = format!("bind = \"127.0.0.1:0\"\nstore = \"{store}\"\n");
             let config = godel_server::ServerConfig::from_toml(&toml, &|_| None)?;
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -60,15 +71,16 @@ async fn main() -> anyhow::Result<()> {
             });
             let server = tokio::spawn(Box::pin(godel_server::run(config, stop, Some(on_listening))));
             let addr = rx.await.context("the server did not start")?;
-            (format!("http://{addr}"), Some(server))
+            (format!("http://{addr}"), Some(server), keys)
         }
     };
     println!("api load: {url}, {} clients, {} s per phase", args.clients, args.seconds);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
+    let clients = keys.iter().map(|key| client(key)).collect::<anyhow::Result<Vec<_>>>()?;
+    let http = &clients[..];
 
     let body = json!({"command": ["true"], "delay_ms": 86_400_000, "priority": "low"});
     let create_url = format!("{url}/api/v1/tasks");
-    let create = phase(&http, &args, move |http| {
+    let create = phase(http, &args, move |http| {
         let (url, body) = (create_url.clone(), body.clone());
         async move {
             let r = http.post(&url).json(&body).send().await?;
@@ -83,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     report("create task (POST /api/v1/tasks)", &create, args.seconds);
 
     let list_url = format!("{url}/api/v1/tasks?limit=20&sort=-created_at");
-    let list = phase(&http, &args, move |http| {
+    let list = phase(http, &args, move |http| {
         let url = list_url.clone();
         async move {
             let r = http.get(&url).send().await?;
@@ -97,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     report("list tasks (GET /api/v1/tasks?limit=20)", &list, args.seconds);
 
-    let latencies = event_latency(&http, &url, args.samples).await?;
+    let latencies = event_latency(&clients[0], &keys[0], &url, args.samples).await?;
     println!(
         "event delivery (POST sent -> task.created received over /events), {} samples: p50 {} p99 {} max {}",
         latencies.len(),
@@ -114,14 +126,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Runs `request` from `args.clients` concurrent loops for `args.seconds`; returns sorted latencies.
-async fn phase<F, Fut>(http: &reqwest::Client, args: &Args, request: F) -> anyhow::Result<Vec<Duration>>
+async fn phase<F, Fut>(clients: &[reqwest::Client], args: &Args, request: F) -> anyhow::Result<Vec<Duration>>
 where
     F: Fn(reqwest::Client) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
     let stop = Arc::new(AtomicBool::new(false));
     let mut loops = tokio::task::JoinSet::new();
-    for _ in 0..args.clients {
+    for http in clients {
         let (http, request, stop) = (http.clone(), request.clone(), stop.clone());
         loops.spawn(async move {
             let mut latencies = Vec::new();
@@ -144,9 +156,12 @@ where
 }
 
 /// One subscriber on `task.created`; tasks created one at a time.
-async fn event_latency(http: &reqwest::Client, url: &str, samples: usize) -> anyhow::Result<Vec<Duration>> {
+async fn event_latency(http: &reqwest::Client, key: &str, url: &str, samples: usize) -> anyhow::Result<Vec<Duration>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let ws_url = format!("{}/events?patterns=task.created", url.replacen("http://", "ws://", 1));
-    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str()).await?;
+    let mut request = ws_url.into_client_request()?;
+    request.headers_mut().insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse()?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
     // Skip the welcome and subscribed messages.
     let mut ready = 0;
     while ready < 2 {
@@ -187,4 +202,39 @@ fn report(name: &str, latencies: &[Duration], seconds: u64) {
         short(percentile(latencies, 0.99)),
         latencies.len()
     );
+}
+
+/// `n` admin keys of the default tenant, put straight into the store.
+async fn admin_keys(store_url: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    if store_url.starts_with("memory") {
+        bail!("a memory store cannot be shared with the server for its keys; use sqlite, postgres or redis");
+    }
+    let store = godel_core::store::open(store_url).await?;
+    let mut keys = Vec::with_capacity(n);
+    for i in 0..n {
+        let new = godel_server::generate_key();
+        store
+            .create_key(&godel_core::ApiKey {
+                id: godel_core::KeyId::new(),
+                name: format!("api-load-{i}"),
+                tenant: godel_core::TenantId::default_tenant(),
+                role: godel_core::Role::Admin,
+                hash: new.hash,
+                prefix: new.prefix.clone(),
+                created_at: godel_core::Timestamp::now(),
+                expires_at: None,
+                last_used_at: None,
+                revoked_at: None,
+            })
+            .await?;
+        keys.push(new.plaintext);
+    }
+    Ok(keys)
+}
+
+/// An HTTP client sending `key`, keeping its connection alive.
+fn client(key: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse()?);
+    Ok(reqwest::Client::builder().default_headers(headers).pool_max_idle_per_host(1).build()?)
 }

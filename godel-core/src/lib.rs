@@ -45,6 +45,7 @@ pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::credential::{ApiKey, AuditEntry, AuditOutcome, AuditQuery, KeyHash, Role};
 pub use crate::engine::{
     AgentConfig, CancellationToken, ClusterAgent, EngineConfig, EngineError, Orchestrator, SchedulingPolicy,
+    TenantScope,
 };
 pub use crate::event::{Event, EventKind, EventPattern};
 pub use crate::ids::{AgentId, KeyId, LeaseToken, SessionId, TaskId, TenantId};

@@ -692,7 +692,8 @@ fn auth(file: AuthFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<
         }
     };
     for origin in &file.allowed_origins {
-        let scheme = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        let trimmed = origin.trim_end_matches('/');
+        let scheme = trimmed.strip_prefix("http://").or_else(|| trimmed.strip_prefix("https://"));
         if scheme.is_none_or(|rest| rest.is_empty() || rest.contains('/')) {
             bail!(
                 "invalid auth.allowed_origins: expected scheme://host[:port] like https://ops.example.com, got {origin:?}"
@@ -883,5 +884,37 @@ mod tests {
         let budgeted = format!("{HTTP_AGENT}[budgets]\ndefault = {{ hard = 1 }}\n");
         assert!(err(&budgeted).contains("agents[0].models") && err(&budgeted).contains("gpt-a"));
         assert!(ServerConfig::from_toml(&format!("{budgeted}{prices}"), &no_env).is_ok());
+    }
+
+    #[test]
+    fn auth_is_checked_and_secrets_stay_out_of_debug() {
+        let config = ServerConfig::from_toml("", &no_env).unwrap();
+        assert!(!config.auth.public_health && config.auth.jwt.is_none());
+        assert_eq!((config.auth.per_credential, config.auth.failed_per_source), (2_000, 10));
+        let secret = "s".repeat(32);
+        let env = |k: &str| match k {
+            "JWT_SECRET" => Some(secret.clone()),
+            "GODEL_AUTH_PUBLIC_HEALTH" => Some("true".to_owned()),
+            _ => None,
+        };
+        let text = "[auth]\nallowed_origins = [\"https://Ops.example.com/\"]\n[auth.jwt]\nalgorithm = \"HS256\"\n\
+                    secret_env = \"JWT_SECRET\"\nissuer = \"i\"\naudience = \"a\"\nleeway = \"10s\"\n";
+        let config = ServerConfig::from_toml(text, &env).unwrap();
+        assert!(config.auth.public_health);
+        assert_eq!(config.auth.allowed_origins, ["https://ops.example.com"]);
+        let jwt = config.auth.jwt.as_ref().unwrap();
+        assert_eq!(jwt.leeway, Duration::from_secs(10));
+        assert!(!format!("{config:?}").contains(&secret));
+
+        let err = |text: &str| ServerConfig::from_toml(text, &no_env).unwrap_err().to_string();
+        let short = |k: &str| (k == "JWT_SECRET").then(|| "short".to_owned());
+        assert!(ServerConfig::from_toml(text, &short).unwrap_err().to_string().contains("at least 32 bytes"));
+        assert!(
+            err("[auth.jwt]\nalgorithm = \"none\"\nissuer = \"i\"\naudience = \"a\"").contains("auth.jwt.algorithm")
+        );
+        assert!(err("[auth.jwt]\nalgorithm = \"RS256\"\nissuer = \"i\"\naudience = \"a\"").contains("public_key_file"));
+        assert!(err("[auth]\nallowed_origins = [\"evil\"]").contains("auth.allowed_origins"));
+        assert!(err("[auth.rate_limit]\nper_credential = 0").contains("auth.rate_limit.per_credential"));
+        assert!(err("[auth]\npublic = true").contains("unknown field `public`"));
     }
 }

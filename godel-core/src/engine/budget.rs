@@ -87,10 +87,9 @@ pub(crate) fn period(at: Timestamp) -> String {
 }
 
 impl Inner {
-    /// Refuses new work when the tenant's spend this month has reached its
+    /// Refuses new work when `tenant`'s spend this month has reached its
     /// hard limit. One store read, and only when a hard limit applies.
-    pub(crate) async fn check_budget(&self) -> Result<(), EngineError> {
-        let tenant = &self.config.tenant;
+    pub(crate) async fn check_budget(&self, tenant: &TenantId) -> Result<(), EngineError> {
         let Some(limit) = self.config.budgets.for_tenant(tenant).hard else {
             return Ok(());
         };
@@ -102,14 +101,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Adds a run's cost to the tenant's spend and announces the limits the
+    /// Adds a run's cost to `tenant`'s spend and announces the limits the
     /// addition reached. A store that stays unavailable loses this one cost
     /// (logged): the task's result still records it.
-    pub(crate) async fn record_spend(&self, outcome: &Outcome) {
+    pub(crate) async fn record_spend(&self, tenant: &TenantId, outcome: &Outcome) {
         let Some(cost) = cost_of(outcome).filter(|c| *c > 0) else {
             return;
         };
-        let tenant = &self.config.tenant;
         let period = period(self.clock.now());
         let mut tries = 0;
         let total = loop {
@@ -131,12 +129,15 @@ impl Inner {
             let Some(limit) = limit else { continue };
             if before < limit && total >= limit {
                 tracing::warn!(%tenant, %period, spent = %format_micros(total), limit = %format_micros(limit), hard, "budget reached");
-                self.publish(EventKind::BudgetExceeded {
-                    period: period.clone(),
-                    spent_micros: total,
-                    limit_micros: limit,
-                    hard,
-                });
+                self.publish_for(
+                    tenant,
+                    EventKind::BudgetExceeded {
+                        period: period.clone(),
+                        spent_micros: total,
+                        limit_micros: limit,
+                        hard,
+                    },
+                );
             }
         }
     }

@@ -3,11 +3,14 @@
 //! only shortens the waits and widens what each node can see:
 //!
 //! - **Wake-ups.** The backend announces newly ready tasks on its channel
-//!   ([`ClusterMessage::Wake`]); every other node's dispatcher claims at once
-//!   instead of at its next poll.
+//!   ([`ClusterMessage::Wake`]); every other node that serves the tenant
+//!   claims at once instead of at its next poll.
 //! - **Events.** Events raised here are relayed in small batches to the other
-//!   nodes, whose buses publish them to their own subscribers as `relayed`
-//!   (and never relay them on).
+//!   nodes, whose buses publish those of the tenants they serve to their own
+//!   subscribers as `relayed` (and never relay them on).
+//! - **The registry** (agents, and entries such as the server's gateways)
+//!   belongs to the configured tenant: agents serve every tenant, and the
+//!   node's registry is the node's, not a caller's.
 //! - **Agents.** Each node announces its agents in the store's registry with
 //!   an expiry it keeps renewing, so every node can list every agent; a
 //!   crashed node's agents vanish once their announcement lapses.
@@ -118,12 +121,12 @@ impl Inner {
             };
             match message {
                 Ok(ClusterMessage::Wake { tenant }) => {
-                    if tenant == self.config.tenant {
+                    if self.serves(&tenant) {
                         self.wake.notify_one();
                     }
                 }
                 Ok(ClusterMessage::Events { events }) => {
-                    for event in events.into_iter().filter(|e| e.tenant == self.config.tenant) {
+                    for event in events.into_iter().filter(|e| self.serves(&e.tenant)) {
                         self.bus.publish_relayed(event);
                     }
                 }

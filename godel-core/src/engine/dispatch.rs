@@ -2,11 +2,18 @@
 //! scheduling policy's order, and starts one execution per claim. The run loop
 //! calls it on every wake-up (a submit, a freed slot, a replay, a cluster
 //! `Wake`) and on the slow poll that catches scheduled tasks.
+//!
+//! Claims are per tenant (the store's walls). An agent tries the served
+//! tenants in turn, starting after the last one it claimed for, and moves to
+//! the next while it has free slots, so a tenant with a long backlog and one
+//! with a single ready task alternate. With one tenant that is one claim per
+//! agent, as it always was.
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::engine::execute::Execution;
+use crate::engine::scheduler::AgentState;
 use crate::engine::{Control, Orchestrator, Running};
 use crate::store::ClaimRequest;
 
@@ -15,45 +22,69 @@ impl Orchestrator {
     /// until slots or ready tasks run out.
     pub(crate) async fn dispatch(&self, executions: &mut JoinSet<()>) {
         let inner = &self.inner;
+        let tenants = inner.claimable().await;
+        if tenants.is_empty() {
+            return;
+        }
         loop {
             let order = inner.lock_scheduler().claim_order();
             let mut progress = false;
             for (claimer, _) in order {
                 // Recomputed per agent: an affinity hand-off may have used this agent's slot.
-                let free = inner
+                let Some((mut free, capabilities, first)) = inner
                     .lock_scheduler()
                     .agent(&claimer)
-                    .map_or(0, |a| if a.down.is_some() { 0 } else { a.config.max_capacity.saturating_sub(a.load) });
-                if free == 0 {
+                    .map(|a| (claimable_slots(a), a.config.capabilities.clone(), a.next_tenant))
+                else {
                     continue;
-                }
-                let capabilities = inner.lock_scheduler().agent(&claimer).map(|a| a.config.capabilities.clone());
-                let request = ClaimRequest {
-                    tenant: inner.config.tenant.clone(),
+                };
+                let mut request = ClaimRequest {
+                    tenant: tenants[first % tenants.len()].clone(),
                     agent: claimer.clone(),
-                    capabilities: capabilities.unwrap_or_default(),
-                    limit: free as usize,
+                    capabilities,
+                    limit: 0,
                     lease_for: inner.config.lease,
                 };
-                let claims = match inner.store.claim(&request, inner.clock.now()).await {
-                    Ok(claims) => claims,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claim failed; retrying on the next poll");
-                        return;
+                let mut served = None;
+                for turn in 0..tenants.len() {
+                    if free == 0 {
+                        break;
                     }
-                };
-                progress |= !claims.is_empty();
-                for claim in claims {
-                    let (agent, control) = {
-                        let mut scheduler = inner.lock_scheduler();
-                        let target = scheduler.pick(&claim.task, &claimer);
-                        let agent = scheduler.reserve(&target, &claim.task).expect("picked agent exists");
-                        let (tx, rx) = watch::channel(Control::Run);
-                        inner.lock_running().insert(claim.task.id, Running { agent: target, control: tx });
-                        (agent, rx)
+                    let i = (first + turn) % tenants.len();
+                    if turn > 0 {
+                        request.tenant = tenants[i].clone();
+                    }
+                    request.limit = free as usize;
+                    let claims = match inner.store.claim(&request, inner.clock.now()).await {
+                        Ok(claims) => claims,
+                        Err(e) => {
+                            tracing::warn!(error = %e, tenant = %request.tenant, "claim failed; retrying on the next poll");
+                            return;
+                        }
                     };
-                    let execution = Execution::new(self.inner.clone(), agent, claim, control);
-                    executions.spawn(execution.run());
+                    if claims.is_empty() {
+                        continue;
+                    }
+                    progress = true;
+                    served = Some(i);
+                    for claim in claims {
+                        let (agent, control) = {
+                            let mut scheduler = inner.lock_scheduler();
+                            let target = scheduler.pick(&claim.task, &claimer);
+                            let agent = scheduler.reserve(&target, &claim.task).expect("picked agent exists");
+                            let (tx, rx) = watch::channel(Control::Run);
+                            inner.lock_running().insert(claim.task.id, Running { agent: target, control: tx });
+                            (agent, rx)
+                        };
+                        let execution = Execution::new(self.inner.clone(), agent, claim, control);
+                        executions.spawn(execution.run());
+                    }
+                    free = inner.lock_scheduler().agent(&claimer).map_or(0, claimable_slots);
+                }
+                if let Some(i) = served.filter(|_| tenants.len() > 1) {
+                    if let Some(state) = inner.lock_scheduler().agent_mut(&claimer) {
+                        state.next_tenant = i + 1;
+                    }
                 }
             }
             if !progress {
@@ -61,4 +92,9 @@ impl Orchestrator {
             }
         }
     }
+}
+
+/// Slots `state` may claim for now.
+fn claimable_slots(state: &AgentState) -> u32 {
+    if state.down.is_some() { 0 } else { state.config.max_capacity.saturating_sub(state.load) }
 }

@@ -4,6 +4,7 @@
 //! forwards output (bounded), watches the deadline and the control channel,
 //! and aborts the session when any of them says so. It then settles the task
 //! in the store exactly once, with the outcome or with the reason it stopped.
+//! Its session, events and spend belong to the lease's tenant.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -71,24 +72,24 @@ impl Execution {
         let inner = self.inner.clone();
         let task = &self.claim.task;
         let lease = &self.claim.lease;
-        inner.publish(EventKind::TaskAssigned {
+        self.publish(EventKind::TaskAssigned {
             task: task.id,
             priority: task.priority,
             agent: self.agent.id.clone(),
             attempt: lease.attempt,
         });
 
-        let mut session = Session::new(inner.config.tenant.clone(), self.agent.id.clone(), inner.clock.now());
+        let mut session = Session::new(lease.tenant.clone(), self.agent.id.clone(), inner.clock.now());
         session.task = Some(task.id);
         inner.record_session(&session);
-        inner.publish(EventKind::SessionOpened { session: session.id, agent: self.agent.id.clone() });
+        self.publish(EventKind::SessionOpened { session: session.id, agent: self.agent.id.clone() });
         self.transition(&mut session, SessionState::Initializing, None);
 
         let adapter_session = match self.agent.adapter.open_session(task).await {
             Ok(s) => s,
             Err(e) => {
                 let message = format!("cannot open a session on agent {}: {}", self.agent.id, e.message);
-                inner.publish(EventKind::SessionError { session: session.id, message: message.clone() });
+                self.publish(EventKind::SessionError { session: session.id, message: message.clone() });
                 self.transition(&mut session, SessionState::Error, Some(message.clone()));
                 let error = TaskError::new(TaskErrorKind::Error, message);
                 self.settle_failure(error, e.retryable).await;
@@ -114,7 +115,7 @@ impl Execution {
             }
         }
         self.transition(&mut session, SessionState::Running, None);
-        inner.publish(EventKind::TaskStarted { task: task.id, session: session.id, attempt: lease.attempt });
+        self.publish(EventKind::TaskStarted { task: task.id, session: session.id, attempt: lease.attempt });
         tracing::debug!(task = %task.id, agent = %self.agent.id, attempt = lease.attempt, "task started");
 
         let mut control = self.control.clone();
@@ -122,7 +123,7 @@ impl Execution {
         adapter_session.close(&outcome).await;
         // Spent is spent, whatever happens to the lease next; recorded before
         // settling so that whoever sees the task complete sees its cost.
-        inner.record_spend(&outcome).await;
+        inner.record_spend(&lease.tenant, &outcome).await;
 
         match (stop, outcome) {
             (Some(Stop::LeaseLost), _) => {
@@ -132,7 +133,7 @@ impl Execution {
                 self.transition(&mut session, SessionState::Cancelled, Some("engine shutting down".into()));
                 match self.store_call(|| inner.store.release(lease, inner.clock.now())).await {
                     Ok(TaskStatus::Cancelled) => {
-                        inner.publish(EventKind::TaskCancelled { task: task.id, priority: task.priority });
+                        self.publish(EventKind::TaskCancelled { task: task.id, priority: task.priority });
                     }
                     Ok(_) => tracing::info!(task = %task.id, "released for the next start"),
                     Err(e) => tracing::warn!(task = %task.id, error = %e, "cannot release; the lease will lapse"),
@@ -187,7 +188,7 @@ impl Execution {
             tokio::select! {
                 outcome = &mut run => break outcome,
                 Some(chunk) = chunks.recv() => {
-                    output.accept(&inner, task.id, lease.attempt, chunk);
+                    output.accept(self, chunk);
                     if output.pending_bytes >= OUTPUT_FLUSH_BYTES {
                         self.flush_output(&mut output).await;
                     }
@@ -252,7 +253,7 @@ impl Execution {
         };
         // The run is over and has dropped its sink: drain what it sent last.
         while let Some(chunk) = chunks.recv().await {
-            output.accept(&inner, task.id, lease.attempt, chunk);
+            output.accept(self, chunk);
         }
         if stop != Some(Stop::LeaseLost) {
             self.flush_output(&mut output).await;
@@ -275,7 +276,7 @@ impl Execution {
         let inner = &self.inner;
         let (lease, task, priority) = (&self.claim.lease, self.claim.task.id, self.claim.task.priority);
         match self.store_call(|| inner.complete(lease, result.clone())).await {
-            Ok(()) => inner.publish(EventKind::TaskCompleted { task, priority, attempt: lease.attempt }),
+            Ok(()) => self.publish(EventKind::TaskCompleted { task, priority, attempt: lease.attempt }),
             Err(e) => tracing::warn!(task = %task, error = %e, "cannot record completion; the lease will lapse"),
         }
     }
@@ -293,17 +294,17 @@ impl Execution {
         match self.store_call(|| inner.store.fail(lease, &failure, inner.clock.now())).await {
             Ok(FailOutcome::Retrying { run_at }) => {
                 tracing::info!(task = %task, attempt, %run_at, error = %error.message, "attempt failed; will retry");
-                inner.publish(EventKind::TaskRetrying { task, attempt, run_at, error });
+                self.publish(EventKind::TaskRetrying { task, attempt, run_at, error });
             }
             Ok(FailOutcome::DeadLettered) => {
                 tracing::warn!(task = %task, attempts = attempt, error = %error.message, "task dead-lettered");
-                inner.publish(EventKind::TaskDeadLettered { task, priority, attempts: attempt, error: Some(error) });
+                self.publish(EventKind::TaskDeadLettered { task, priority, attempts: attempt, error: Some(error) });
             }
             Ok(FailOutcome::Failed) => {
                 tracing::warn!(task = %task, error = %error.message, "task failed");
-                inner.publish(EventKind::TaskFailed { task, priority, attempt, error });
+                self.publish(EventKind::TaskFailed { task, priority, attempt, error });
             }
-            Ok(FailOutcome::Cancelled) => inner.publish(EventKind::TaskCancelled { task, priority }),
+            Ok(FailOutcome::Cancelled) => self.publish(EventKind::TaskCancelled { task, priority }),
             Err(e) => tracing::warn!(task = %task, error = %e, "cannot record failure; the lease will lapse"),
         }
     }
@@ -312,7 +313,7 @@ impl Execution {
         let inner = &self.inner;
         let (lease, task, priority) = (&self.claim.lease, self.claim.task.id, self.claim.task.priority);
         match self.store_call(|| inner.store.confirm_cancel(lease, inner.clock.now())).await {
-            Ok(()) => inner.publish(EventKind::TaskCancelled { task, priority }),
+            Ok(()) => self.publish(EventKind::TaskCancelled { task, priority }),
             Err(e) => tracing::warn!(task = %task, error = %e, "cannot record cancel; the lease will lapse"),
         }
     }
@@ -338,6 +339,11 @@ impl Execution {
         call().await
     }
 
+    /// Publishes an event of the task's tenant.
+    fn publish(&self, kind: EventKind) {
+        self.inner.publish_for(&self.claim.lease.tenant, kind);
+    }
+
     fn transition(&self, session: &mut Session, to: SessionState, error: Option<String>) {
         match session.transition(to, self.inner.clock.now()) {
             Ok(from) => {
@@ -345,9 +351,9 @@ impl Execution {
                     session.error = error;
                 }
                 self.inner.record_session(session);
-                self.inner.publish(EventKind::SessionStateChanged { session: session.id, from, to });
+                self.publish(EventKind::SessionStateChanged { session: session.id, from, to });
                 if to.is_terminal() {
-                    self.inner.publish(EventKind::SessionClosed { session: session.id, state: to });
+                    self.publish(EventKind::SessionClosed { session: session.id, state: to });
                 }
             }
             // The table is the authority; an engine bug must not corrupt state.
@@ -371,7 +377,7 @@ impl OutputBuffer {
         Self { limit, seen: 0, truncated: false, pending: Vec::new(), pending_bytes: 0 }
     }
 
-    fn accept(&mut self, inner: &Inner, task: TaskId, attempt: u32, mut chunk: OutputChunk) {
+    fn accept(&mut self, execution: &Execution, mut chunk: OutputChunk) {
         if self.truncated {
             return;
         }
@@ -386,16 +392,17 @@ impl OutputBuffer {
         }
         self.seen += chunk.data.len();
         if !chunk.data.is_empty() {
-            self.push(inner, task, attempt, chunk);
+            self.push(execution, chunk);
         }
         if self.truncated {
             let note = format!("output truncated: this attempt passed the {} byte limit", self.limit);
-            self.push(inner, task, attempt, OutputChunk { stream: OutputStream::System, data: note });
+            self.push(execution, OutputChunk { stream: OutputStream::System, data: note });
         }
     }
 
-    fn push(&mut self, inner: &Inner, task: TaskId, attempt: u32, chunk: OutputChunk) {
-        inner.publish(EventKind::TaskOutput { task, attempt, stream: chunk.stream, data: chunk.data.clone() });
+    fn push(&mut self, execution: &Execution, chunk: OutputChunk) {
+        let (task, attempt) = (execution.claim.task.id, execution.claim.lease.attempt);
+        execution.publish(EventKind::TaskOutput { task, attempt, stream: chunk.stream, data: chunk.data.clone() });
         self.pending_bytes += chunk.data.len();
         self.pending.push(chunk);
     }

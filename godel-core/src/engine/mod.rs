@@ -20,7 +20,11 @@
 //!   `engine/agents.rs`), so each publishes its events, wakes the dispatcher
 //!   and applies budgets here; they fail with an [`EngineError`] by meaning.
 //!   Reads may go to the store directly.
-//! - **One tenant per orchestrator.** It serves `EngineConfig::tenant`.
+//! - **Many tenants per orchestrator.** Commands act for the tenant of the
+//!   [`TenantScope`] they go through (the orchestrator's own, for
+//!   `EngineConfig::tenant`), and the dispatcher claims for every tenant it
+//!   serves, in turn (`engine/tenants.rs`). Whatever follows a claim uses the
+//!   lease's tenant.
 //!
 //! The run loop's parts live beside this file: `dispatch.rs` (claims and
 //! starts executions), `reclaim.rs` (the lapsed-lease sweep), `health.rs`
@@ -39,6 +43,7 @@ mod health;
 mod reclaim;
 mod scheduler;
 mod tasks;
+mod tenants;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -53,6 +58,7 @@ pub use crate::engine::budget::{Budget, Budgets};
 pub use crate::engine::cluster::ClusterAgent;
 pub use crate::engine::config::{AgentConfig, EngineConfig, SchedulingPolicy};
 pub use crate::engine::error::EngineError;
+pub use crate::engine::tenants::TenantScope;
 pub use crate::money::{format_micros, micros_from_units};
 
 use crate::InvalidInput;
@@ -60,8 +66,9 @@ use crate::bus::{EventBus, Subscription};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::batch::{Batcher, Turn};
 use crate::engine::scheduler::Scheduler;
+use crate::engine::tenants::Served;
 use crate::event::{Event, EventKind, EventPattern};
-use crate::ids::{AgentId, TaskId};
+use crate::ids::{AgentId, TaskId, TenantId};
 use crate::session::Session;
 use crate::store::{Completion, Lease, LeaseWrite, Store, StoreError, WriteOutcome};
 
@@ -81,6 +88,8 @@ struct Inner {
     bus: EventBus,
     config: EngineConfig,
     scheduler: Mutex<Scheduler>,
+    /// The tenants the dispatcher claims for.
+    served: Mutex<Served>,
     wake: Notify,
     /// Agents were added or removed: announce them now.
     agents_changed: Notify,
@@ -170,6 +179,7 @@ impl OrchestratorBuilder {
                 scheduler: Mutex::new(
                     Scheduler::new(self.config.policy, agents).prefer_region(self.config.region.clone()),
                 ),
+                served: Mutex::new(Served::new(self.config.tenant.clone())),
                 config: self.config,
                 wake: Notify::new(),
                 agents_changed: Notify::new(),
@@ -225,10 +235,9 @@ impl Orchestrator {
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StoreError> {
         let inner = &self.inner;
         let cfg = &inner.config;
-        let now = inner.clock.now();
         // Sessions this engine's agents had open when it last stopped died with it.
         let ids: Vec<AgentId> = inner.lock_scheduler().agents.iter().map(|a| a.config.id.clone()).collect();
-        let abandoned = inner.store.abandon_sessions(&cfg.tenant, &ids, "the engine restarted", now).await?;
+        let abandoned = inner.sweep_all(&ids).await?;
         if abandoned > 0 {
             tracing::info!(sessions = abandoned, "closed sessions left open by a previous run");
         }
@@ -314,8 +323,14 @@ impl Orchestrator {
 }
 
 impl Inner {
+    /// Publishes an event of the configured tenant (agents and the engine itself).
     fn publish(&self, kind: EventKind) {
-        self.bus.publish(Event { tenant: self.config.tenant.clone(), at: self.clock.now(), kind });
+        self.publish_for(&self.config.tenant, kind);
+    }
+
+    /// Publishes an event of `tenant` (its tasks, sessions and budget).
+    fn publish_for(&self, tenant: &TenantId, kind: EventKind) {
+        self.bus.publish(Event { tenant: tenant.clone(), at: self.clock.now(), kind });
     }
 
     fn lock_scheduler(&self) -> MutexGuard<'_, Scheduler> {

@@ -1,6 +1,7 @@
 //! The reclaim sweep: makes tasks whose lease lapsed (on any engine sharing
 //! the store) ready again, dead-letters or cancels them, and publishes what
-//! moved for this engine's tenant.
+//! moved, each event for its task's tenant: whichever engine's sweep moved a
+//! task is the only one that knows.
 
 use crate::engine::Orchestrator;
 use crate::event::EventKind;
@@ -21,8 +22,8 @@ impl Orchestrator {
                 return;
             }
         };
-        for r in reclaimed.iter().filter(|r| r.tenant == inner.config.tenant) {
-            tracing::info!(task = %r.task, attempt = r.attempt, status = %r.status, "lease expired");
+        for r in &reclaimed {
+            tracing::info!(task = %r.task, tenant = %r.tenant, attempt = r.attempt, status = %r.status, "lease expired");
             let error = TaskError::new(TaskErrorKind::LeaseExpired, format!("lease of attempt {} expired", r.attempt));
             let kind = match r.status {
                 TaskStatus::Pending => EventKind::TaskRetrying { task: r.task, attempt: r.attempt, run_at: now, error },
@@ -34,7 +35,7 @@ impl Orchestrator {
                 },
                 _ => EventKind::TaskCancelled { task: r.task, priority: r.priority },
             };
-            inner.publish(kind);
+            inner.publish_for(&r.tenant, kind);
         }
         if !reclaimed.is_empty() {
             inner.wake.notify_one();

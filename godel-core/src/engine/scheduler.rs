@@ -26,11 +26,14 @@ pub(crate) struct AgentState {
     pub(crate) last_heartbeat: Option<Timestamp>,
     /// Deregistered: takes no new work and disappears once its load is zero.
     pub(crate) removing: bool,
+    /// Where in the served tenants this agent starts its next claims: just
+    /// after the last tenant it claimed for, so tenants take turns.
+    pub(crate) next_tenant: usize,
 }
 
 impl AgentState {
     fn new(config: AgentConfig) -> Self {
-        Self { config, load: 0, down: None, last_heartbeat: None, removing: false }
+        Self { config, load: 0, down: None, last_heartbeat: None, removing: false, next_tenant: 0 }
     }
 
     pub(crate) fn status(&self) -> AgentStatus {

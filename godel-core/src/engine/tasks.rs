@@ -2,9 +2,10 @@
 //! dead letters, purge and terminate a session. They are the only way the
 //! server and the CLI change a task, so that each publishes its event, wakes
 //! the dispatcher when work became ready, and checks the budget before work
-//! is added, in one place.
+//! is added, in one place. Each acts for the tenant of its [`TenantScope`];
+//! the orchestrator's own commands are those of the configured tenant.
 
-use crate::engine::{Control, EngineError, Orchestrator};
+use crate::engine::{Control, EngineError, Orchestrator, TenantScope};
 use crate::event::EventKind;
 use crate::ids::{SessionId, TaskId};
 use crate::session::Session;
@@ -12,22 +13,22 @@ use crate::store::{CancelOutcome, Enqueued, TaskFilter};
 use crate::task::{NewTask, Task, TaskStatus};
 use crate::time::Timestamp;
 
-impl Orchestrator {
+impl TenantScope {
     /// Queues a task and wakes the dispatcher. With an idempotency key already
     /// used, returns the first task unchanged.
     pub async fn submit(&self, task: NewTask) -> Result<Task, EngineError> {
         Ok(self.enqueue(task).await?.task)
     }
 
-    /// Like [`Orchestrator::submit`], saying whether the task is new or an
+    /// Like [`TenantScope::submit`], saying whether the task is new or an
     /// earlier one returned for its idempotency key.
     pub async fn enqueue(&self, task: NewTask) -> Result<Enqueued, EngineError> {
         let inner = &self.inner;
-        inner.check_budget().await?;
-        let enqueued = inner.store.enqueue(&inner.config.tenant, task, inner.clock.now()).await?;
+        inner.check_budget(&self.tenant).await?;
+        let enqueued = inner.store.enqueue(&self.tenant, task, inner.clock.now()).await?;
         if enqueued.created {
-            inner.publish(EventKind::TaskCreated { task: enqueued.task.id, priority: enqueued.task.priority });
-            inner.wake.notify_one();
+            self.publish(EventKind::TaskCreated { task: enqueued.task.id, priority: enqueued.task.priority });
+            self.ready();
         }
         Ok(enqueued)
     }
@@ -35,18 +36,18 @@ impl Orchestrator {
     /// Queues many tasks in one transaction.
     pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, EngineError> {
         let inner = &self.inner;
-        inner.check_budget().await?;
-        let enqueued = inner.store.enqueue_batch(&inner.config.tenant, tasks, inner.clock.now()).await?;
+        inner.check_budget(&self.tenant).await?;
+        let enqueued = inner.store.enqueue_batch(&self.tenant, tasks, inner.clock.now()).await?;
         for e in enqueued.iter().filter(|e| e.created) {
-            inner.publish(EventKind::TaskCreated { task: e.task.id, priority: e.task.priority });
+            self.publish(EventKind::TaskCreated { task: e.task.id, priority: e.task.priority });
         }
-        inner.wake.notify_one();
+        self.ready();
         Ok(enqueued.into_iter().map(|e| e.task).collect())
     }
 
     /// One task.
     pub async fn get(&self, id: TaskId) -> Result<Task, EngineError> {
-        Ok(self.inner.store.get(&self.inner.config.tenant, id).await?)
+        Ok(self.inner.store.get(&self.tenant, id).await?)
     }
 
     /// Cancels a task: at once if pending; a running one is asked to stop
@@ -55,20 +56,21 @@ impl Orchestrator {
         self.stop(id, Control::Cancel).await
     }
 
-    /// Like [`Orchestrator::cancel`] but skips the grace period.
+    /// Like [`TenantScope::cancel`] but skips the grace period.
     pub async fn kill(&self, id: TaskId) -> Result<CancelOutcome, EngineError> {
         self.stop(id, Control::Kill).await
     }
 
     async fn stop(&self, id: TaskId, control: Control) -> Result<CancelOutcome, EngineError> {
         let inner = &self.inner;
-        let outcome = inner.store.cancel(&inner.config.tenant, id, inner.clock.now()).await?;
+        let outcome = inner.store.cancel(&self.tenant, id, inner.clock.now()).await?;
         match outcome {
             CancelOutcome::Cancelled => {
-                let priority = inner.store.get(&inner.config.tenant, id).await.map(|t| t.priority).unwrap_or_default();
-                inner.publish(EventKind::TaskCancelled { task: id, priority });
+                let priority = inner.store.get(&self.tenant, id).await.map(|t| t.priority).unwrap_or_default();
+                self.publish(EventKind::TaskCancelled { task: id, priority });
             }
             CancelOutcome::Requested => {
+                // The store found the task in this tenant, so the id is this tenant's.
                 if let Some(running) = inner.lock_running().get(&id) {
                     running.control.send_replace(control);
                 }
@@ -82,24 +84,23 @@ impl Orchestrator {
     /// dispatcher. Refused past the hard budget, like a submit.
     pub async fn retry(&self, id: TaskId) -> Result<Task, EngineError> {
         let inner = &self.inner;
-        inner.check_budget().await?;
-        let task = inner.store.replay(&inner.config.tenant, id, inner.clock.now()).await?;
-        inner.publish(EventKind::TaskReplayed { task: task.id, priority: task.priority });
-        inner.wake.notify_one();
+        inner.check_budget(&self.tenant).await?;
+        let task = inner.store.replay(&self.tenant, id, inner.clock.now()).await?;
+        self.publish(EventKind::TaskReplayed { task: task.id, priority: task.priority });
+        self.ready();
         Ok(task)
     }
 
-    /// Like [`Orchestrator::retry`], for a dead-lettered task only: any other
+    /// Like [`TenantScope::retry`], for a dead-lettered task only: any other
     /// status gives [`EngineError::NotDeadLettered`].
     pub async fn replay_dead_letter(&self, id: TaskId) -> Result<Task, EngineError> {
-        let inner = &self.inner;
         // Two store calls: between them a dead letter can only leave that
         // status through another replay (or a purge), and the store's replay
         // refuses a task that is no longer terminal, so of two racing replays
         // one wins and the other gets InvalidTransition. A task replayed, run
         // and failed again inside that window would be replayed once more;
         // closing it needs a replay conditioned on the status in the store.
-        let task = inner.store.get(&inner.config.tenant, id).await?;
+        let task = self.inner.store.get(&self.tenant, id).await?;
         if task.status != TaskStatus::DeadLetter {
             return Err(EngineError::NotDeadLettered { task: id, status: task.status });
         }
@@ -112,14 +113,14 @@ impl Orchestrator {
     /// wakes the dispatcher. Returns how many were replayed.
     pub async fn replay_dead_letters(&self, filter: &TaskFilter) -> Result<u64, EngineError> {
         let inner = &self.inner;
-        inner.check_budget().await?;
-        let replayed = inner.store.replay_dead_letters(&inner.config.tenant, filter, inner.clock.now()).await?;
+        inner.check_budget(&self.tenant).await?;
+        let replayed = inner.store.replay_dead_letters(&self.tenant, filter, inner.clock.now()).await?;
         if replayed > 0 {
-            inner.publish(EventKind::System {
+            self.publish(EventKind::System {
                 name: "dead_letters_replayed".into(),
                 message: format!("{replayed} dead-lettered tasks replayed"),
             });
-            inner.wake.notify_one();
+            self.ready();
         }
         Ok(replayed)
     }
@@ -127,26 +128,99 @@ impl Orchestrator {
     /// Deletes a finished task and its output. A task still queued or running
     /// gives [`EngineError::InvalidTransition`].
     pub async fn purge(&self, id: TaskId) -> Result<(), EngineError> {
-        Ok(self.inner.store.purge(&self.inner.config.tenant, id).await?)
+        Ok(self.inner.store.purge(&self.tenant, id).await?)
     }
 
     /// Deletes finished tasks matching `filter` (terminal statuses only; none
     /// means every terminal status) that finished before `finished_before`.
     /// Returns how many were deleted.
     pub async fn purge_finished(&self, filter: &TaskFilter, finished_before: Timestamp) -> Result<u64, EngineError> {
-        Ok(self.inner.store.purge_finished(&self.inner.config.tenant, filter, finished_before).await?)
+        Ok(self.inner.store.purge_finished(&self.tenant, filter, finished_before).await?)
     }
 
-    /// Ends a session by killing the task it runs (see [`Orchestrator::kill`]).
+    /// Ends a session by killing the task it runs (see [`TenantScope::kill`]).
     /// Returns the session as it was and the task. A session that has ended
     /// gives [`EngineError::SessionEnded`].
     pub async fn terminate_session(&self, id: SessionId) -> Result<(Session, TaskId), EngineError> {
-        let session = self.inner.store.get_session(&self.inner.config.tenant, id).await?;
+        let session = self.inner.store.get_session(&self.tenant, id).await?;
         let task = match session.task {
             Some(task) if !session.state.is_terminal() => task,
             _ => return Err(EngineError::SessionEnded { session: session.id, state: session.state }),
         };
         self.kill(task).await?;
         Ok((session, task))
+    }
+
+    fn publish(&self, kind: EventKind) {
+        self.inner.publish_for(&self.tenant, kind);
+    }
+
+    /// Work became ready for this tenant: make sure it is served, and wake the dispatcher.
+    fn ready(&self) {
+        self.inner.serve(&self.tenant);
+        self.inner.wake.notify_one();
+    }
+}
+
+/// The configured tenant's commands, for embedders that serve one tenant.
+impl Orchestrator {
+    /// [`TenantScope::submit`] for the configured tenant.
+    pub async fn submit(&self, task: NewTask) -> Result<Task, EngineError> {
+        self.home().submit(task).await
+    }
+
+    /// [`TenantScope::enqueue`] for the configured tenant.
+    pub async fn enqueue(&self, task: NewTask) -> Result<Enqueued, EngineError> {
+        self.home().enqueue(task).await
+    }
+
+    /// [`TenantScope::submit_batch`] for the configured tenant.
+    pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, EngineError> {
+        self.home().submit_batch(tasks).await
+    }
+
+    /// [`TenantScope::get`] for the configured tenant.
+    pub async fn get(&self, id: TaskId) -> Result<Task, EngineError> {
+        self.home().get(id).await
+    }
+
+    /// [`TenantScope::cancel`] for the configured tenant.
+    pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, EngineError> {
+        self.home().cancel(id).await
+    }
+
+    /// [`TenantScope::kill`] for the configured tenant.
+    pub async fn kill(&self, id: TaskId) -> Result<CancelOutcome, EngineError> {
+        self.home().kill(id).await
+    }
+
+    /// [`TenantScope::retry`] for the configured tenant.
+    pub async fn retry(&self, id: TaskId) -> Result<Task, EngineError> {
+        self.home().retry(id).await
+    }
+
+    /// [`TenantScope::replay_dead_letter`] for the configured tenant.
+    pub async fn replay_dead_letter(&self, id: TaskId) -> Result<Task, EngineError> {
+        self.home().replay_dead_letter(id).await
+    }
+
+    /// [`TenantScope::replay_dead_letters`] for the configured tenant.
+    pub async fn replay_dead_letters(&self, filter: &TaskFilter) -> Result<u64, EngineError> {
+        self.home().replay_dead_letters(filter).await
+    }
+
+    /// [`TenantScope::purge`] for the configured tenant.
+    pub async fn purge(&self, id: TaskId) -> Result<(), EngineError> {
+        self.home().purge(id).await
+    }
+
+    /// [`TenantScope::purge_finished`] for the configured tenant.
+    pub async fn purge_finished(&self, filter: &TaskFilter, finished_before: Timestamp) -> Result<u64, EngineError> {
+        self.home().purge_finished(filter, finished_before).await
+    }
+
+    /// [`TenantScope::terminate_session`] for the configured tenant.
+    pub async fn terminate_session(&self, id: SessionId) -> Result<(Session, TaskId), EngineError> {
+        self.home().terminate_session(id).await
     }
 }

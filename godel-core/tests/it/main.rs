@@ -5,6 +5,8 @@
 mod conformance;
 #[cfg(feature = "sqlite")]
 mod engine;
+#[cfg(feature = "sqlite")]
+mod engine_tenants;
 #[cfg(all(feature = "http", feature = "sqlite"))]
 mod http_adapter;
 #[cfg(feature = "openclaw")]

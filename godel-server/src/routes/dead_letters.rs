@@ -17,8 +17,7 @@ use crate::AppState;
 use crate::auth::RequestContext;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::routes::{
-    LIST_PARAMS, Params, agent_id, body, ctx, engine, engine_for_task, ok, raw_query, respond, task_id, task_query,
-    tenant, with,
+    LIST_PARAMS, Params, agent_id, body, ctx, ok, raw_query, respond, scope, task_id, task_query, tenant, with,
 };
 use crate::wire::{Page, TaskDto, parse_body};
 
@@ -63,7 +62,7 @@ async fn list_dead(state: Arc<AppState>, ctx: RequestContext, query: String) -> 
 
 async fn replay_dead(state: Arc<AppState>, ctx: RequestContext, id: String) -> ApiResult {
     let id = task_id(&id)?;
-    let task = engine_for_task(&state, &tenant(&state, &ctx), id)?.replay_dead_letter(id).await?;
+    let task = scope(&state, &ctx).replay_dead_letter(id).await?;
     ok(&TaskDto::from(&task))
 }
 
@@ -88,11 +87,7 @@ async fn replay_dead_bulk(state: Arc<AppState>, ctx: RequestContext, body: Bytes
         created_after: request.created_after.map(|t| Timestamp::parse_rfc3339("created_after", &t)).transpose()?,
         created_before: request.created_before.map(|t| Timestamp::parse_rfc3339("created_before", &t)).transpose()?,
     };
-    // Another tenant has no dead letters on this server (see `engine`).
-    let replayed = match engine(&state, &tenant(&state, &ctx)) {
-        Some(engine) => engine.replay_dead_letters(&filter).await?,
-        None => 0,
-    };
+    let replayed = scope(&state, &ctx).replay_dead_letters(&filter).await?;
     ok(&json!({ "replayed": replayed }))
 }
 

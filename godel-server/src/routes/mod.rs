@@ -29,7 +29,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use godel_core::store::{Cursor, SortOrder, TaskFilter, TaskQuery};
-use godel_core::{AgentId, EngineError, Orchestrator, Priority, SessionId, TaskId, TaskStatus, TenantId, Timestamp};
+use godel_core::{AgentId, Priority, SessionId, TaskId, TaskStatus, TenantId, TenantScope, Timestamp};
 use warp::filters::BoxedFilter;
 use warp::http::{StatusCode, header};
 use warp::hyper::body::Bytes;
@@ -101,21 +101,10 @@ pub(super) fn tenant(state: &AppState, ctx: &RequestContext) -> TenantId {
     ctx.principal.as_ref().map_or_else(|| state.default_tenant(), |p| p.tenant.clone())
 }
 
-/// The orchestrator acting for `tenant`, or `None` when this server cannot
-/// act for it.
-///
-/// TENANT SCOPE: the orchestrator runs only its configured tenant's tasks
-/// until it has per-tenant scopes (`Orchestrator::tenant`); this is the one
-/// place to switch to them. Until then another tenant has no tasks here, and
-/// its writes are refused rather than applied to the default tenant.
-pub(super) fn engine<'a>(state: &'a AppState, tenant: &TenantId) -> Option<&'a Orchestrator> {
-    (*tenant == state.default_tenant()).then_some(&state.orchestrator)
-}
-
-/// [`engine`] for a write on an existing task: another tenant's view has no
-/// such task.
-pub(super) fn engine_for_task<'a>(state: &'a AppState, tenant: &TenantId, id: TaskId) -> ApiResult<&'a Orchestrator> {
-    engine(state, tenant).ok_or_else(|| EngineError::TaskNotFound(id).into())
+/// The orchestrator's commands for the caller's tenant: every write goes
+/// through it, so no request can change another tenant's tasks.
+pub(super) fn scope(state: &AppState, ctx: &RequestContext) -> TenantScope {
+    state.orchestrator.tenant(tenant(state, ctx))
 }
 
 pub(super) fn with(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {

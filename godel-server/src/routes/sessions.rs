@@ -15,7 +15,7 @@ use crate::AppState;
 use crate::auth::RequestContext;
 use crate::error::ApiResult;
 use crate::routes::{
-    Params, agent_id, ctx, engine, json_with, ok, raw_query, respond, session_id, task_id, tenant, with,
+    Params, agent_id, ctx, json_with, ok, raw_query, respond, scope, session_id, task_id, tenant, with,
 };
 use crate::wire::SessionDto;
 
@@ -54,8 +54,6 @@ async fn get_session(state: Arc<AppState>, ctx: RequestContext, id: String) -> A
 }
 
 async fn terminate_session(state: Arc<AppState>, ctx: RequestContext, id: String) -> ApiResult {
-    let id = session_id(&id)?;
-    let engine = engine(&state, &tenant(&state, &ctx)).ok_or(godel_core::EngineError::SessionNotFound(id))?;
-    let (session, task) = engine.terminate_session(id).await?;
+    let (session, task) = scope(&state, &ctx).terminate_session(session_id(&id)?).await?;
     Ok(json_with(StatusCode::ACCEPTED, &json!({ "session": SessionDto::from(&session), "task_id": task.to_string() })))
 }

@@ -16,8 +16,8 @@ use crate::AppState;
 use crate::auth::RequestContext;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::{
-    LIST_PARAMS, Params, body, ctx, engine, engine_for_task, json_with, no_content, ok, raw_query, respond, task_id,
-    task_query, tenant, with,
+    LIST_PARAMS, Params, body, ctx, json_with, no_content, ok, raw_query, respond, scope, task_id, task_query, tenant,
+    with,
 };
 use crate::wire::{self, CreateBatch, CreateTask, Page, TaskDto, parse_body};
 
@@ -65,7 +65,7 @@ pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
 async fn create_task(state: Arc<AppState>, ctx: RequestContext, body: Bytes) -> ApiResult {
     let request: CreateTask = parse_body(&body)?;
     let new = request.into_new_task(Timestamp::now())?;
-    let enqueued = submitter(&state, &ctx)?.enqueue(new).await?;
+    let enqueued = scope(&state, &ctx).enqueue(new).await?;
     let task = enqueued.task;
     // A repeated idempotency key returns the first task: 200, not 201.
     let status = if enqueued.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -90,7 +90,7 @@ async fn create_batch(state: Arc<AppState>, ctx: RequestContext, body: Bytes) ->
         .enumerate()
         .map(|(i, t)| t.into_new_task(now).map_err(|e| ApiError::new(e.code, format!("tasks[{i}]: {}", e.message))))
         .collect::<ApiResult<Vec<_>>>()?;
-    let created = submitter(&state, &ctx)?.submit_batch(tasks).await?;
+    let created = scope(&state, &ctx).submit_batch(tasks).await?;
     let items: Vec<TaskDto> = created.iter().map(TaskDto::from).collect();
     Ok(json_with(StatusCode::CREATED, &json!({ "tasks": items })))
 }
@@ -115,7 +115,7 @@ async fn delete_task(state: Arc<AppState>, ctx: RequestContext, id: String, quer
     let id = task_id(&id)?;
     match params.get("purge") {
         Some("true") => {
-            engine_for_task(&state, &tenant(&state, &ctx), id)?.purge(id).await?;
+            scope(&state, &ctx).purge(id).await?;
             no_content()
         }
         _ => Err(ApiError::invalid(
@@ -126,10 +126,9 @@ async fn delete_task(state: Arc<AppState>, ctx: RequestContext, id: String, quer
 
 async fn stop_task(state: Arc<AppState>, ctx: RequestContext, id: String, force: bool) -> ApiResult {
     let id = task_id(&id)?;
-    let tenant = tenant(&state, &ctx);
-    let engine = engine_for_task(&state, &tenant, id)?;
-    let outcome = if force { engine.kill(id).await? } else { engine.cancel(id).await? };
-    let task = state.store().get(&tenant, id).await?;
+    let scope = scope(&state, &ctx);
+    let outcome = if force { scope.kill(id).await? } else { scope.cancel(id).await? };
+    let task = scope.get(id).await?;
     let outcome = match outcome {
         CancelOutcome::Cancelled => "cancelled",
         CancelOutcome::Requested => "cancel_requested",
@@ -139,7 +138,7 @@ async fn stop_task(state: Arc<AppState>, ctx: RequestContext, id: String, force:
 
 async fn retry_task(state: Arc<AppState>, ctx: RequestContext, id: String) -> ApiResult {
     let id = task_id(&id)?;
-    let task = engine_for_task(&state, &tenant(&state, &ctx), id)?.retry(id).await?;
+    let task = scope(&state, &ctx).retry(id).await?;
     ok(&TaskDto::from(&task))
 }
 
@@ -149,15 +148,4 @@ async fn task_events(state: Arc<AppState>, ctx: RequestContext, id: String) -> A
     let history = store.history(&tenant, id).await?;
     let output = store.output(&tenant, id).await?;
     ok(&json!({ "items": wire::history_json(&history, &output) }))
-}
-
-/// The orchestrator a submission goes to, for the caller's tenant.
-fn submitter<'a>(state: &'a AppState, ctx: &RequestContext) -> ApiResult<&'a godel_core::Orchestrator> {
-    let tenant = tenant(state, ctx);
-    engine(state, &tenant).ok_or_else(|| {
-        ApiError::forbidden(format!(
-            "this server runs tasks for tenant {} only; tenant {tenant} cannot submit here yet",
-            state.default_tenant()
-        ))
-    })
 }
