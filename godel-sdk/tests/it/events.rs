@@ -124,7 +124,7 @@ async fn a_dropped_connection_resumes_without_loss_or_repeats() -> Result<()> {
     let mut server = TestServer::start().await?;
     let direct = server.client().clone();
     let proxy = Proxy::start(server.addr()).await?;
-    let client = server.client_for(&proxy.url())?;
+    let client = server.client_at(&proxy.url())?;
     let mut events = client.events(&["task.*"]);
     events.subscribed().await?;
     let first = direct.submit(&SubmitTask::command(["true"])).await?;
@@ -168,7 +168,7 @@ async fn a_stream_that_saw_no_event_yet_still_resumes_where_it_went_live() -> Re
     let mut server = TestServer::start().await?;
     let direct = server.client().clone();
     let proxy = Proxy::start(server.addr()).await?;
-    let mut events = server.client_for(&proxy.url())?.events(&["task.*"]);
+    let mut events = server.client_at(&proxy.url())?.events(&["task.*"]);
     events.subscribed().await?;
 
     proxy.cut();

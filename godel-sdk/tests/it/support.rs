@@ -56,8 +56,6 @@ command = ["sh", "-c", "printf '%s\n' \"$1\"", "sh", "{prompt}"]
 #[derive(Debug)]
 pub(crate) struct TestServer {
     client: Client,
-    /// The server's first admin key.
-    key: String,
     addr: SocketAddr,
     toml: String,
     shutdown: CancellationToken,
@@ -83,20 +81,21 @@ impl TestServer {
         );
         let (addr, shutdown, handle) = launch(&toml, "127.0.0.1:0".parse()?).await?;
         // The admin key the server wrote on its first start.
-        let key = std::fs::read_to_string(dir.path().join("state").join("admin.key")).context("the admin key")?;
-        let key = key.trim().to_owned();
-        let client = Client::new(&format!("http://{addr}"))?.with_api_key(&key)?;
-        Ok(Self { client, key, addr, toml, shutdown, handle: Some(handle), dir })
+        let key = std::fs::read_to_string(dir.path().join("state").join(godel_server::ADMIN_KEY_FILE))
+            .context("the server's first admin key")?;
+        let client = Client::new(&format!("http://{addr}"))?.with_api_key(key.trim())?;
+        Ok(Self { client, addr, toml, shutdown, handle: Some(handle), dir })
+    }
+
+    /// A client for `url` (a proxy in front of the server) with the server's admin key.
+    pub(crate) fn client_at(&self, url: &str) -> Result<Client> {
+        let key = std::fs::read_to_string(self.dir().join("state").join(godel_server::ADMIN_KEY_FILE))?;
+        Ok(Client::new(url)?.with_api_key(key.trim())?)
     }
 
     /// A client for it.
     pub(crate) fn client(&self) -> &Client {
         &self.client
-    }
-
-    /// A client for `url` (a proxy in front of the server) with the server's admin key.
-    pub(crate) fn client_for(&self, url: &str) -> godel_sdk::Result<Client> {
-        Client::new(url)?.with_api_key(&self.key)
     }
 
     /// `http://127.0.0.1:<port>`.

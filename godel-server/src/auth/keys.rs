@@ -97,7 +97,6 @@ impl KeyCache {
 
     /// Forgets every cached key, so that a change this node just made (a
     /// revocation, a rotation) applies to the next request.
-    #[allow(dead_code, reason = "for the key management routes")]
     pub(crate) fn invalidate(&self) {
         self.lock().clear();
     }

@@ -73,6 +73,7 @@ async fn create(state: Arc<AppState>, ctx: RequestContext, body: Bytes) -> ApiRe
         Some(tenant) => {
             TenantId::new(tenant.as_str()).map_err(|e| ApiError::invalid(format!("invalid tenant: {}", e.reason)))?
         }
+        // The calling admin's tenant (or the one it acts on).
         None => tenant(&state, &ctx),
     };
     let now = Timestamp::now();
@@ -92,7 +93,7 @@ async fn get(state: Arc<AppState>, id: String) -> ApiResult {
 
 async fn revoke(state: Arc<AppState>, id: String) -> ApiResult {
     let key = state.store().revoke_key(&key_id(&id)?, Timestamp::now()).await.map_err(key_error)?;
-    // This node stops taking the key at once; others within the cache's lifetime.
+    // This node stops accepting it at once; others within the cache's life.
     state.auth.keys.invalidate();
     ok(&view(&key))
 }

@@ -1,7 +1,8 @@
 //! A server started in-process for one test: loopback, port 0, a SQLite
 //! store in a fresh temporary directory, and a shutdown trigger the test owns.
-//! Before it starts, an admin key for the default tenant is put in its store;
-//! [`TestServer::http`] and [`TestServer::ws`] send it.
+//! [`TestServer::http`] and [`TestServer::ws`] send the admin key the server
+//! wrote to `<state_dir>/admin.key` on its first start (or, for a second
+//! server on a shared store, one put straight into the store).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,8 +51,6 @@ impl TestServer {
             dir.path().join("state").display()
         );
         let config = ServerConfig::from_toml(&toml, &|_| None).expect("a valid test configuration");
-        let store = godel_core::store::open(&store).await.expect("the test store opens");
-        let admin = create_key(&store, &TenantId::default_tenant(), Role::Admin).await;
         let shutdown = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
         let on_listening = move |addr: SocketAddr| {
@@ -61,6 +60,12 @@ impl TestServer {
         let addr = match rx.await {
             Ok(addr) => addr,
             Err(_) => panic!("the server stopped before listening: {:?}", handle.await),
+        };
+        let store = godel_core::store::open(&store).await.expect("the test store opens");
+        let admin = match std::fs::read_to_string(dir.path().join("state").join(godel_server::ADMIN_KEY_FILE)) {
+            Ok(key) => key.trim().to_owned(),
+            // The store had keys already: this is not its first server.
+            Err(_) => create_key(&store, &TenantId::default_tenant(), Role::Admin).await,
         };
         Self { addr, shutdown, handle: Some(handle), store, admin, _dir: dir }
     }

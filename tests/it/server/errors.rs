@@ -135,7 +135,9 @@ async fn malformed_requests_get_a_4xx_envelope_naming_the_problem() -> Result<()
     // A connection per case: after answering 413 without reading the body
     // the server closes the connection (without saying `Connection: close`),
     // and a pooled connection would fail the next case for the wrong reason.
-    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", server.key()).parse()?);
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).default_headers(headers).build()?;
     let mut failures = Vec::new();
     for case in cases(&running) {
         if let Err(e) = check(&http, &server, &case).await {
@@ -187,7 +189,7 @@ async fn bad_websocket_traffic_gets_an_error_frame_and_the_connection_stays_open
 
     // A bad query is refused before the upgrade, with the envelope.
     let url = format!("ws://{}/events?since=yesterday", server.addr());
-    match tokio_tungstenite::connect_async(url.as_str()).await {
+    match tokio_tungstenite::connect_async(server.ws_request(&url)?).await {
         Err(tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 400, "{response:?}");
             let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or_default())?;

@@ -124,9 +124,12 @@ impl Launch {
 
     /// Starts the server and waits until it listens and is ready.
     pub(crate) async fn start(self) -> Result<Server> {
+        let dir = self.dir.clone();
         let mut server = self.spawn()?;
         let addr = server.wait_for_address().await?;
         server.addr = Some(addr);
+        server.key = admin_key(&dir)?;
+        server.http = authenticated(&server.key)?;
         let ready = eventually("GET /health/ready to answer 200", async || {
             if let Some(status) = server.try_exit_status()? {
                 bail!("the server exited with {status} before it was ready: {}", server.logs());
@@ -182,7 +185,7 @@ impl Launch {
             .spawn()
             .context("spawn godel-server")?;
         let http = reqwest::Client::builder().no_proxy().timeout(DEADLINE).build()?;
-        Ok(Server { child, addr: None, http, stdout, stderr })
+        Ok(Server { child, addr: None, http, key: String::new(), stdout, stderr })
     }
 }
 
@@ -192,6 +195,8 @@ pub(crate) struct Server {
     child: Child,
     addr: Option<SocketAddr>,
     http: reqwest::Client,
+    /// The admin key the requests carry.
+    key: String,
     stdout: PathBuf,
     stderr: PathBuf,
 }
@@ -210,6 +215,19 @@ impl Server {
     /// `http://<addr><path>`.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr())
+    }
+
+    /// The admin key the harness's requests carry.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A WebSocket request for `url` carrying the admin key.
+    pub(crate) fn ws_request(&self, url: &str) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request()?;
+        request.headers_mut().insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", self.key).parse()?);
+        Ok(request)
     }
 
     /// The HTTP client the harness uses, for requests the helpers do not cover.
@@ -288,7 +306,7 @@ impl Server {
     pub(crate) async fn events(&self, query: &str) -> Result<Events> {
         let url = format!("ws://{}/events{query}", self.addr());
         let (socket, _) =
-            tokio_tungstenite::connect_async(url.as_str()).await.with_context(|| format!("connect {url}"))?;
+            tokio_tungstenite::connect_async(self.ws_request(&url)?).await.with_context(|| format!("connect {url}"))?;
         Ok(Events { socket })
     }
 
@@ -523,4 +541,27 @@ fn newer_source(dep_info: &Path, built: SystemTime) -> Result<Option<PathBuf>> {
         }
     }
     Ok(None)
+}
+
+/// An HTTP client that sends `key` with every request.
+pub(crate) fn authenticated(key: &str) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse()?);
+    Ok(reqwest::Client::builder().no_proxy().timeout(DEADLINE).default_headers(headers).build()?)
+}
+
+/// The admin key a server in `dir` can be called with. A server writes its
+/// first admin key into its state directory (`.godel`, under the directory
+/// it runs in) before it listens; a node joining a store that has keys
+/// already writes none, and uses the key of a node started beside it.
+fn admin_key(dir: &Path) -> Result<String> {
+    let file = |dir: &Path| dir.join(".godel").join("admin.key");
+    let mut candidates = vec![file(dir)];
+    if let Some(parent) = dir.parent() {
+        for sibling in std::fs::read_dir(parent)?.flatten() {
+            candidates.push(file(&sibling.path()));
+        }
+    }
+    let key = candidates.iter().find_map(|path| std::fs::read_to_string(path).ok());
+    Ok(key.with_context(|| format!("no admin.key in {} or beside it", dir.display()))?.trim().to_owned())
 }

@@ -222,7 +222,7 @@ async fn bad_worker_input_is_refused_with_a_reason() -> Result<()> {
 
     // A hello the server cannot use is answered with an error frame naming the problem.
     let url = format!("ws://{}/api/v1/workers/connect", server.addr());
-    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_request(&url)?).await?;
     socket
         .send(tokio_tungstenite::tungstenite::Message::text(r#"{"type":"hello","name":"w","concurrency":1}"#))
         .await?;
