@@ -46,8 +46,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Each item is an event, or an error the stream recovers from by itself
 /// ([`Error::Unreachable`] while the server is down, [`Error::EventsMissed`]
 /// when events could not be recovered). The stream ends only after an
-/// [`Error::Protocol`] item: the server refused the subscription (for
-/// example an invalid pattern), and asking again would not help.
+/// [`Error::Protocol`] item (the server refused the subscription, for
+/// example an invalid pattern) or an [`Error::Api`] item (the server refused
+/// the credential, `unauthorized` or `forbidden`): asking again would not help.
 pub struct EventStream {
     inner: BoxStream<'static, Signal>,
     /// The server's `/events` URL, for errors.
@@ -115,7 +116,11 @@ impl EventStream {
         while !self.confirmed {
             match self.inner.next().await {
                 Some(Signal::Subscribed) => self.confirmed = true,
-                Some(Signal::Item(Err(e @ (Error::Unreachable { .. } | Error::Protocol { .. })))) => return Err(e),
+                Some(Signal::Item(Err(
+                    e @ (Error::Unreachable { .. } | Error::Protocol { .. } | Error::Api { .. }),
+                ))) => {
+                    return Err(e);
+                }
                 Some(Signal::Item(item)) => self.early.push_back(item),
                 None => {
                     return Err(Error::Protocol {
@@ -266,6 +271,13 @@ impl State {
                 self.socket = Some(socket);
                 Ok(())
             }
+            // A refused credential stays refused: say so, and stop.
+            Err(tokio_tungstenite::tungstenite::Error::Http(response))
+                if matches!(response.status().as_u16(), 401 | 403) =>
+            {
+                self.finished = true;
+                Err(refused(&response))
+            }
             Err(e) => {
                 self.failures += 1;
                 tracing::debug!(url, error = %e, "cannot connect to the event stream; retrying");
@@ -344,6 +356,18 @@ impl State {
             }
         }
     }
+}
+
+/// The API error of a handshake the server refused for its credential.
+fn refused(response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>) -> Error {
+    let status = response.status().as_u16();
+    let envelope = response.body().as_deref().and_then(|b| serde_json::from_slice::<godel_wire::ErrorEnvelope>(b).ok());
+    let (code, message) = match envelope {
+        Some(e) => (crate::error::ErrorCode::parse(&e.error.code), e.error.message),
+        None if status == 401 => (crate::error::ErrorCode::Unauthorized, "the server wants an API key".to_owned()),
+        None => (crate::error::ErrorCode::Forbidden, "the credential may not subscribe to events".to_owned()),
+    };
+    Error::Api { status, code, message, retryable: false }
 }
 
 /// Whether `text` is a JSON object with a `type`, i.e. meant as a frame.

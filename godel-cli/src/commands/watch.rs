@@ -33,6 +33,8 @@ pub(crate) async fn run(client: &Client, a: args::Watch) -> CliResult {
                 output::err(&paint(&format!("reconnecting: {e}"), "2"));
                 continue;
             }
+            // A refused credential: the stream has ended.
+            Err(e @ godel_sdk::Error::Api { .. }) => return Err(e.into()),
             Err(e) => {
                 output::err(&paint(&format!("warning: {e}"), "33"));
                 continue;

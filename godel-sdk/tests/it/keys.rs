@@ -51,13 +51,18 @@ async fn the_key_goes_in_the_authorization_header_and_never_in_debug() -> Result
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let client = Client::new(&format!("http://{}", listener.local_addr()?))?.with_api_key("gdl_events-key")?;
     let mut events = client.events(&["task.*"]);
-    let (head, _) = tokio::join!(
+    let (head, first) = tokio::join!(
         capture(listener, "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".to_owned()),
         tokio::time::timeout(Duration::from_secs(5), events.next())
     );
     let head = head?;
     assert!(head.starts_with("get /events"), "{head}");
     assert!(head.contains("authorization: bearer gdl_events-key\r\n"), "{head}");
+
+    // A refused handshake ends the stream with the API's code.
+    let refused = first?.expect("an item").unwrap_err();
+    assert_eq!(refused.code(), Some(&ErrorCode::Unauthorized), "{refused:?}");
+    assert!(events.next().await.is_none());
 
     // A key a header cannot carry is refused before any request.
     assert!(matches!(Client::new(&url)?.with_api_key("gdl_a\nb"), Err(Error::InvalidApiKey { .. })));

@@ -24,8 +24,7 @@ struct Admin {
 
 impl Admin {
     fn of(server: &TestServer) -> Self {
-        let key = std::fs::read_to_string(server.dir().join("state").join("admin.key")).expect("the admin key file");
-        Self::with_key(key.trim())
+        Self::with_key(server.admin_key())
     }
 
     fn with_key(key: &str) -> Self {
@@ -59,8 +58,8 @@ async fn keys_are_created_listed_rotated_and_revoked() {
     let (status, listed) = admin.call(Method::GET, keys.clone(), None).await;
     assert_eq!(status, 200, "{listed}");
     let items = listed["items"].as_array().expect("items");
-    assert_eq!(items.len(), 1, "only the first admin key: {listed}");
-    assert_eq!((items[0]["name"].as_str(), items[0]["role"].as_str()), (Some("admin"), Some("admin")));
+    assert_eq!(items.len(), 1, "only the test's admin key: {listed}");
+    assert_eq!(items[0]["role"], "admin");
 
     let before = Timestamp::now();
     let body = json!({"name": "ci", "role": "submitter", "expires_in": "30d"});
@@ -113,7 +112,8 @@ async fn keys_are_created_listed_rotated_and_revoked() {
         admin.call(Method::POST, format!("{keys}/{new_id}/rotate"), Some(json!({"grace": "0s"}))).await;
     assert_eq!(status, 201, "{rotated_now}");
     assert!(time(&rotated_now["previous"]["expires_at"]) <= Timestamp::now());
-    let (status, refused) = admin.call(Method::POST, format!("{keys}/{new_id}/rotate"), Some(json!({}))).await;
+    let (status, refused) =
+        admin.call(Method::POST, format!("{keys}/{new_id}/rotate"), Some(json!({"grace": "1h"}))).await;
     assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
 
     // Revoking is idempotent and keeps the first time.
@@ -136,6 +136,56 @@ async fn keys_are_created_listed_rotated_and_revoked() {
     let (status, _) = admin.call(Method::GET, format!("{keys}/not-a-uuid"), None).await;
     assert_eq!(status, 400);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_authenticates_until_its_grace_ends_or_it_is_revoked() {
+    use reqwest::Method;
+    // The store outlives the server, to read what it wrote at its stop.
+    let dir = tempfile::tempdir().expect("a directory");
+    let store_url = format!("sqlite://{}", dir.path().join("godel.db").display());
+    let server = TestServer::start_on(Some(&store_url), "").await;
+    let admin = Admin::of(&server);
+    let store = server.store().clone();
+    let keys = server.url("/api/v1/keys");
+    let tasks = server.url("/api/v1/tasks");
+    let status = async |key: &str| Admin::with_key(key).call(Method::GET, tasks.clone(), None).await.0;
+    let rotate = async |id: &str, grace: &str| {
+        let (status, rotated) =
+            admin.call(Method::POST, format!("{keys}/{id}/rotate"), Some(json!({"grace": grace}))).await;
+        assert_eq!(status, 201, "{rotated}");
+        let secret = rotated["secret"].as_str().expect("a secret").to_owned();
+        (rotated["key"]["id"].as_str().expect("an id").to_owned(), secret)
+    };
+
+    let (_, created) = admin.call(Method::POST, keys.clone(), Some(json!({"name": "ci", "role": "submitter"}))).await;
+    let first_id = created["key"]["id"].as_str().expect("an id").to_owned();
+    let first = created["secret"].as_str().expect("a secret").to_owned();
+    assert_eq!(status(&first).await, 200);
+
+    // During an hour's grace both the old key and the new one work.
+    let (second_id, second) = rotate(&first_id, "1h").await;
+    assert_eq!((status(&first).await, status(&second).await), (StatusCode::OK, StatusCode::OK));
+
+    // With no grace the old key stops at once, on this node's next request.
+    let (third_id, third) = rotate(&second_id, "0s").await;
+    assert_eq!(status(&second).await, 401);
+    assert_eq!((status(&third).await, status(&first).await), (StatusCode::OK, StatusCode::OK));
+
+    // A revoked key stops at once too.
+    for (id, key) in [(&third_id, &third), (&first_id, &first)] {
+        let (revoked, _) = admin.call(Method::DELETE, format!("{keys}/{id}"), None).await;
+        assert_eq!(revoked, 200);
+        let (refused, body) = Admin::with_key(key).call(Method::GET, tasks.clone(), None).await;
+        assert_eq!((refused, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    }
+
+    // Last use is written in batches, and at the latest when the server stops.
+    server.stop().await;
+    let used = store.get_key(&first_id.parse().expect("a key id")).await.expect("the key");
+    assert!(used.last_used_at.is_some(), "{used:?}");
+    let keys = store.list_keys(None).await.expect("the keys");
+    assert!(keys.iter().filter(|k| k.name == "ci").all(|k| k.last_used_at.is_some()), "{keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,9 +245,7 @@ async fn the_audit_log_is_listed_newest_first_with_filters_and_pages() {
     let server = TestServer::start("").await;
     let admin = Admin::of(&server);
     // Entries written straight to the store the server uses, at known times.
-    let store = godel_core::store::open(&format!("sqlite://{}", server.dir().join("godel.db").display()))
-        .await
-        .expect("the server's store");
+    let store = server.store();
     let entries = [
         entry(1_000, "default", "tasks.create", Allowed, Some("k1")),
         entry(2_000, "default", "tasks.cancel", Failed, Some("k1")),

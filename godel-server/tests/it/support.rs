@@ -80,6 +80,11 @@ impl TestServer {
         create_key(&self.store, &TenantId::new(tenant).expect("a valid tenant"), role).await
     }
 
+    /// The admin key's plaintext.
+    pub(crate) fn admin_key(&self) -> &str {
+        &self.admin
+    }
+
     /// An HTTP client that sends the admin key.
     pub(crate) fn http(&self) -> reqwest::Client {
         client(&self.admin)
@@ -100,12 +105,6 @@ impl TestServer {
     /// `http://127.0.0.1:<port><path>`.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
-    }
-
-    /// The temporary directory holding the store (`godel.db`) and the state
-    /// directory (`state/`, where the first admin key is written).
-    pub(crate) fn dir(&self) -> &std::path::Path {
-        self._dir.path()
     }
 
     /// `ws://127.0.0.1:<port><path>`.
