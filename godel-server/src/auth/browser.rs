@@ -40,7 +40,7 @@ pub(crate) fn check(
 
 fn host_allowed(config: &AuthConfig, local: SocketAddr, authority: &str) -> bool {
     let Some((name, _)) = split_authority(authority) else { return false };
-    if is_loopback_name(&name) || config.allowed_hosts.iter().any(|h| *h == name) {
+    if is_loopback_name(&name) || config.allowed_hosts.contains(&name) {
         return true;
     }
     // An address cannot be rebound: a hostile page can only reach it under a

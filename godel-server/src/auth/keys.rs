@@ -103,7 +103,7 @@ impl KeyCache {
 
     /// Notes that `key` authenticated a request at `now`.
     pub(crate) fn used(&self, key: &KeyId, now: Timestamp) {
-        self.used.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), now);
+        self.used.lock().unwrap_or_else(PoisonError::into_inner).insert(*key, now);
     }
 
     /// The keys used since the last call, for `Credentials::touch_keys`.
