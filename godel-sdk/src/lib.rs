@@ -27,9 +27,9 @@
 //! use futures::StreamExt;
 //! use godel_sdk::{Client, Priority, SubmitTask, TaskStatus};
 //!
-//! # async fn example(url: String) -> Result<(), godel_sdk::Error> {
+//! # async fn example(url: String, key: String) -> Result<(), godel_sdk::Error> {
 //! let client = Client::new("http://127.0.0.1:7373")?;
-//! # let client = Client::new(&url)?;
+//! # let client = Client::new(&url)?.with_api_key(&key)?;
 //! let mut events = client.events(&["task.*"]);
 //! events.subscribed().await?; // listen before submitting
 //! let task = client.submit(&SubmitTask::command(["echo", "hello"]).priority(Priority::High)).await?;

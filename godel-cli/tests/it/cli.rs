@@ -102,6 +102,8 @@ fn watch_prints_events() {
     let mut watch = Command::new(GODEL)
         .args(["watch", "-n", "3", "--json", "task.*"])
         .env("GODEL_SERVER", &server.url)
+        // Where the local server's admin.key is found (./.godel).
+        .current_dir(server.dir.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -46,8 +46,8 @@ async fn metrics_count_what_happens() -> Result<()> {
 /// The server the examples of docs/sdk.md run against starts, serves and stops.
 #[test]
 fn the_documentation_server_serves_an_example() {
-    crate::doc_server::serve(|url| async move {
-        let client = godel_sdk::Client::new(&url)?;
+    crate::doc_server::serve(|url, key| async move {
+        let client = godel_sdk::Client::new(&url)?.with_api_key(&key)?;
         client.ready().await?;
         assert_eq!(client.agents().await?[0].id, "worker");
         Ok::<_, Error>(())
