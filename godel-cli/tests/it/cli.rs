@@ -101,7 +101,6 @@ fn watch_prints_events() {
     let server = Server::start();
     let mut watch = Command::new(GODEL)
         .args(["watch", "-n", "3", "--json", "task.*"])
-        .current_dir(server.dir.path()) // where the server's admin key is
         .env("GODEL_SERVER", &server.url)
         // Where the local server's admin.key is found (./.godel).
         .current_dir(server.dir.path())
