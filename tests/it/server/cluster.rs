@@ -250,3 +250,42 @@ async fn events_wake_ups_and_agents_cross_nodes() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// A key revoked through one node is refused by another node sharing the
+/// store within a few seconds: each node trusts a key lookup for 4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_node_is_refused_by_the_others() -> Result<()> {
+    let Some((url, _store)) = postgres().await? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let node_dir = dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&node_dir)?;
+        nodes.push(Launch::new(&node_dir, &format!("{FAST_ENGINE}node = \"node{i}\"\n")).store(&url).start().await?);
+    }
+    let (status, created) = nodes[0].post("/api/v1/keys", &json!({"name": "ci", "role": "viewer"})).await?;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"].as_str().context("the new key's secret")?;
+    let id = created["key"]["id"].as_str().context("the new key's id")?;
+    let viewer = super::harness::authenticated(secret)?;
+    let depth = nodes[1].url("/api/v1/queue/depth");
+    assert_eq!(viewer.get(&depth).send().await?.status(), 200, "the other node takes the new key");
+
+    let (status, body) = nodes[0].request(reqwest::Method::DELETE, &format!("/api/v1/keys/{id}"), None).await?;
+    assert_eq!(status, 200, "{body}");
+    let revoked = std::time::Instant::now();
+    // The first refusal is a 401; further failed attempts from this address
+    // may meet the failed-authentication limit (429) instead.
+    eventually("the other node to refuse the revoked key", async || {
+        let status = viewer.get(&depth).send().await?.status();
+        Ok(matches!(status.as_u16(), 401 | 429).then_some(status))
+    })
+    .await?;
+    assert!(revoked.elapsed() < std::time::Duration::from_secs(6), "refused only after {:?}", revoked.elapsed());
+    for node in nodes {
+        node.stop().await?;
+    }
+    Ok(())
+}
