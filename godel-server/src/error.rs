@@ -97,7 +97,7 @@ impl ApiError {
         Self::new(Code::NotFound, message)
     }
 
-    fn with_status(mut self, status: StatusCode) -> Self {
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
         self.status = Some(status);
         self
     }

@@ -334,7 +334,14 @@ async fn admit(state: &AppState, source: IpAddr, request: &mut Request<Body>) ->
         Err(error) => return Err(refuse(error, None, &action, &target)),
     };
     let Some(rule) = rule else {
-        let error = ApiError::not_found("no such route; see /openapi.json for the API");
+        // A route that exists under another method is a 405, as the router says.
+        let methods = [warp::http::Method::GET, warp::http::Method::POST, warp::http::Method::DELETE];
+        let error = if methods.iter().any(|m| rules::lookup(m, route).is_some()) {
+            ApiError::invalid("method not allowed on this route; see /openapi.json")
+                .with_status(warp::http::StatusCode::METHOD_NOT_ALLOWED)
+        } else {
+            ApiError::not_found("no such route; see /openapi.json for the API")
+        };
         return Err(refuse(error, Some(principal), &action, &target));
     };
     if let Err(limit) = auth.limits.request(&principal.credential) {
