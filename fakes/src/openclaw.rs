@@ -720,12 +720,12 @@ impl Inner {
             reply(res_err(&frame.id, "INVALID_REQUEST", "unknown method: sessions.abort", None, None));
             return;
         }
-        if let Some(scope) = needed {
-            if !session.scopes.iter().any(|s| s == scope || s == "operator.admin") {
-                let details = json!({"code": "MISSING_SCOPE", "scope": scope});
-                reply(res_err(&frame.id, "FORBIDDEN", &format!("missing scope: {scope}"), Some(details), None));
-                return;
-            }
+        if let Some(scope) = needed
+            && !session.scopes.iter().any(|s| s == scope || s == "operator.admin")
+        {
+            let details = json!({"code": "MISSING_SCOPE", "scope": scope});
+            reply(res_err(&frame.id, "FORBIDDEN", &format!("missing scope: {scope}"), Some(details), None));
+            return;
         }
         let result = match frame.method.as_str() {
             "health" => parse::<Empty>(&params).map(|_| Some(json!({"ok": true}))),

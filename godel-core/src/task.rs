@@ -319,10 +319,10 @@ impl NewTask {
         self.capabilities.sort();
         self.capabilities.dedup();
         for (field, key) in [("idempotency_key", &self.idempotency_key), ("affinity_key", &self.affinity_key)] {
-            if let Some(key) = key {
-                if key.is_empty() || key.len() > 256 {
-                    return Err(InvalidInput::new(field, format!("expected 1 to 256 bytes, got {}", key.len())));
-                }
+            if let Some(key) = key
+                && (key.is_empty() || key.len() > 256)
+            {
+                return Err(InvalidInput::new(field, format!("expected 1 to 256 bytes, got {}", key.len())));
             }
         }
         Ok(())

@@ -406,14 +406,14 @@ fn budgets(file: &BudgetsFile) -> anyhow::Result<Budgets> {
     let budget = |key: &str, b: &BudgetFile| -> anyhow::Result<Budget> {
         let soft = b.soft.map(|v| money(&format!("{key}.soft"), v)).transpose()?;
         let hard = b.hard.map(|v| money(&format!("{key}.hard"), v)).transpose()?;
-        if let (Some(soft), Some(hard)) = (soft, hard) {
-            if soft > hard {
-                bail!(
-                    "invalid {key}: soft ({}) is above hard ({}); the soft limit warns before the hard one refuses",
-                    format_micros(soft),
-                    format_micros(hard)
-                );
-            }
+        if let (Some(soft), Some(hard)) = (soft, hard)
+            && soft > hard
+        {
+            bail!(
+                "invalid {key}: soft ({}) is above hard ({}); the soft limit warns before the hard one refuses",
+                format_micros(soft),
+                format_micros(hard)
+            );
         }
         Ok(Budget { soft, hard })
     };

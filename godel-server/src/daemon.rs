@@ -120,13 +120,14 @@ impl PidFile {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let text = std::fs::read_to_string(path).unwrap_or_default();
-                    if let Ok(pid) = text.trim().parse::<i32>() {
-                        if pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-                            bail!(
-                                "{} says process {pid} is running; stop it first, or remove the file if it is stale",
-                                path.display()
-                            );
-                        }
+                    if let Ok(pid) = text.trim().parse::<i32>()
+                        && pid > 0
+                        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                    {
+                        bail!(
+                            "{} says process {pid} is running; stop it first, or remove the file if it is stale",
+                            path.display()
+                        );
                     }
                     tracing::warn!(path = %path.display(), "removing a stale PID file");
                     std::fs::remove_file(path)

@@ -47,7 +47,7 @@ pub fn tenant() -> TenantId {
 /// orphaned, and they must finish quickly without anyone reaping them.
 pub fn command(i: usize) -> Vec<String> {
     let sleep = format!("sleep 0.0{}", 1 + i % 8);
-    let script = if i % FLAKY_EVERY == 0 {
+    let script = if i.is_multiple_of(FLAKY_EVERY) {
         // The engine sets GODEL_ATTEMPT to the attempt being run, from 1.
         format!("{sleep}; [ \"$GODEL_ATTEMPT\" -gt 1 ]")
     } else {

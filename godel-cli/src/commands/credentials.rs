@@ -53,17 +53,17 @@ pub(crate) fn lookup(flag: Option<String>, server: &str) -> Option<Credential> {
     if let Some(key) = std::env::var("GODEL_API_KEY").ok().filter(|k| !k.trim().is_empty()) {
         return found(key, "GODEL_API_KEY".into());
     }
-    if let Some(path) = profiles_path() {
-        if let Some(profile) = read_profiles(&path).ok().and_then(|mut p| p.servers.remove(&normalize(server))) {
-            return found(profile.api_key, path.display().to_string());
-        }
+    if let Some(path) = profiles_path()
+        && let Some(profile) = read_profiles(&path).ok().and_then(|mut p| p.servers.remove(&normalize(server)))
+    {
+        return found(profile.api_key, path.display().to_string());
     }
     if is_loopback(server) {
         let path = state_dir().join("admin.key");
-        if let Ok(key) = fs::read_to_string(&path) {
-            if !key.trim().is_empty() {
-                return found(key, path.display().to_string());
-            }
+        if let Ok(key) = fs::read_to_string(&path)
+            && !key.trim().is_empty()
+        {
+            return found(key, path.display().to_string());
         }
     }
     None

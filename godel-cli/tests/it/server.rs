@@ -52,10 +52,10 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if let Some(addr) = v["addr"].as_str() {
-                        let _ = tx.send(addr.to_owned());
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(addr) = v["addr"].as_str()
+                {
+                    let _ = tx.send(addr.to_owned());
                 }
             }
         });

@@ -375,11 +375,11 @@ impl Shared {
                         error_message(data.as_bytes())
                     )));
                 }
-                if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str() {
-                    if !delta.is_empty() {
-                        text.push_str(delta);
-                        output.send(OutputStream::Stdout, delta.to_owned()).await;
-                    }
+                if let Some(delta) = chunk["choices"][0]["delta"]["content"].as_str()
+                    && !delta.is_empty()
+                {
+                    text.push_str(delta);
+                    output.send(OutputStream::Stdout, delta.to_owned()).await;
                 }
                 if let Some(u) = usage(&chunk["usage"]) {
                     usage_seen = Some(u);
@@ -421,10 +421,10 @@ fn usage(value: &Value) -> Option<Usage> {
 
 /// OpenAI's `error.message`, else the body as text (shortened).
 fn error_message(body: &[u8]) -> String {
-    if let Ok(value) = serde_json::from_slice::<Value>(body) {
-        if let Some(message) = value["error"]["message"].as_str().or_else(|| value["error"].as_str()) {
-            return message.to_owned();
-        }
+    if let Ok(value) = serde_json::from_slice::<Value>(body)
+        && let Some(message) = value["error"]["message"].as_str().or_else(|| value["error"].as_str())
+    {
+        return message.to_owned();
     }
     let text = String::from_utf8_lossy(body);
     let text = text.trim();

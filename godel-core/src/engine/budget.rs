@@ -52,18 +52,18 @@ impl Budgets {
     pub fn validate(&self) -> Result<(), InvalidInput> {
         let entries = std::iter::once((None, &self.default)).chain(self.tenants.iter().map(|(t, b)| (Some(t), b)));
         for (tenant, budget) in entries {
-            if let (Some(soft), Some(hard)) = (budget.soft, budget.hard) {
-                if soft > hard {
-                    let whose = tenant.map_or_else(|| "the default budget".to_owned(), |t| format!("tenant {t}"));
-                    return Err(InvalidInput::new(
-                        "budgets",
-                        format!(
-                            "{whose} has a soft limit ({}) above its hard limit ({})",
-                            format_micros(soft),
-                            format_micros(hard)
-                        ),
-                    ));
-                }
+            if let (Some(soft), Some(hard)) = (budget.soft, budget.hard)
+                && soft > hard
+            {
+                let whose = tenant.map_or_else(|| "the default budget".to_owned(), |t| format!("tenant {t}"));
+                return Err(InvalidInput::new(
+                    "budgets",
+                    format!(
+                        "{whose} has a soft limit ({}) above its hard limit ({})",
+                        format_micros(soft),
+                        format_micros(hard)
+                    ),
+                ));
             }
         }
         Ok(())

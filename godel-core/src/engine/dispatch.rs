@@ -81,10 +81,10 @@ impl Orchestrator {
                     }
                     free = inner.lock_scheduler().agent(&claimer).map_or(0, claimable_slots);
                 }
-                if let Some(i) = served.filter(|_| tenants.len() > 1) {
-                    if let Some(state) = inner.lock_scheduler().agent_mut(&claimer) {
-                        state.next_tenant = i + 1;
-                    }
+                if let Some(i) = served.filter(|_| tenants.len() > 1)
+                    && let Some(state) = inner.lock_scheduler().agent_mut(&claimer)
+                {
+                    state.next_tenant = i + 1;
                 }
             }
             if !progress {

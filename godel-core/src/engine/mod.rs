@@ -449,9 +449,9 @@ impl Inner {
 }
 
 fn log_join(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined {
-        if e.is_panic() {
-            tracing::error!(error = %e, "a task execution panicked; its slot was released and its lease will lapse");
-        }
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a task execution panicked; its slot was released and its lease will lapse");
     }
 }

@@ -41,7 +41,7 @@ impl Audit {
             let dropped = self.dropped.inc() + 1;
             // The first drop and then one line per thousand: a full queue
             // must not also flood the log.
-            if dropped == 1 || dropped % 1_000 == 0 {
+            if dropped == 1 || dropped.is_multiple_of(1_000) {
                 tracing::warn!(dropped, "audit queue full: entries dropped");
             }
         }

@@ -20,20 +20,20 @@ pub(crate) fn check(
     host: Option<&str>,
     origin: Option<&str>,
 ) -> Result<(), String> {
-    if let Some(host) = host {
-        if !host_allowed(config, local, host) {
-            return Err(format!(
-                "the Host header {host:?} is not allowed (loopback names, the bind address and auth.allowed_hosts are)"
-            ));
-        }
+    if let Some(host) = host
+        && !host_allowed(config, local, host)
+    {
+        return Err(format!(
+            "the Host header {host:?} is not allowed (loopback names, the bind address and auth.allowed_hosts are)"
+        ));
     }
-    if let Some(origin) = origin {
-        if !origin_allowed(config, local.port(), host, origin) {
-            return Err(format!(
-                "the Origin header {origin:?} is not allowed (loopback origins on port {} and auth.allowed_origins are)",
-                local.port()
-            ));
-        }
+    if let Some(origin) = origin
+        && !origin_allowed(config, local.port(), host, origin)
+    {
+        return Err(format!(
+            "the Origin header {origin:?} is not allowed (loopback origins on port {} and auth.allowed_origins are)",
+            local.port()
+        ));
     }
     Ok(())
 }

@@ -81,10 +81,10 @@ pub(crate) struct KeyCache {
 impl KeyCache {
     /// The key whose plaintext hashes to `hash`, if the store has one.
     pub(crate) async fn get(&self, store: &Arc<dyn Store>, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        if let Some((key, at)) = self.lock().get(hash) {
-            if at.elapsed() < FRESH {
-                return Ok(key.clone());
-            }
+        if let Some((key, at)) = self.lock().get(hash)
+            && at.elapsed() < FRESH
+        {
+            return Ok(key.clone());
         }
         let key = store.key_by_hash(hash).await?;
         let mut entries = self.lock();

@@ -114,10 +114,10 @@ impl Auth {
             };
             state.auth.limits.prune();
             let used = state.auth.keys.take_used();
-            if !used.is_empty() {
-                if let Err(e) = state.store().touch_keys(&used).await {
-                    tracing::warn!(error = %e, keys = used.len(), "cannot record when keys were last used");
-                }
+            if !used.is_empty()
+                && let Err(e) = state.store().touch_keys(&used).await
+            {
+                tracing::warn!(error = %e, keys = used.len(), "cannot record when keys were last used");
             }
             if stopping {
                 return;
@@ -387,10 +387,10 @@ async fn admit(state: &AppState, source: IpAddr, request: &mut Request<Body>) ->
         }
         action = format!("tenants.{}", rule.action);
     }
-    if rule.mutating {
-        if let Err(error) = json_body(request.headers()) {
-            return Err(refuse(error, Some(principal), &action, &target));
-        }
+    if rule.mutating
+        && let Err(error) = json_body(request.headers())
+    {
+        return Err(refuse(error, Some(principal), &action, &target));
     }
     let audited = rule.mutating || action.starts_with("tenants.");
     Ok(Admitted { principal: Some(principal), action, target, audited })

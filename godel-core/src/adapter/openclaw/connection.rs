@@ -480,10 +480,10 @@ impl Connection {
             .map_err(|e| Failure::Transient(format!("cannot send connect: {e}")))?;
         let answer = tokio::time::timeout(limit, async {
             loop {
-                if let Incoming::Response(r) = next_text(&mut socket).await? {
-                    if r.id == "connect" {
-                        return Ok(r.result);
-                    }
+                if let Incoming::Response(r) = next_text(&mut socket).await?
+                    && r.id == "connect"
+                {
+                    return Ok(r.result);
                 }
             }
         })

@@ -161,10 +161,10 @@ impl DeviceIdentity {
         let bytes: [u8; 32] =
             bytes.try_into().map_err(|b: Vec<u8>| invalid(format!("secretKey must be 32 bytes, got {}", b.len())))?;
         let identity = Self::from_secret(&bytes);
-        if let Some(id) = v.get("deviceId").and_then(serde_json::Value::as_str) {
-            if id != identity.id {
-                return Err(invalid("deviceId does not match the key".to_owned()));
-            }
+        if let Some(id) = v.get("deviceId").and_then(serde_json::Value::as_str)
+            && id != identity.id
+        {
+            return Err(invalid("deviceId does not match the key".to_owned()));
         }
         Ok(identity)
     }

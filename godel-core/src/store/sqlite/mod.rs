@@ -106,10 +106,10 @@ impl SqliteStore {
     /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
         self.reader.close().await;
-        if let Some(writer) = self.writer.lock().await.take() {
-            if let Err(e) = writer.close().await {
-                tracing::warn!(error = %e, "closing the SQLite writer connection failed");
-            }
+        if let Some(writer) = self.writer.lock().await.take()
+            && let Err(e) = writer.close().await
+        {
+            tracing::warn!(error = %e, "closing the SQLite writer connection failed");
         }
     }
 
