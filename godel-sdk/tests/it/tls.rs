@@ -28,7 +28,9 @@ async fn clients_trusting_the_ca_file_reach_a_tls_server_and_others_are_refused(
     let url = format!("https://localhost:{}", addr.port());
     let trusting = TlsOptions { ca_file: Some(cert_file.clone()) };
 
-    let client = Client::with_tls(&url, ClientOptions::default(), &trusting)?;
+    let key = std::fs::read_to_string(dir.path().join("state/admin.key")).context("the server's first admin key")?;
+    let key = key.trim();
+    let client = Client::with_tls(&url, ClientOptions::default(), &trusting)?.with_api_key(key)?;
     client.health().await.context("HTTPS with the CA file")?;
     // The event stream goes over wss:// with the same trust.
     let mut events = client.events(&["task.*"]);
@@ -39,7 +41,7 @@ async fn clients_trusting_the_ca_file_reach_a_tls_server_and_others_are_refused(
     // A worker connects over wss:// and runs a task.
     let worker = Worker::new(WorkerOptions {
         server: url.clone(),
-        api_key: None,
+        api_key: Some(key.to_owned()),
         tls: trusting.clone(),
         name: "tls-worker".to_owned(),
         capabilities: vec!["remote".to_owned()],
