@@ -80,7 +80,7 @@ async fn thousands_of_idle_and_slow_connections_leave_room_for_a_task() {
         }));
     }
 
-    let http = reqwest::Client::builder().timeout(DEADLINE).build().unwrap();
+    let http = server.http();
     let id = submit(&http, &server, &json!({"command": ["echo", "still here"]})).await;
     let task = wait_for_status(&http, &server, &id, "completed").await;
     assert_eq!(task["status"], "completed");
@@ -109,7 +109,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     closed_by_server(&mut kept).await;
 
     // A WebSocket is not idle-timed: it still answers after several idle periods.
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url("/events")).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws("/events")).await.unwrap();
     let started = Instant::now();
     let mut answered = 0;
     while started.elapsed() < Duration::from_secs(1) {
@@ -199,7 +199,7 @@ async fn hello(
     session: Option<&str>,
     running: Value,
 ) -> (Socket, Value) {
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url("/api/v1/workers/connect")).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws("/api/v1/workers/connect")).await.unwrap();
     let mut frame = json!({"type": "hello", "name": name, "concurrency": concurrency, "version": "test",
                            "capabilities": ["remote"], "running": running});
     if let Some(session) = session {
@@ -214,7 +214,7 @@ async fn hello(
 async fn a_worker_reattaches_to_its_runs_only_with_its_session_secret() {
     // A long lease: the reconnect grace must outlast the test.
     let server = TestServer::start("[engine]\npoll_interval = \"50ms\"\nlease = \"60s\"\n").await;
-    let http = reqwest::Client::builder().timeout(DEADLINE).build().unwrap();
+    let http = server.http();
     let (mut worker, welcome) = hello(&server, "w1", 1, None, json!([])).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     let secret = welcome["session"].as_str().expect("a session secret").to_owned();
@@ -272,7 +272,7 @@ async fn a_worker_declaring_more_than_the_capacity_cap_is_refused() {
 #[tokio::test]
 async fn gateways_through_the_api_name_only_allowed_variables_and_hosts() {
     let server = TestServer::start("[gateways_api]\nallowed_token_env = [\"GODEL_TEST_GATEWAY_TOKEN\"]\n").await;
-    let http = reqwest::Client::new();
+    let http = server.http();
     for (body, needles) in [
         (
             json!({"name": "gw", "url": "ws://127.0.0.1:1", "token_env": "AWS_SECRET_ACCESS_KEY"}),
