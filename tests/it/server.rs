@@ -6,12 +6,13 @@
 //! on a fixed sleep.
 
 mod cancel;
-mod cluster;
+pub(crate) mod cluster;
 mod errors;
 mod events;
-mod harness;
+pub(crate) mod harness;
 mod lifecycle;
 mod ordering;
 mod outage;
 mod secrets;
+pub(crate) mod services;
 mod workers;

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::harness::{FAST_ENGINE, Launch, Server, eventually};
 
 /// A fresh schema on the test PostgreSQL, or `None` (skip) when there is none.
-pub(super) async fn postgres() -> Result<Option<(String, Arc<dyn Store>)>> {
+pub(crate) async fn postgres() -> Result<Option<(String, Arc<dyn Store>)>> {
     let base = std::env::var("GODEL_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
@@ -92,7 +92,7 @@ async fn wait_all_completed(node: &Server, n: u64) -> Result<()> {
 }
 
 /// Like `eventually`, for the long runs here: up to three minutes.
-async fn eventually_long<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
+pub(crate) async fn eventually_long<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     loop {
         if let Some(value) = probe().await? {

@@ -467,6 +467,59 @@ impl Events {
     }
 }
 
+/// A `godel worker` process with the capability `remote`, its output in
+/// `worker-<name>.log` (appended to, so that a restart keeps the first run's).
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    /// Starts a worker named `name` in `dir`, connected to `server`.
+    pub(crate) fn start(dir: &Path, server: &Server, name: &str) -> Result<Self> {
+        Self::start_with(dir, server, name, &[])
+    }
+
+    /// Starts a worker with more arguments, e.g. `["--concurrency", "4"]`.
+    pub(crate) fn start_with(dir: &Path, server: &Server, name: &str, args: &[&str]) -> Result<Self> {
+        let log = dir.join(format!("worker-{name}.log"));
+        let open = || std::fs::File::options().create(true).append(true).open(&log);
+        let child = Command::new(cli_binary()?)
+            .args(["worker", "--server", &server.url(""), "--name", name, "--capability", "remote"])
+            .args(["--log-format", "json"])
+            .args(args)
+            .env("GODEL_LOG", "debug")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(open()?)
+            .stderr(open()?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn godel worker")?;
+        Ok(Self { child, log })
+    }
+
+    /// What it logged so far, for failure messages.
+    pub(crate) fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the worker.
+    pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = i32::try_from(self.child.id().context("the worker has exited")?)?;
+        Ok(kill(Pid::from_raw(pid), signal)?)
+    }
+
+    /// Waits for the worker to exit and returns its exit code.
+    pub(crate) async fn exit_code(&mut self) -> Result<Option<i32>> {
+        let status = tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .with_context(|| format!("the worker did not exit: {}", self.logs()))??;
+        Ok(status.code())
+    }
+}
+
 /// Polls `probe` every [`POLL`] until it returns `Some`, for at most [`DEADLINE`].
 pub(crate) async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + DEADLINE;

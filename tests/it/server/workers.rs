@@ -1,62 +1,17 @@
 //! Remote workers end to end: real `godel worker` processes connected to a
 //! real server, taking pushed tasks, dying, draining and reconnecting.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-
 use anyhow::{Context, Result, bail};
 use futures::{SinkExt, StreamExt};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 
-use super::harness::{DEADLINE, FAST_ENGINE, Launch, Server, cli_binary, eventually, gated};
+use crate::server::harness::{FAST_ENGINE, Launch, Server, Worker, cli_binary, eventually, gated};
 
 /// No local agent can take tasks that need `remote`: only workers can.
 fn config() -> String {
     format!("{FAST_ENGINE}retry_initial = \"100ms\"\nretry_max = \"200ms\"\n[[agents]]\nid = \"local\"\ncapacity = 1\n")
-}
-
-/// A `godel worker` process.
-struct Worker {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(dir: &Path, server: &Server, name: &str) -> Result<Self> {
-        let log = dir.join(format!("worker-{name}.log"));
-        let child = Command::new(cli_binary()?)
-            .args(["worker", "--server", &server.url(""), "--name", name, "--capability", "remote"])
-            .args(["--log-format", "json"])
-            .env("GODEL_LOG", "debug")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::File::options().append(true).open(&log)?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn godel worker")?;
-        Ok(Self { child, log })
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: Signal) -> Result<()> {
-        let pid = i32::try_from(self.child.id().context("the worker has exited")?)?;
-        Ok(kill(Pid::from_raw(pid), signal)?)
-    }
-
-    async fn exit_code(&mut self) -> Result<Option<i32>> {
-        let status = tokio::time::timeout(DEADLINE, self.child.wait())
-            .await
-            .with_context(|| format!("the worker did not exit: {}", self.logs()))??;
-        Ok(status.code())
-    }
 }
 
 /// The worker agent `name` as the server lists it, once it is there.

@@ -4,8 +4,11 @@
 //! `sqlite::claim_is_exclusive`. Every test gets a fresh
 //! namespace: a new memory store, a new SQLite file in a temporary directory,
 //! a fresh PostgreSQL schema (with a second handle on it as another node).
+//! `model` checks random sequences of calls against a reference model of
+//! the contract, on the same fixtures.
 
 mod credentials;
+mod model;
 mod rules;
 
 use std::sync::Arc;
