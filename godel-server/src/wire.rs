@@ -24,21 +24,38 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     if body.is_empty() {
         return Err(ApiError::invalid("the request needs a JSON body"));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+    // One JSON value and nothing after it but whitespace.
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+    whole_numbers_as_integers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::invalid(format!("malformed JSON: {inner}"))
-        } else if path == "." {
+        if path == "." {
             ApiError::invalid(format!("invalid body: {inner}"))
         } else {
             ApiError::invalid(format!("invalid {path}: {inner}"))
         }
-    })?;
-    // One JSON value and nothing after it but whitespace.
-    de.end().map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
-    Ok(value)
+    })
+}
+
+/// JSON has one number type: `3.0` is the integer 3 (as the OpenAPI
+/// document's schemas say), so it is one here too before serde, which
+/// would refuse it for an integer field.
+fn whole_numbers_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15) {
+                // Exact: every whole number below 2^53 is an f64.
+                #[allow(clippy::cast_possible_truncation, reason = "a whole number within i64")]
+                let i = f as i64;
+                *value = Value::from(i);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers_as_integers),
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
 }
 
 fn ts(t: Timestamp) -> String {

@@ -335,8 +335,7 @@ async fn admit(state: &AppState, source: IpAddr, request: &mut Request<Body>) ->
     };
     let Some(rule) = rule else {
         // A route that exists under another method is a 405, as the router says.
-        let methods = [warp::http::Method::GET, warp::http::Method::POST, warp::http::Method::DELETE];
-        let allow: Vec<_> = methods.into_iter().filter(|m| rules::lookup(m, route).is_some()).collect();
+        let allow = rules::allowed(route);
         let error = if allow.is_empty() {
             ApiError::not_found("no such route; see /openapi.json for the API")
         } else {

@@ -140,6 +140,8 @@ async fn method_not_allowed_says_which_are() {
         (reqwest::Method::PUT, "/api/v1/tasks", "GET, POST"),
         (reqwest::Method::POST, "/api/v1/tasks/0190d6b5-7a1c-7000-8000-000000000000", "GET, DELETE"),
         (reqwest::Method::DELETE, "/health", "GET"),
+        // A literal path is its own route, never the `{id}` route it looks like.
+        (reqwest::Method::GET, "/api/v1/tasks/batch", "POST"),
     ] {
         let response = http.request(method.clone(), server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
