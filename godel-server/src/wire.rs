@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use godel_core::adapter::ProcessConfig;
-use godel_core::engine::MAX_CAPACITY;
+use godel_core::agent::MAX_CAPACITY;
 use godel_core::event::EventKind;
 use godel_core::session::Session;
 use godel_core::store::{HistoryEntry, OutputRecord, QueueDepth};

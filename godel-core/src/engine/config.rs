@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::InvalidInput;
 use crate::adapter::Adapter;
-use crate::agent::AgentKind;
+use crate::agent::{AgentKind, MAX_CAPACITY};
 use crate::engine::budget::Budgets;
 use crate::ids::{AgentId, TenantId};
 use crate::retry::Backoff;
@@ -62,10 +62,6 @@ impl FromStr for SchedulingPolicy {
             })
     }
 }
-
-/// Most tasks one agent may run at once. Far above what one machine runs,
-/// and low enough that the free slots of many agents add up without overflow.
-pub const MAX_CAPACITY: u32 = 10_000;
 
 /// One agent the orchestrator dispatches to.
 #[derive(Clone, Debug)]

@@ -56,7 +56,7 @@ pub use tokio_util::sync::CancellationToken;
 pub use crate::engine::agents::MemberEntry;
 pub use crate::engine::budget::{Budget, Budgets};
 pub use crate::engine::cluster::ClusterAgent;
-pub use crate::engine::config::{AgentConfig, EngineConfig, MAX_CAPACITY, SchedulingPolicy};
+pub use crate::engine::config::{AgentConfig, EngineConfig, SchedulingPolicy};
 pub use crate::engine::error::EngineError;
 pub use crate::engine::tenants::TenantScope;
 pub use crate::money::{format_micros, micros_from_units};

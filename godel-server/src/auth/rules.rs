@@ -232,6 +232,14 @@ mod tests {
     }
 
     #[test]
+    fn a_literal_path_is_its_own_route() {
+        assert_eq!(rule(Method::GET, "/api/v1/tasks/batch"), None, "not the task `batch`");
+        assert_eq!(allowed("/api/v1/tasks/batch"), [Method::POST]);
+        assert_eq!(allowed("/api/v1/tasks/abc"), [Method::GET, Method::DELETE]);
+        assert!(allowed("/api/v1/nothing").is_empty());
+    }
+
+    #[test]
     fn nothing_but_the_exact_path_matches() {
         for path in [
             "/health/live/",

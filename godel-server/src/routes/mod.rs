@@ -168,7 +168,7 @@ pub(super) fn no_content() -> ApiResult {
 }
 
 /// A path segment as the client meant it: percent-decoded, UTF-8.
-pub(super) fn segment(raw: &str) -> ApiResult<Cow<'_, str>> {
+fn segment(raw: &str) -> ApiResult<Cow<'_, str>> {
     percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| ApiError::invalid(format!("invalid path segment {raw:?}: not UTF-8 once percent-decoded")))
