@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{AgentId, TenantId};
 use crate::time::Timestamp;
 
+/// Most tasks one agent may run at once (and sessions one gateway may
+/// allow). Far above what one machine runs, and low enough that the free
+/// slots of many agents add up without overflow.
+pub const MAX_CAPACITY: u32 = 10_000;
+
 /// The runtime behind an agent; each kind has its adapter.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -170,15 +170,31 @@ pub struct TaskPayload {
 }
 
 impl TaskPayload {
-    /// Checks that there is something to run.
+    /// Checks that there is something to run, and that no text in it holds
+    /// a NUL byte (a process cannot take one in its argv, and PostgreSQL
+    /// cannot store one in text or JSON).
     pub fn validate(&self) -> Result<(), InvalidInput> {
         match (&self.prompt, &self.command) {
-            (None, None) => Err(InvalidInput::new("payload", "expected a prompt, a command or both")),
+            (None, None) => return Err(InvalidInput::new("payload", "expected a prompt, a command or both")),
             (_, Some(argv)) if argv.is_empty() || argv[0].is_empty() => {
-                Err(InvalidInput::new("command", "expected a non-empty argv whose first element is the program"))
+                return Err(InvalidInput::new(
+                    "command",
+                    "expected a non-empty argv whose first element is the program",
+                ));
             }
-            _ => Ok(()),
+            _ => {}
         }
+        if let Some(prompt) = &self.prompt {
+            validate_text("prompt", prompt)?;
+        }
+        for arg in self.command.iter().flatten() {
+            validate_text("command", arg)?;
+        }
+        for (key, value) in &self.extra {
+            validate_text("metadata", key)?;
+            validate_json("metadata", value)?;
+        }
+        Ok(())
     }
 }
 
@@ -210,6 +226,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 /// Upper bound on `max_attempts`, to catch typos like `30000`.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 1_000;
+
+/// Longest per-attempt timeout a task (or an agent's default) may set: 30 days.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 impl NewTask {
     /// A task that sends `prompt` to an agent.
@@ -310,8 +329,16 @@ impl NewTask {
                 format!("expected 1 to {MAX_ATTEMPTS_LIMIT}, got {}", self.max_attempts),
             ));
         }
-        if self.timeout == Some(Duration::ZERO) {
-            return Err(InvalidInput::new("timeout", "expected a positive duration"));
+        if let Some(timeout) = self.timeout {
+            validate_timeout("timeout", timeout)?;
+        }
+        if let Some(at) = self.run_at
+            && !(Timestamp::EPOCH..=Timestamp::MAX).contains(&at)
+        {
+            return Err(InvalidInput::new(
+                "run_at",
+                format!("expected a time from {} to {}, got {at}", Timestamp::EPOCH, Timestamp::MAX),
+            ));
         }
         for cap in &self.capabilities {
             validate_capability(cap)?;
@@ -319,14 +346,49 @@ impl NewTask {
         self.capabilities.sort();
         self.capabilities.dedup();
         for (field, key) in [("idempotency_key", &self.idempotency_key), ("affinity_key", &self.affinity_key)] {
-            if let Some(key) = key
-                && (key.is_empty() || key.len() > 256)
-            {
-                return Err(InvalidInput::new(field, format!("expected 1 to 256 bytes, got {}", key.len())));
+            if let Some(key) = key {
+                if key.is_empty() || key.len() > 256 {
+                    return Err(InvalidInput::new(field, format!("expected 1 to 256 bytes, got {}", key.len())));
+                }
+                validate_text(field, key)?;
             }
         }
         Ok(())
     }
+}
+
+/// Refuses text holding a NUL byte: no backend may store what another
+/// refuses (PostgreSQL cannot keep one in `text` or `jsonb`), and no process
+/// can take one in its argv.
+pub fn validate_text(field: &'static str, value: &str) -> Result<(), InvalidInput> {
+    if value.contains('\0') {
+        return Err(InvalidInput::new(field, "expected text without NUL bytes (\\u0000)"));
+    }
+    Ok(())
+}
+
+/// [`validate_text`] for every string and object key inside a JSON value.
+pub fn validate_json(field: &'static str, value: &Value) -> Result<(), InvalidInput> {
+    match value {
+        Value::String(s) => validate_text(field, s),
+        Value::Array(items) => items.iter().try_for_each(|v| validate_json(field, v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            validate_text(field, k)?;
+            validate_json(field, v)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// Checks a timeout: more than zero and at most [`MAX_TIMEOUT`].
+pub fn validate_timeout(field: &'static str, timeout: Duration) -> Result<(), InvalidInput> {
+    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+        return Err(InvalidInput::new(
+            field,
+            format!("expected 1 ms to {} ms, got {} ms", MAX_TIMEOUT.as_millis(), timeout.as_millis()),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks one capability name: 1 to 64 characters, no whitespace or control characters.
@@ -494,5 +556,33 @@ mod tests {
         let mut t = NewTask::prompt("hi").capability("rust").capability("git").capability("rust");
         t.validate().unwrap();
         assert_eq!(t.capabilities, ["git", "rust"]);
+    }
+
+    #[test]
+    fn text_with_nul_is_refused_wherever_it_is() {
+        let field = |mut t: NewTask| t.validate().unwrap_err().field;
+        assert_eq!(field(NewTask::prompt("a\0b")), "prompt");
+        assert_eq!(field(NewTask::command(["echo", "a\0b"])), "command");
+        assert_eq!(field(NewTask::prompt("hi").idempotency_key("k\0")), "idempotency_key");
+        assert_eq!(field(NewTask::prompt("hi").affinity_key("k\0")), "affinity_key");
+        assert_eq!(field(NewTask::prompt("hi").capability("a\0")), "capability");
+        let mut payload = TaskPayload { prompt: Some("hi".into()), ..TaskPayload::default() };
+        payload.extra.insert("deep".into(), serde_json::json!({"list": [1, {"x": "a\0"}]}));
+        assert_eq!(field(NewTask::with_payload(payload.clone())), "metadata");
+        payload.extra.clear();
+        payload.extra.insert("k\0".into(), Value::Null);
+        assert_eq!(field(NewTask::with_payload(payload)), "metadata");
+    }
+
+    #[test]
+    fn times_and_durations_stay_in_range() {
+        let field = |mut t: NewTask| t.validate().unwrap_err().field;
+        assert_eq!(field(NewTask::prompt("hi").timeout(MAX_TIMEOUT + Duration::from_millis(1))), "timeout");
+        assert_eq!(field(NewTask::prompt("hi").timeout(Duration::ZERO)), "timeout");
+        let past_9999 = Timestamp::from_millis(Timestamp::MAX.as_millis() + 1);
+        assert_eq!(field(NewTask::prompt("hi").run_at(past_9999)), "run_at");
+        assert_eq!(field(NewTask::prompt("hi").run_at(Timestamp::from_millis(-1))), "run_at");
+        NewTask::prompt("hi").timeout(MAX_TIMEOUT).run_at(Timestamp::MAX).validate().unwrap();
+        assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999Z");
     }
 }

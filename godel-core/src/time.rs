@@ -18,6 +18,10 @@ impl Timestamp {
     /// The Unix epoch.
     pub const EPOCH: Timestamp = Timestamp(0);
 
+    /// The last instant RFC 3339 can write, `9999-12-31T23:59:59.999Z`:
+    /// the latest a task may be scheduled for.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
+
     /// Reads the system clock. Only clocks in the engine should call this.
     pub fn now() -> Self {
         let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();

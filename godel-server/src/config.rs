@@ -1004,7 +1004,9 @@ fn workers(file: WorkersFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
         .transpose()?
         .or(file.max_capacity);
     match max {
-        Some(0) => bail!("invalid workers.max_capacity: expected at least 1"),
+        Some(n) if !(1..=godel_core::agent::MAX_CAPACITY).contains(&n) => {
+            bail!("invalid workers.max_capacity: expected 1 to {}, got {n}", godel_core::agent::MAX_CAPACITY)
+        }
         Some(max_capacity) => Ok(WorkersConfig { max_capacity }),
         None => Ok(WorkersConfig::default()),
     }

@@ -122,7 +122,7 @@ impl PidFile {
                     let text = std::fs::read_to_string(path).unwrap_or_default();
                     if let Ok(pid) = text.trim().parse::<i32>()
                         && pid > 0
-                        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                        && is_running(pid)
                     {
                         bail!(
                             "{} says process {pid} is running; stop it first, or remove the file if it is stale",
@@ -140,10 +140,75 @@ impl PidFile {
     }
 }
 
+/// True if process `pid` runs. One that has exited but that its parent has
+/// not reaped yet (a zombie, e.g. a server killed a moment ago under a
+/// supervisor that has not waited for it) still answers `kill(pid, 0)`, so
+/// where `/proc` exists its state decides: `Z` (zombie) and `X` (dead) do
+/// not run.
+fn is_running(pid: i32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(process_state(&stat), Some('Z' | 'X')),
+        // Gone since the signal check, on a system that has /proc.
+        Err(_) if Path::new("/proc/self/stat").exists() => false,
+        Err(_) => true,
+    }
+}
+
+/// The state letter of a `/proc/<pid>/stat` line, `<pid> (<comm>) <state> …`;
+/// the command name may itself hold parentheses, so the state follows the last `)`.
+fn process_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 impl Drop for PidFile {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_file(&self.0) {
             tracing::warn!(path = %self.0.display(), error = %e, "cannot remove the PID file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn the_state_follows_the_last_parenthesis() {
+        assert_eq!(process_state("42 (godel-server) S 1 42 42 0"), Some('S'));
+        assert_eq!(process_state("42 (a) b) Z 1 42 42 0"), Some('Z'));
+        assert_eq!(process_state("garbage"), None);
+    }
+
+    #[test]
+    fn a_live_process_keeps_its_pid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("godel.pid");
+        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        assert!(PidFile::create(&path).is_err());
+    }
+
+    #[test]
+    fn a_killed_unreaped_process_does_not_hold_the_pid_file() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        child.kill().unwrap();
+        // Not waited for: the child stays a zombie until the end of the test.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| process_state(&s)) != Some('Z') {
+            assert!(Instant::now() < deadline, "process {pid} never became a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("godel.pid");
+        std::fs::write(&path, format!("{pid}\n")).unwrap();
+        let pid_file = PidFile::create(&path).expect("a zombie does not hold the PID file");
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), std::process::id().to_string());
+        drop(pid_file);
+        child.wait().unwrap();
     }
 }

@@ -50,6 +50,8 @@ pub(crate) struct ApiError {
     status: Option<StatusCode>,
     /// For `rate_limited`: the limit that was hit and when it frees up.
     limit: Option<RateLimit>,
+    /// Headers that say more about the refusal (`Allow` on a 405, `Upgrade` on a 426).
+    headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 /// The numbers a `429` carries in its `Retry-After` and `RateLimit-*` headers.
@@ -65,7 +67,30 @@ pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
 
 impl ApiError {
     pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), status: None, limit: None }
+        Self { code, message: message.into(), status: None, limit: None, headers: Vec::new() }
+    }
+
+    /// `405`: the route exists under the methods in `allow` only.
+    pub(crate) fn method_not_allowed(allow: &[warp::http::Method]) -> Self {
+        let allow = allow.iter().map(warp::http::Method::as_str).collect::<Vec<_>>().join(", ");
+        let mut error =
+            Self::invalid(format!("method not allowed on this route (allowed: {allow}); see /openapi.json"))
+                .with_status(StatusCode::METHOD_NOT_ALLOWED);
+        error.headers.push((header::ALLOW, HeaderValue::from_str(&allow).expect("method names are header-safe")));
+        error
+    }
+
+    /// `426`: a WebSocket route asked without the upgrade handshake.
+    pub(crate) fn upgrade_required() -> Self {
+        let mut error = Self::invalid(
+            "this route speaks WebSocket only: send GET with Connection: Upgrade, Upgrade: websocket, \
+             Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key",
+        )
+        .with_status(StatusCode::UPGRADE_REQUIRED);
+        error.headers.push((header::UPGRADE, HeaderValue::from_static("websocket")));
+        error.headers.push((header::CONNECTION, HeaderValue::from_static("Upgrade")));
+        error.headers.push((header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
+        error
     }
 
     /// `401 unauthorized`: no credential, or one that is malformed, unknown,
@@ -117,6 +142,7 @@ impl ApiError {
         });
         let mut response = warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
         let headers = response.headers_mut();
+        headers.extend(self.headers);
         if self.code == Code::Unauthorized {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use godel_core::adapter::ProcessConfig;
+use godel_core::agent::MAX_CAPACITY;
 use godel_core::event::EventKind;
 use godel_core::session::Session;
 use godel_core::store::{HistoryEntry, OutputRecord, QueueDepth};
+use godel_core::task::{validate_text, validate_timeout};
 use godel_core::{Agent, NewTask, Priority, Published, Task, TaskId, TaskPayload, Timestamp};
 pub(crate) use godel_wire::Page;
 use serde::de::DeserializeOwned;
@@ -22,18 +24,38 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     if body.is_empty() {
         return Err(ApiError::invalid("the request needs a JSON body"));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    // One JSON value and nothing after it but whitespace.
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+    whole_numbers_as_integers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::invalid(format!("malformed JSON: {inner}"))
-        } else if path == "." {
+        if path == "." {
             ApiError::invalid(format!("invalid body: {inner}"))
         } else {
             ApiError::invalid(format!("invalid {path}: {inner}"))
         }
     })
+}
+
+/// JSON has one number type: `3.0` is the integer 3 (as the OpenAPI
+/// document's schemas say), so it is one here too before serde, which
+/// would refuse it for an integer field.
+fn whole_numbers_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15) {
+                // Exact: every whole number below 2^53 is an f64.
+                #[allow(clippy::cast_possible_truncation, reason = "a whole number within i64")]
+                let i = f as i64;
+                *value = Value::from(i);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers_as_integers),
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
 }
 
 fn ts(t: Timestamp) -> String {
@@ -80,6 +102,9 @@ impl From<&Task> for TaskDto {
     }
 }
 
+/// Longest `delay_ms` a task may ask for: 365 days.
+pub(crate) const MAX_DELAY_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+
 /// The body of `POST /tasks` (and each entry of a batch): godel-wire's
 /// [`godel_wire::SubmitTask`], strict about unknown fields.
 #[derive(Deserialize, Debug)]
@@ -107,14 +132,16 @@ impl CreateTask {
             task.max_attempts = n;
         }
         if let Some(ms) = request.timeout_ms {
-            if ms == 0 {
-                return Err(ApiError::invalid("invalid timeout_ms: expected a positive number of milliseconds"));
-            }
-            task.timeout = Some(Duration::from_millis(ms));
+            let timeout = Duration::from_millis(ms);
+            validate_timeout("timeout_ms", timeout)?;
+            task.timeout = Some(timeout);
         }
         task.run_at = match (request.run_at, request.delay_ms) {
             (Some(_), Some(_)) => return Err(ApiError::invalid("give run_at or delay_ms, not both")),
             (Some(at), None) => Some(Timestamp::parse_rfc3339("run_at", &at)?),
+            (None, Some(ms)) if ms > MAX_DELAY_MS => {
+                return Err(ApiError::invalid(format!("invalid delay_ms: expected 0 to {MAX_DELAY_MS}, got {ms}")));
+            }
             (None, Some(ms)) => Some(now + Duration::from_millis(ms)),
             (None, None) => None,
         };
@@ -185,8 +212,17 @@ impl RegisterAgent {
                 self.kind
             )));
         }
+        if !(1..=MAX_CAPACITY).contains(&self.capacity) {
+            return Err(ApiError::invalid(format!(
+                "invalid capacity: expected 1 to {MAX_CAPACITY}, got {}",
+                self.capacity
+            )));
+        }
         let workdir = match &self.workdir {
-            Some(dir) => godel_core::adapter::WorkDir::Shared(dir.into()),
+            Some(dir) => {
+                validate_text("workdir", dir)?;
+                godel_core::adapter::WorkDir::Shared(dir.into())
+            }
             None => godel_core::adapter::WorkDir::Inherit,
         };
         Ok(ProcessConfig { command: self.command.clone(), workdir, env: Vec::new() })

@@ -93,6 +93,7 @@ impl ProcessAdapter {
             }
             let vars = Vars { prompt: "", task_id: "", attempt: "", workdir: "" };
             for arg in template {
+                crate::task::validate_text("command", arg)?;
                 substitute(arg, &vars).map_err(|reason| InvalidInput::new("command", reason))?;
             }
         }

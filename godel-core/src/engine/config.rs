@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use crate::InvalidInput;
 use crate::adapter::Adapter;
-use crate::agent::AgentKind;
+use crate::agent::{AgentKind, MAX_CAPACITY};
 use crate::engine::budget::Budgets;
 use crate::ids::{AgentId, TenantId};
 use crate::retry::Backoff;
-use crate::task::validate_capability;
+use crate::task::{validate_capability, validate_text, validate_timeout};
 
 /// How the dispatcher picks among agents that could run a task.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -121,16 +121,23 @@ impl AgentConfig {
     }
 
     pub(crate) fn validate(&mut self) -> Result<(), InvalidInput> {
-        if self.max_capacity == 0 {
-            return Err(InvalidInput::new("max_capacity", format!("agent {} needs a capacity of at least 1", self.id)));
+        if !(1..=MAX_CAPACITY).contains(&self.max_capacity) {
+            return Err(InvalidInput::new(
+                "max_capacity",
+                format!("agent {} needs a capacity of 1 to {MAX_CAPACITY}, got {}", self.id, self.max_capacity),
+            ));
         }
         for cap in &self.capabilities {
             validate_capability(cap)?;
         }
         self.capabilities.sort();
         self.capabilities.dedup();
-        if self.default_timeout == Some(Duration::ZERO) {
-            return Err(InvalidInput::new("default_timeout", "expected a positive duration"));
+        if let Some(timeout) = self.default_timeout {
+            validate_timeout("default_timeout", timeout)?;
+        }
+        validate_text("name", &self.name)?;
+        if let Some(region) = &self.region {
+            validate_text("region", region)?;
         }
         Ok(())
     }

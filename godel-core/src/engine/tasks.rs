@@ -5,11 +5,12 @@
 //! is added, in one place. Each acts for the tenant of its [`TenantScope`];
 //! the orchestrator's own commands are those of the configured tenant.
 
+use crate::InvalidInput;
 use crate::engine::{Control, EngineError, Orchestrator, TenantScope};
 use crate::event::EventKind;
 use crate::ids::{SessionId, TaskId};
 use crate::session::Session;
-use crate::store::{CancelOutcome, Enqueued, TaskFilter};
+use crate::store::{CancelOutcome, Enqueued, StoreError, TaskFilter};
 use crate::task::{NewTask, Task, TaskStatus};
 use crate::time::Timestamp;
 
@@ -25,6 +26,7 @@ impl TenantScope {
     pub async fn enqueue(&self, task: NewTask) -> Result<Enqueued, EngineError> {
         let inner = &self.inner;
         inner.check_budget(&self.tenant).await?;
+        self.check_parent(task.parent).await?;
         let enqueued = inner.store.enqueue(&self.tenant, task, inner.clock.now()).await?;
         if enqueued.created {
             self.publish(EventKind::TaskCreated { task: enqueued.task.id, priority: enqueued.task.priority });
@@ -37,6 +39,12 @@ impl TenantScope {
     pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, EngineError> {
         let inner = &self.inner;
         inner.check_budget(&self.tenant).await?;
+        let mut parents: Vec<TaskId> = tasks.iter().filter_map(|t| t.parent).collect();
+        parents.sort();
+        parents.dedup();
+        for parent in parents {
+            self.check_parent(Some(parent)).await?;
+        }
         let enqueued = inner.store.enqueue_batch(&self.tenant, tasks, inner.clock.now()).await?;
         for e in enqueued.iter().filter(|e| e.created) {
             self.publish(EventKind::TaskCreated { task: e.task.id, priority: e.task.priority });
@@ -48,6 +56,19 @@ impl TenantScope {
     /// One task.
     pub async fn get(&self, id: TaskId) -> Result<Task, EngineError> {
         Ok(self.inner.store.get(&self.tenant, id).await?)
+    }
+
+    /// A parent must be a task of this tenant; one of another tenant is as
+    /// unknown as one that never was.
+    async fn check_parent(&self, parent: Option<TaskId>) -> Result<(), EngineError> {
+        let Some(parent) = parent else { return Ok(()) };
+        match self.inner.store.get(&self.tenant, parent).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound(_)) => {
+                Err(InvalidInput::new("parent_id", format!("no task {parent} to be the parent")).into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Cancels a task: at once if pending; a running one is asked to stop

@@ -335,12 +335,11 @@ async fn admit(state: &AppState, source: IpAddr, request: &mut Request<Body>) ->
     };
     let Some(rule) = rule else {
         // A route that exists under another method is a 405, as the router says.
-        let methods = [warp::http::Method::GET, warp::http::Method::POST, warp::http::Method::DELETE];
-        let error = if methods.iter().any(|m| rules::lookup(m, route).is_some()) {
-            ApiError::invalid("method not allowed on this route; see /openapi.json")
-                .with_status(warp::http::StatusCode::METHOD_NOT_ALLOWED)
-        } else {
+        let allow = rules::allowed(route);
+        let error = if allow.is_empty() {
             ApiError::not_found("no such route; see /openapi.json for the API")
+        } else {
+            ApiError::method_not_allowed(&allow)
         };
         return Err(refuse(error, Some(principal), &action, &target));
     };

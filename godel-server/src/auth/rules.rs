@@ -128,20 +128,36 @@ pub(crate) struct Matched<'a> {
 /// The deprecated `/api/…` alias is looked up as the `/api/v1/…` route it
 /// serves, except for the workers endpoint, which the alias never had.
 pub(crate) fn lookup<'a>(method: &Method, path: &'a str) -> Option<Matched<'a>> {
+    let (template, params) = route(path)?;
+    let rule = RULES.iter().find(|rule| rule.method == *method && rule.path == template)?;
+    Some(Matched { rule, params })
+}
+
+/// The methods the route at `path` answers, as a 405's `Allow` lists them;
+/// empty if there is no such route.
+pub(crate) fn allowed(path: &str) -> Vec<Method> {
+    let Some((template, _)) = route(path) else { return Vec::new() };
+    RULES.iter().filter(|rule| rule.path == template).map(|rule| rule.method.clone()).collect()
+}
+
+/// The template `path` is an instance of, with its parameters. Of several,
+/// the one with the fewest parameters wins, as the router tries literal
+/// paths first: `/api/v1/tasks/batch` is that route, never the task `batch`.
+fn route(path: &str) -> Option<(&'static str, Vec<&str>)> {
     let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
     let (versioned, alias) = match segments.as_slice() {
         ["api", "v1", ..] => (segments.clone(), false),
         ["api", rest @ ..] => ([&["api", "v1"][..], rest].concat(), true),
         _ => (segments.clone(), false),
     };
-    let found = RULES.iter().filter(|rule| rule.method == *method).find_map(|rule| {
-        let params = matches(rule.path, &versioned)?;
-        Some(Matched { rule, params })
-    })?;
-    if alias && found.rule.path == "/api/v1/workers/connect" {
+    let (template, params) = RULES
+        .iter()
+        .filter_map(|rule| Some((rule.path, matches(rule.path, &versioned)?)))
+        .min_by_key(|(_, params)| params.len())?;
+    if alias && template == "/api/v1/workers/connect" {
         return None;
     }
-    Some(found)
+    Some((template, params))
 }
 
 /// The table as `docs/security.md` prints it: a Markdown table with one row
@@ -213,6 +229,14 @@ mod tests {
         assert_eq!(rule(Method::POST, "/api/v1/tasks/batch"), Some("tasks.create_batch"));
         assert_eq!(rule(Method::GET, "/api/tasks"), Some("tasks.list"));
         assert_eq!(rule(Method::GET, "/health/live"), Some("health.live"));
+    }
+
+    #[test]
+    fn a_literal_path_is_its_own_route() {
+        assert_eq!(rule(Method::GET, "/api/v1/tasks/batch"), None, "not the task `batch`");
+        assert_eq!(allowed("/api/v1/tasks/batch"), [Method::POST]);
+        assert_eq!(allowed("/api/v1/tasks/abc"), [Method::GET, Method::DELETE]);
+        assert!(allowed("/api/v1/nothing").is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godel_core::adapter::ProcessAdapter;
+use godel_core::task::validate_timeout;
 use godel_core::{AgentConfig, AgentKind};
 use serde_json::json;
 use warp::Filter;
@@ -16,7 +17,7 @@ use warp::reply::Response;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{agent_id, body, json_with, no_content, ok, respond, with};
+use crate::routes::{agent_id, body, json_with, no_content, ok, parse_agent_id, respond, with};
 use crate::wire::{self, AgentDto, parse_body};
 
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
@@ -80,17 +81,16 @@ async fn drain_agent(state: Arc<AppState>, id: String) -> ApiResult {
 
 async fn register_agent(state: Arc<AppState>, body: Bytes) -> ApiResult {
     let request: wire::RegisterAgent = parse_body(&body)?;
-    let id = agent_id(&request.id)?;
+    let id = parse_agent_id(&request.id)?;
     let process = ProcessAdapter::new(request.process_config()?)?;
     let mut config = AgentConfig::new(id.clone(), AgentKind::Process, Arc::new(process)).capacity(request.capacity);
     config.name = request.name.clone().unwrap_or_else(|| request.id.clone());
     config.capabilities = request.capabilities.clone();
     config.region = request.region.clone();
     if let Some(ms) = request.default_timeout_ms {
-        if ms == 0 {
-            return Err(ApiError::invalid("invalid default_timeout_ms: expected a positive number"));
-        }
-        config.default_timeout = Some(Duration::from_millis(ms));
+        let timeout = Duration::from_millis(ms);
+        validate_timeout("default_timeout_ms", timeout)?;
+        config.default_timeout = Some(timeout);
     }
     // Refused with AgentExists (409) when the id is taken, checked and added under one lock.
     let agent = state.orchestrator.add_agent(config)?;

@@ -17,7 +17,7 @@ use crate::AppState;
 use crate::auth::RequestContext;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::routes::{
-    LIST_PARAMS, Params, agent_id, body, ctx, ok, raw_query, respond, scope, task_id, task_query, tenant, with,
+    LIST_PARAMS, Params, body, ctx, ok, parse_agent_id, raw_query, respond, scope, task_id, task_query, tenant, with,
 };
 use crate::wire::{Page, TaskDto, parse_body};
 
@@ -82,7 +82,7 @@ async fn replay_dead_bulk(state: Arc<AppState>, ctx: RequestContext, body: Bytes
     let filter = TaskFilter {
         statuses: Vec::new(),
         priorities: request.priority.iter().map(|p| p.parse()).collect::<Result<_, _>>()?,
-        agent: request.agent_id.as_deref().map(agent_id).transpose()?,
+        agent: request.agent_id.as_deref().map(parse_agent_id).transpose()?,
         parent: None,
         created_after: request.created_after.map(|t| Timestamp::parse_rfc3339("created_after", &t)).transpose()?,
         created_before: request.created_before.map(|t| Timestamp::parse_rfc3339("created_before", &t)).transpose()?,

@@ -10,7 +10,7 @@ use warp::{Filter, Reply};
 use crate::AppState;
 use crate::auth::RequestContext;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{Params, ctx, raw_query, tenant, with};
+use crate::routes::{Params, ctx, raw_query, tenant, upgrade_required, with};
 
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
     warp::path!("events")
@@ -32,6 +32,8 @@ pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
             })
             .into_response()
         })
+        .or(warp::path!("events").and(warp::get()).and(upgrade_required()))
+        .unify()
         .boxed()
 }
 

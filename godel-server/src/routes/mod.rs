@@ -24,6 +24,7 @@ mod queue;
 mod sessions;
 mod tasks;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -84,7 +85,9 @@ pub(crate) fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
                 ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state, peer)))
                     .into_response()
             },
-        );
+        )
+        .or(warp::path!("api" / "v1" / "workers" / "connect").and(warp::get()).and(upgrade_required()))
+        .unify();
     let routes = workers.or(v1).unify().or(legacy).unify().or(health::routes(&state)).unify();
     let routes = routes.or(metrics::routes(&state)).unify().or(openapi).unify();
     routes.or(events::routes(&state)).unify().boxed()
@@ -138,6 +141,12 @@ pub(super) fn body() -> impl Filter<Extract = (Bytes,), Error = warp::Rejection>
     sized.or(empty).unify()
 }
 
+/// What a WebSocket route answers a request that is not an upgrade
+/// handshake: 426 with the headers that say how to ask.
+pub(super) fn upgrade_required() -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    warp::any().map(|| ApiError::upgrade_required().into_response())
+}
+
 pub(super) fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
@@ -158,12 +167,31 @@ pub(super) fn no_content() -> ApiResult {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub(super) fn task_id(raw: &str) -> ApiResult<TaskId> {
-    raw.parse().map_err(|_| ApiError::invalid(format!("invalid task id: expected a UUID, got {raw:?}")))
+/// A path segment as the client meant it: percent-decoded, UTF-8.
+fn segment(raw: &str) -> ApiResult<Cow<'_, str>> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::invalid(format!("invalid path segment {raw:?}: not UTF-8 once percent-decoded")))
 }
 
+/// A task id from a path segment (percent-encoded).
+pub(super) fn task_id(raw: &str) -> ApiResult<TaskId> {
+    parse_task_id(&segment(raw)?)
+}
+
+/// A task id from a query or a body (already decoded).
+pub(super) fn parse_task_id(id: &str) -> ApiResult<TaskId> {
+    id.parse().map_err(|_| ApiError::invalid(format!("invalid task id: expected a UUID, got {id:?}")))
+}
+
+/// An agent id from a path segment (percent-encoded).
 pub(super) fn agent_id(raw: &str) -> ApiResult<AgentId> {
-    AgentId::new(raw).map_err(ApiError::from)
+    parse_agent_id(&segment(raw)?)
+}
+
+/// An agent id from a query or a body (already decoded).
+pub(super) fn parse_agent_id(id: &str) -> ApiResult<AgentId> {
+    AgentId::new(id).map_err(ApiError::from)
 }
 
 /// Query parameters, checked one by one; unknown names are errors.
@@ -232,8 +260,8 @@ pub(super) fn task_query(params: &Params) -> ApiResult<TaskQuery> {
     let filter = TaskFilter {
         statuses: params.list::<TaskStatus>("status")?,
         priorities: params.list::<Priority>("priority")?,
-        agent: params.get("agent_id").map(agent_id).transpose()?,
-        parent: params.get("parent_id").map(task_id).transpose()?,
+        agent: params.get("agent_id").map(parse_agent_id).transpose()?,
+        parent: params.get("parent_id").map(parse_task_id).transpose()?,
         created_after: params.time("created_after")?,
         created_before: params.time("created_before")?,
     };
@@ -242,5 +270,6 @@ pub(super) fn task_query(params: &Params) -> ApiResult<TaskQuery> {
 }
 
 pub(super) fn session_id(raw: &str) -> ApiResult<SessionId> {
-    raw.parse().map_err(|_| ApiError::invalid(format!("invalid session id: expected a UUID, got {raw:?}")))
+    let id = segment(raw)?;
+    id.parse().map_err(|_| ApiError::invalid(format!("invalid session id: expected a UUID, got {id:?}")))
 }

@@ -42,7 +42,8 @@ pub(super) async fn queue_report(state: &AppState, ctx: &RequestContext) -> ApiR
     let depth = state.store().depth(&tenant, now).await?;
     let agents = state.orchestrator.agents();
     let online: Vec<_> = agents.iter().filter(|a| matches!(a.status, AgentStatus::Idle | AgentStatus::Busy)).collect();
-    let free: u32 = online.iter().map(|a| a.free_capacity()).sum();
+    // Summed wide: many agents of large capacity must not wrap to "no free slot".
+    let free: u64 = online.iter().map(|a| u64::from(a.free_capacity())).sum();
     let oldest_age = counts.oldest_ready.map(|t| now.saturating_since(t));
     let mut reasons: Vec<String> = Vec::new();
     let mut unhealthy = false;

@@ -15,7 +15,7 @@ use crate::AppState;
 use crate::auth::RequestContext;
 use crate::error::ApiResult;
 use crate::routes::{
-    Params, agent_id, ctx, json_with, ok, raw_query, respond, scope, session_id, task_id, tenant, with,
+    Params, ctx, json_with, ok, parse_agent_id, parse_task_id, raw_query, respond, scope, session_id, tenant, with,
 };
 use crate::wire::SessionDto;
 
@@ -40,8 +40,8 @@ async fn list_sessions(state: Arc<AppState>, ctx: RequestContext, query: String)
     let params = Params::parse(&query, &["limit", "state", "agent_id", "task_id"])?;
     let query = SessionQuery {
         states: params.list::<SessionState>("state")?,
-        agent: params.get("agent_id").map(agent_id).transpose()?,
-        task: params.get("task_id").map(task_id).transpose()?,
+        agent: params.get("agent_id").map(parse_agent_id).transpose()?,
+        task: params.get("task_id").map(parse_task_id).transpose()?,
         limit: params.limit()?,
     };
     let sessions = state.store().list_sessions(&tenant(&state, &ctx), &query).await?;

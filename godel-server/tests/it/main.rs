@@ -5,6 +5,7 @@
 mod auth;
 mod budgets;
 mod edges;
+mod input;
 mod instances;
 mod keys;
 mod openapi;

@@ -354,8 +354,8 @@ async fn scenario(api: &mut Api<'_>) {
 
 /// `/events`: the upgrade, and every kind of message a client can provoke.
 async fn events(api: &mut Api<'_>) {
-    // Without the upgrade headers the route still answers, with 400.
-    api.call(Method::GET, "/events", None, 400).await;
+    // Without the upgrade headers the route still answers, with 426.
+    api.call(Method::GET, "/events", None, 426).await;
 
     // A bad query parameter is refused before the upgrade.
     for query in ["?since=soon", "?patterns=task", "?colour=red"] {
@@ -431,9 +431,9 @@ async fn events(api: &mut Api<'_>) {
 
 /// `/api/v1/workers/connect`: the upgrade, a hello and its welcome.
 async fn workers(api: &mut Api<'_>) {
-    // Without the upgrade headers: 400. (No deprecated /api alias: workers came after it.)
+    // Without the upgrade headers: 426. (No deprecated /api alias: workers came after it.)
     let exchange = api.send(Method::GET, "/api/v1/workers/connect", None).await;
-    assert_eq!(exchange.status, 400, "{}", exchange.describe());
+    assert_eq!(exchange.status, 426, "{}", exchange.describe());
     api.spec.check(&exchange);
     let (mut ws, response) =
         tokio_tungstenite::connect_async(api.server.ws("/api/v1/workers/connect")).await.expect("a WebSocket");

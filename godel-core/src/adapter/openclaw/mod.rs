@@ -189,8 +189,11 @@ impl GatewayConfig {
                 format!("expected ws://host:port or wss://host:port, got {:?}", self.url),
             ));
         }
-        if self.max_sessions == 0 {
-            return Err(InvalidInput::new("max_sessions", "expected at least 1"));
+        if !(1..=crate::agent::MAX_CAPACITY).contains(&self.max_sessions) {
+            return Err(InvalidInput::new(
+                "max_sessions",
+                format!("expected 1 to {}, got {}", crate::agent::MAX_CAPACITY, self.max_sessions),
+            ));
         }
         for a in &self.agents {
             if a.is_empty() || a.contains(':') || a.chars().any(char::is_whitespace) {

@@ -210,6 +210,7 @@ macro_rules! conformance {
                 cancel_pending_and_running,
                 purge_refuses_live_tasks,
                 idempotency_keys_return_the_first_task,
+                text_with_nul_is_refused,
                 depth_is_exact_after_every_transition,
                 tenants_are_walls,
                 pagination_neither_skips_nor_repeats,

@@ -454,6 +454,27 @@ pub(crate) async fn purge_refuses_live_tasks(store: Db) {
     assert_eq!(left, [live.id]);
 }
 
+/// Text holding a NUL byte is refused on every backend alike (PostgreSQL
+/// could store none of it), and nothing of the refused batch is stored.
+pub(crate) async fn text_with_nul_is_refused(store: Db) {
+    let t = tenant("acme");
+    let refused = |r: Result<(), StoreError>, field: &str| match r {
+        Err(StoreError::InvalidInput(e)) => assert_eq!(e.field, field),
+        other => panic!("expected {field} to be refused, got {other:?}"),
+    };
+    let one = |task: NewTask| {
+        let store = store.clone();
+        let t = t.clone();
+        async move { store.enqueue(&t, task, T0).await.map(|_| ()) }
+    };
+    refused(one(NewTask::prompt("p").idempotency_key("k\0")).await, "idempotency_key");
+    refused(one(NewTask::prompt("p").affinity_key("k\0")).await, "affinity_key");
+    refused(one(NewTask::command(["echo", "\0"])).await, "command");
+    let batch = vec![NewTask::prompt("fine"), NewTask::prompt("a\0b")];
+    refused(store.enqueue_batch(&t, batch, T0).await.map(|_| ()), "prompt");
+    assert!(all_tasks(&store, &t).await.is_empty());
+}
+
 /// Rule 7: one task per (tenant, idempotency key).
 pub(crate) async fn idempotency_keys_return_the_first_task(store: Db) {
     let t = tenant("acme");
