@@ -337,7 +337,7 @@ fn agent(index: usize, a: AgentFile, http: &HttpContext<'_>) -> anyhow::Result<A
             bail!("invalid {}: expected inherit, shared, per-task or worktree, got {other:?}", key("isolation"))
         }
     };
-    let process = ProcessConfig { command: a.command, workdir, env: a.env.into_iter().collect() };
+    let process = ProcessConfig { command: a.command, workdir, env: a.env.into_iter().collect(), runs: None };
     let adapter = ProcessAdapter::new(process).map_err(|e| anyhow!("invalid {}: {}", key("command"), e.reason))?;
     let mut config = AgentConfig::new(id, AgentKind::Process, Arc::new(adapter));
     config.name = a.name.unwrap_or_else(|| a.id.clone());

@@ -189,7 +189,7 @@ impl RegisterAgent {
             Some(dir) => godel_core::adapter::WorkDir::Shared(dir.into()),
             None => godel_core::adapter::WorkDir::Inherit,
         };
-        Ok(ProcessConfig { command: self.command.clone(), workdir, env: Vec::new() })
+        Ok(ProcessConfig { command: self.command.clone(), workdir, env: Vec::new(), runs: None })
     }
 }
 
