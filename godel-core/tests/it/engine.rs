@@ -865,3 +865,39 @@ async fn a_slow_store_holds_up_neither_output_nor_the_deadline() {
     assert_no_process_with(marker).await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_reaps_runs_a_dead_process_left_and_says_so() {
+    let state = tempfile::tempdir().unwrap();
+    let (runs, work) = (state.path().join("runs"), state.path().join("work"));
+    let left = work.join("left-behind");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::create_dir_all(&runs).unwrap();
+    // A run whose owner is gone (no process has pid 0) and whose process ended with it.
+    let record = serde_json::json!({
+        "run": "left-1",
+        "owner": { "pid": 0, "start": 1 },
+        "process": null,
+        "dir": left,
+        "repo": null,
+        "remove": true,
+    });
+    std::fs::write(runs.join("left-1.json"), record.to_string()).unwrap();
+    let config = ProcessConfig { runs: Some(runs.clone()), ..per_task_dirs(&work) };
+    let mut h = Harness::new(vec![process_agent("a", config.clone()), process_agent("b", config)], fast_engine()).await;
+    let mut events = h.orchestrator.subscribe(vec!["system.reaped".parse().unwrap()]);
+    h.start();
+    let reaped = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    let EventKind::System { message, .. } = &reaped.event.kind else { panic!("{reaped:?}") };
+    assert!(message.contains("left-1") && message.contains("left-behind"), "{message}");
+    assert!(!left.exists(), "the run's directory is left");
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0, "the record is left");
+
+    // Its own runs are recorded while they run and forgotten once closed.
+    let task = h.orchestrator.submit(shell("ls ../../runs")).await.unwrap();
+    let done = h.wait_terminal(&[task.id]).await.remove(0);
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(h.stdout(task.id).await.trim(), format!("{}-1.json", task.id));
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0, "a closed run is still recorded");
+    h.stop().await;
+}
