@@ -255,17 +255,23 @@ impl ServerConfig {
         let prices = prices(&file.prices)?;
         let budgeted = engine.budgets != Budgets::default();
         let http = HttpContext { prices: &prices, budgeted, env };
+        let state_dir = env("GODEL_STATE_DIR").map(PathBuf::from).or(file.state_dir).unwrap_or_else(|| ".godel".into());
+        // Process agents record their live runs here, so that a restart reaps what a crash left.
+        let runs = state_dir.join("runs");
 
         let agents = if file.agents.is_empty() {
-            vec![default_agent()?]
+            vec![default_agent(&runs)?]
         } else {
-            file.agents.into_iter().enumerate().map(|(i, a)| agent(i, a, &http)).collect::<anyhow::Result<_>>()?
+            file.agents
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| agent(i, a, &http, &runs))
+                .collect::<anyhow::Result<_>>()?
         };
         let replay_window = file.events.replay_window.unwrap_or(10_000);
         if replay_window == 0 {
             bail!("invalid events.replay_window: expected at least 1");
         }
-        let state_dir = env("GODEL_STATE_DIR").map(PathBuf::from).or(file.state_dir).unwrap_or_else(|| ".godel".into());
         let gateways = gateways(file.gateways, env)?;
         let auth = auth(file.auth, env)?;
         let tls = tls(file.tls, env)?;
@@ -302,13 +308,13 @@ fn duration(key: &str, value: &str) -> anyhow::Result<Duration> {
 }
 
 /// One local process agent running tasks' own commands, with a slot per core.
-fn default_agent() -> anyhow::Result<AgentConfig> {
+fn default_agent(runs: &Path) -> anyhow::Result<AgentConfig> {
     let slots = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1));
-    let adapter = ProcessAdapter::new(ProcessConfig::default())?;
+    let adapter = ProcessAdapter::new(ProcessConfig { runs: Some(runs.to_owned()), ..ProcessConfig::default() })?;
     Ok(AgentConfig::new(AgentId::new("local")?, AgentKind::Process, Arc::new(adapter)).capacity(slots))
 }
 
-fn agent(index: usize, a: AgentFile, http: &HttpContext<'_>) -> anyhow::Result<AgentConfig> {
+fn agent(index: usize, a: AgentFile, http: &HttpContext<'_>, runs: &Path) -> anyhow::Result<AgentConfig> {
     let key = |field: &str| format!("agents[{index}].{field}");
     let id = AgentId::new(&a.id).map_err(|e| anyhow!("invalid {}: {}", key("id"), e.reason))?;
     match a.kind.as_deref() {
@@ -337,7 +343,8 @@ fn agent(index: usize, a: AgentFile, http: &HttpContext<'_>) -> anyhow::Result<A
             bail!("invalid {}: expected inherit, shared, per-task or worktree, got {other:?}", key("isolation"))
         }
     };
-    let process = ProcessConfig { command: a.command, workdir, env: a.env.into_iter().collect() };
+    let process =
+        ProcessConfig { command: a.command, workdir, env: a.env.into_iter().collect(), runs: Some(runs.to_owned()) };
     let adapter = ProcessAdapter::new(process).map_err(|e| anyhow!("invalid {}: {}", key("command"), e.reason))?;
     let mut config = AgentConfig::new(id, AgentKind::Process, Arc::new(adapter));
     config.name = a.name.unwrap_or_else(|| a.id.clone());

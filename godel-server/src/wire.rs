@@ -225,7 +225,7 @@ impl RegisterAgent {
             }
             None => godel_core::adapter::WorkDir::Inherit,
         };
-        Ok(ProcessConfig { command: self.command.clone(), workdir, env: Vec::new() })
+        Ok(ProcessConfig { command: self.command.clone(), workdir, env: Vec::new(), runs: None })
     }
 }
 

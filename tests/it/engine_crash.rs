@@ -10,10 +10,13 @@
 //! Unlike the durability test this one runs in real time: the engine owns a
 //! system clock, so the restart waits out the child's short lease
 //! (`engine_child::LEASE`). The processes of the tasks running at the kill
-//! are orphaned (each leads its own process group, which nobody signals once
-//! the engine is dead); their commands sleep for at most 80 ms, so they end
-//! on their own long before the restart reclaims their tasks, and they cannot
-//! write to the store or to the child's stdout.
+//! are orphaned; their commands sleep for at most 80 ms, so they end on their
+//! own long before the restart reclaims their tasks, and they cannot write to
+//! the store or to the child's stdout. What a killed run leaves that does not
+//! end on its own, the restart reaps: the second test kills the child while
+//! its tasks sleep, and checks that the restart kills their process groups
+//! and removes their directories, but leaves alone a process that got a
+//! recorded pid.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -55,7 +58,115 @@ async fn a_restarted_orchestrator_finishes_a_killed_ones_tasks_exactly_once() ->
     assert_recovered(&store, &held, &second).await?;
     assert_sessions_closed(&store).await?;
     store.close().await;
+    assert_eq!(recorded_runs(&engine_child::runs_dir(&path))?, Vec::<serde_json::Value>::new(), "runs left recorded");
     Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_orchestrator_reaps_what_a_killed_one_left_running() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("godel.db");
+    let runs = engine_child::runs_dir(&path);
+    let (mut child, _stdout) = spawn_child(&path, &dir.path().join("first.stderr"), &["--sleepers", "2"])?;
+    let sleepers = tokio::time::timeout(CHILD_DEADLINE, async {
+        loop {
+            let records = recorded_runs(&runs)?;
+            if records.len() == 2 && records.iter().all(|r| r["process"].is_object()) {
+                return anyhow::Ok(records);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .context("the sleepers' processes were never recorded")??;
+    child.kill().await.context("kill the first run")?;
+    assert_killed(child.wait().await?);
+    let groups: Vec<i32> = sleepers.iter().map(|r| as_i32(&r["process"]["pid"])).collect();
+    for &group in &groups {
+        assert_eq!(live_members(group).len(), 2, "the sleeper's shell and sleep outlive their engine");
+    }
+
+    // A stranger that got a recorded pid: started at another time than recorded.
+    let mut stranger = std::process::Command::new("sleep").arg("1000").process_group(0).spawn()?;
+    let pid = i32::try_from(stranger.id())?;
+    let mut forged = sleepers[0].clone();
+    forged["run"] = "stranger".into();
+    forged["process"]["pid"] = pid.into();
+    forged["process"]["start"] = (start_time(pid).context("the stranger runs")? + 1).into();
+    forged["dir"] = serde_json::Value::Null;
+    std::fs::write(runs.join("stranger.json"), serde_json::to_vec(&forged)?)?;
+
+    let second = run_to_the_end(&path, &dir.path().join("second.stderr")).await?;
+    let stranger_alive = start_time(pid).is_some();
+    stranger.kill()?;
+    stranger.wait()?;
+    assert!(stranger_alive, "the process that got a recorded pid was killed");
+    for (record, group) in sleepers.iter().zip(groups) {
+        assert_eq!(live_members(group), Vec::<i32>::new(), "the sleeper's process group outlived the restart");
+        let dir = Path::new(record["dir"].as_str().context("a per-task directory")?);
+        assert!(!dir.exists(), "{} outlived the restart", dir.display());
+    }
+    // Their lapsed leases spent their one attempt.
+    let dead: Vec<_> = second.0.iter().filter(|r| matches!(r, Report::DeadLettered { .. })).collect();
+    assert_eq!(dead.len(), 2, "{:?}", second.0);
+    assert_eq!(recorded_runs(&runs)?, Vec::<serde_json::Value>::new(), "runs left recorded");
+    Ok(())
+}
+
+/// The run records in `runs`, as JSON.
+fn recorded_runs(runs: &Path) -> Result<Vec<serde_json::Value>> {
+    let mut records = Vec::new();
+    let Ok(entries) = std::fs::read_dir(runs) else { return Ok(records) };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            records.push(serde_json::from_slice(&std::fs::read(&path)?)?);
+        }
+    }
+    Ok(records)
+}
+
+fn as_i32(value: &serde_json::Value) -> i32 {
+    value.as_i64().and_then(|v| i32::try_from(v).ok()).expect("a pid")
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name, from field 3 (state) on.
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace().map(str::to_owned).collect())
+}
+
+/// When `pid` started (field 22), if it runs.
+fn start_time(pid: i32) -> Option<u64> {
+    stat_fields(&pid.to_string())?.get(22 - 3)?.parse().ok()
+}
+
+/// The processes of process group `group` that are not zombies, once the
+/// group has had a few seconds to die: a SIGKILL is delivered at once, but
+/// the kernel takes a moment to tear a process down.
+fn live_members(group: i32) -> Vec<i32> {
+    let scan = || {
+        let mut members = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(fields) = stat_fields(&name) else { continue };
+            // Field 3 is the state, field 5 the process group.
+            if fields.first().is_some_and(|s| s != "Z") && fields.get(2) == Some(&group.to_string()) {
+                members.extend(name.parse::<i32>().ok());
+            }
+        }
+        members
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let members = scan();
+        if members.is_empty() || std::time::Instant::now() > deadline {
+            return members;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// What one run of the child reported, in the order it reported it.
@@ -93,12 +204,9 @@ impl Reports {
 
 /// The child on `path`, submitting `submit` tasks first if given, with its
 /// stderr going to `stderr` so that it never blocks on a full pipe.
-fn spawn_child(path: &Path, stderr: &Path, submit: Option<usize>) -> Result<(Child, BufReader<ChildStdout>)> {
+fn spawn_child(path: &Path, stderr: &Path, args: &[&str]) -> Result<(Child, BufReader<ChildStdout>)> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_godel-engine-child"));
-    command.arg(path);
-    if let Some(n) = submit {
-        command.arg("--submit").arg(n.to_string());
-    }
+    command.arg(path).args(args);
     let stderr = std::fs::File::create(stderr).with_context(|| format!("create {}", stderr.display()))?;
     let mut child = command
         .stdin(Stdio::null())
@@ -116,7 +224,7 @@ fn spawn_child(path: &Path, stderr: &Path, submit: Option<usize>) -> Result<(Chi
 /// completed [`COMPLETIONS_BEFORE_KILL`] tasks, kills it with SIGKILL, and
 /// returns every report it managed to write before it died.
 async fn run_and_kill(path: &Path, stderr: &Path) -> Result<Reports> {
-    let (mut child, mut stdout) = spawn_child(path, stderr, Some(TASKS))?;
+    let (mut child, mut stdout) = spawn_child(path, stderr, &["--submit", &TASKS.to_string()])?;
     let mut reports = Reports::default();
     let mut completions = 0;
 
@@ -169,7 +277,7 @@ async fn run_and_kill(path: &Path, stderr: &Path) -> Result<Reports> {
 /// Runs the child without a batch until it exits by itself, which it does
 /// once no task is left to run, and returns its reports.
 async fn run_to_the_end(path: &Path, stderr: &Path) -> Result<Reports> {
-    let (mut child, mut stdout) = spawn_child(path, stderr, None)?;
+    let (mut child, mut stdout) = spawn_child(path, stderr, &[])?;
     let mut reports = Reports::default();
     let running = async {
         while let Some(line) = next_line(&mut stdout).await? {

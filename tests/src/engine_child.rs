@@ -9,6 +9,7 @@
 //! after the crash.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -54,6 +55,22 @@ pub fn command(i: usize) -> Vec<String> {
         sleep
     };
     vec!["sh".to_owned(), "-c".to_owned(), script]
+}
+
+/// The argv of a sleeper task: a shell waiting on a long sleep in its
+/// process group, which only a kill ends.
+pub fn sleeper() -> Vec<String> {
+    ["sh", "-c", "sleep 1000; true"].map(str::to_owned).to_vec()
+}
+
+/// Where the child's agents record their live runs: beside the store file.
+pub fn runs_dir(store: &Path) -> PathBuf {
+    store.with_file_name("runs")
+}
+
+/// Where the child's agents make a directory per task: beside the store file.
+pub fn work_dir(store: &Path) -> PathBuf {
+    store.with_file_name("work")
 }
 
 /// One line of the child's stdout.

@@ -29,6 +29,7 @@ pub(crate) async fn run(global: Global, a: args::Worker, template: Vec<String>) 
         command: (!template.is_empty()).then_some(template),
         workdir: a.workdir.map_or(WorkDir::Inherit, WorkDir::Shared),
         env: Vec::new(),
+        runs: None,
     };
     let options = WorkerOptions {
         server,

@@ -13,6 +13,7 @@ pub mod noop;
 #[cfg(feature = "openclaw")]
 pub mod openclaw;
 pub mod process;
+pub mod reaper;
 
 use std::fmt::Debug;
 
@@ -31,6 +32,7 @@ pub use crate::adapter::openclaw::{
     DeviceIdentity, GatewayAuth, GatewayConfig, GatewaySnapshot, GatewayState, OpenclawAdapter, OpenclawRegistry,
 };
 pub use crate::adapter::process::{Cleanup, ProcessAdapter, ProcessConfig, WorkDir};
+pub use crate::adapter::reaper::Reaped;
 
 /// A runtime that can run tasks.
 #[async_trait]
@@ -41,6 +43,14 @@ pub trait Adapter: Send + Sync + Debug + 'static {
 
     /// Whether the runtime is reachable and willing to take work.
     async fn health(&self) -> Result<(), AdapterError>;
+
+    /// Cleans up what the sessions of a previous process left when it died
+    /// without closing them (processes, directories), and says what it did.
+    /// The engine calls it once at start, before it opens any session. By
+    /// default there is nothing to clean.
+    async fn reap(&self) -> Vec<Reaped> {
+        Vec::new()
+    }
 }
 
 /// One session of an agent, running one task attempt.

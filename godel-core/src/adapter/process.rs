@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use crate::InvalidInput;
+use crate::adapter::reaper::{self, ProcessIdentity, Reaped, RunRecord};
 use crate::adapter::{AbortMode, Adapter, AdapterError, AgentSession, Outcome, OutputSink};
 use crate::output::OutputStream;
 use crate::task::{Task, TaskError, TaskErrorKind};
@@ -70,6 +71,10 @@ pub struct ProcessConfig {
     /// Extra environment variables (on top of the engine's environment,
     /// `GODEL_TASK_ID` and `GODEL_ATTEMPT`).
     pub env: Vec<(String, String)>,
+    /// Where each live run is recorded (a small file per run), so that the
+    /// next start reaps what a crash of this process left: its process
+    /// groups and directories (see `adapter/reaper.rs`). `None` records nothing.
+    pub runs: Option<PathBuf>,
 }
 
 /// Bytes of stderr kept for the failure message.
@@ -98,6 +103,30 @@ impl ProcessAdapter {
             }
         }
         Ok(Self { config })
+    }
+
+    /// Records a session's directory before its process exists.
+    async fn record(&self, task: &Task, prepared: Option<&Prepared>) -> RunRecord {
+        let (dir, repo, cleanup) = match prepared {
+            Some(Prepared::Dir { dir, cleanup }) => (Some(dir.clone()), None, *cleanup),
+            Some(Prepared::Worktree { repo, dir, cleanup }) => (Some(dir.clone()), Some(repo.clone()), *cleanup),
+            None => (None, None, Cleanup::Never),
+        };
+        let record = RunRecord {
+            run: format!("{}-{}", task.id, task.attempt),
+            // Without /proc nothing can be told apart; the record then names no live owner.
+            owner: ProcessIdentity::this().unwrap_or(ProcessIdentity { pid: 0, start: 0 }),
+            process: None,
+            dir,
+            repo,
+            remove: cleanup == Cleanup::Always,
+        };
+        if let Some(runs) = &self.config.runs
+            && let Err(e) = reaper::record(runs, &record).await
+        {
+            tracing::warn!(runs = %runs.display(), error = %e, "cannot record a run; a crash would leave it behind");
+        }
+        record
     }
 
     fn argv(&self, task: &Task, dir: &Path) -> Result<Vec<String>, AdapterError> {
@@ -164,7 +193,25 @@ impl Adapter for ProcessAdapter {
                 return Err(e);
             }
         };
-        Ok(Box::new(ProcessSession { argv, dir, env: self.config.env.clone(), prepared, group: Mutex::new(None) }))
+        let record = match &self.config.runs {
+            Some(runs) => Some((runs.clone(), self.record(task, prepared.as_ref()).await)),
+            None => None,
+        };
+        Ok(Box::new(ProcessSession {
+            argv,
+            dir,
+            env: self.config.env.clone(),
+            prepared,
+            record,
+            group: Mutex::new(None),
+        }))
+    }
+
+    async fn reap(&self) -> Vec<Reaped> {
+        match &self.config.runs {
+            Some(runs) => reaper::reap(runs).await,
+            None => Vec::new(),
+        }
     }
 
     async fn health(&self) -> Result<(), AdapterError> {
@@ -193,11 +240,7 @@ impl Prepared {
 
     async fn remove(&self) {
         match self {
-            Prepared::Dir { dir, .. } => {
-                if let Err(e) = tokio::fs::remove_dir_all(dir).await {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove task directory");
-                }
-            }
+            Prepared::Dir { dir, .. } => remove_dir(dir).await,
             Prepared::Worktree { repo, dir, .. } => remove_worktree(repo, dir).await,
         }
     }
@@ -208,6 +251,8 @@ struct ProcessSession {
     dir: PathBuf,
     env: Vec<(String, String)>,
     prepared: Option<Prepared>,
+    /// The runs directory and this run's record in it.
+    record: Option<(PathBuf, RunRecord)>,
     /// The process group id while the process runs.
     group: Mutex<Option<i32>>,
 }
@@ -236,6 +281,12 @@ impl AgentSession for ProcessSession {
         };
         let group = child.id().and_then(|pid| i32::try_from(pid).ok());
         *self.group.lock().unwrap_or_else(|e| e.into_inner()) = group;
+        if let (Some((runs, record)), Some(process)) = (&self.record, group.and_then(ProcessIdentity::of)) {
+            let record = RunRecord { process: Some(process), ..record.clone() };
+            if let Err(e) = reaper::record(runs, &record).await {
+                tracing::warn!(runs = %runs.display(), error = %e, "cannot record a run; a crash would leave it behind");
+            }
+        }
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let wait = async {
@@ -291,6 +342,9 @@ impl AgentSession for ProcessSession {
                 prepared.remove().await;
             }
         }
+        if let Some((runs, record)) = &self.record {
+            reaper::forget(runs, &record.run).await;
+        }
     }
 }
 
@@ -321,7 +375,13 @@ async fn git(repo: &Path, args: &[&str]) -> Result<(), AdapterError> {
     }
 }
 
-async fn remove_worktree(repo: &Path, dir: &Path) {
+pub(crate) async fn remove_dir(dir: &Path) {
+    if let Err(e) = tokio::fs::remove_dir_all(dir).await {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove task directory");
+    }
+}
+
+pub(crate) async fn remove_worktree(repo: &Path, dir: &Path) {
     let path = dir.to_string_lossy();
     if let Err(e) = git(repo, &["worktree", "remove", "--force", &path]).await {
         tracing::warn!(worktree = %dir.display(), error = %e, "cannot remove worktree");

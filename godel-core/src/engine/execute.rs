@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::adapter::{AbortMode, AgentSession, Outcome, OutputSink};
@@ -21,7 +21,7 @@ use crate::event::EventKind;
 use crate::ids::TaskId;
 use crate::output::{OutputChunk, OutputStream};
 use crate::session::{Session, SessionState};
-use crate::store::{Claim, FailOutcome, Failure, Retry, StoreError};
+use crate::store::{Claim, FailOutcome, Failure, LeaseStatus, Retry, StoreError};
 use crate::task::{TaskError, TaskErrorKind, TaskStatus};
 
 /// Output chunks buffered before they are written to the store.
@@ -98,21 +98,27 @@ impl Execution {
         };
         self.transition(&mut session, SessionState::Ready, None);
 
-        match inner.start(lease, &self.agent.id).await {
-            Ok(true) => {
-                self.transition(&mut session, SessionState::Cancelled, Some("cancelled before it started".into()));
-                self.settle_cancel().await;
-                return;
-            }
-            Ok(false) => {}
+        let not_started = match inner.start(lease, &self.agent.id).await {
+            Ok(true) => Some((SessionState::Cancelled, "cancelled before it started".to_owned())),
+            Ok(false) => None,
             Err(e) => {
                 // LeaseLost: someone else owns the attempt now. Anything else:
                 // the store is unreachable, so the lease will lapse and the
                 // task run again; running it now could run it twice.
                 tracing::warn!(task = %task.id, error = %e, "cannot start the task; leaving it to its lease");
-                self.transition(&mut session, SessionState::Error, Some(format!("cannot start: {e}")));
-                return;
+                Some((SessionState::Error, format!("cannot start: {e}")))
             }
+        };
+        if let Some((state, why)) = not_started {
+            // Nothing ran, but opening the session may have prepared a
+            // directory or a worktree: closing it releases them.
+            let error = TaskError::new(TaskErrorKind::Aborted, why.clone());
+            adapter_session.close(&Outcome::Failed { error, retryable: false }).await;
+            self.transition(&mut session, state, Some(why));
+            if state == SessionState::Cancelled {
+                self.settle_cancel().await;
+            }
+            return;
         }
         self.transition(&mut session, SessionState::Running, None);
         self.publish(EventKind::TaskStarted { task: task.id, session: session.id, attempt: lease.attempt });
@@ -129,7 +135,14 @@ impl Execution {
             (Some(Stop::LeaseLost), _) => {
                 self.transition(&mut session, SessionState::Error, Some("lease lost to another engine".into()));
             }
-            (Some(Stop::Shutdown), _) => {
+            // A run that finished before the abort took effect keeps its
+            // result; released instead, it would run again.
+            (_, Outcome::Completed { result }) => {
+                self.transition(&mut session, SessionState::Completing, None);
+                self.settle_success(result).await;
+                self.transition(&mut session, SessionState::Completed, None);
+            }
+            (Some(Stop::Shutdown), Outcome::Failed { .. }) => {
                 self.transition(&mut session, SessionState::Cancelled, Some("engine shutting down".into()));
                 match self.store_call(|| inner.store.release(lease, inner.clock.now())).await {
                     Ok(TaskStatus::Cancelled) => {
@@ -138,12 +151,6 @@ impl Execution {
                     Ok(_) => tracing::info!(task = %task.id, "released for the next start"),
                     Err(e) => tracing::warn!(task = %task.id, error = %e, "cannot release; the lease will lapse"),
                 }
-            }
-            // A run that finished before the abort took effect keeps its result.
-            (_, Outcome::Completed { result }) => {
-                self.transition(&mut session, SessionState::Completing, None);
-                self.settle_success(result).await;
-                self.transition(&mut session, SessionState::Completed, None);
             }
             (Some(Stop::Cancel), Outcome::Failed { .. }) => {
                 self.transition(&mut session, SessionState::Cancelled, None);
@@ -163,6 +170,10 @@ impl Execution {
 
     /// Runs the session while renewing the lease, recording output and
     /// obeying the deadline and the control channel.
+    ///
+    /// The store is written beside the loop, never inside it: heartbeats
+    /// and output writes run as their own futures, so a slow store holds up
+    /// neither the output pumps nor the deadline nor an abort.
     async fn supervise(
         &self,
         session: &dyn AgentSession,
@@ -170,56 +181,34 @@ impl Execution {
     ) -> (Option<Stop>, Outcome) {
         let inner = self.inner.clone();
         let task = &self.claim.task;
-        let lease = &self.claim.lease;
         let cfg = &inner.config;
         let timeout = task.timeout.or(self.agent.default_timeout).or(cfg.default_timeout);
         let deadline = timeout.map(|t| Instant::now() + t);
         let (sink, mut chunks) = OutputSink::channel(64);
         let mut output = OutputBuffer::new(cfg.max_output_bytes);
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + cfg.heartbeat_interval, cfg.heartbeat_interval);
         let mut flush = tokio::time::interval_at(Instant::now() + OUTPUT_FLUSH_EVERY, OUTPUT_FLUSH_EVERY);
+        let (to_writer, batches) = mpsc::unbounded_channel();
+        let writer = self.write_output(batches);
+        tokio::pin!(writer);
+        let (beat, mut beats) = mpsc::channel(1);
+        let keeper = self.keep_lease(beat);
+        tokio::pin!(keeper);
         let mut stop = None;
         let mut escalate_at: Option<Instant> = None;
         let mut control_open = true;
 
         let run = session.run(task, sink);
         tokio::pin!(run);
+        // Biased: the run first, so that a run that has ended is never taken
+        // for one that a stop arriving in the same instant interrupted; then
+        // the store's futures, which only end once their channels close
+        // (after this loop) and must progress however busy the rest is.
         let outcome = loop {
             tokio::select! {
+                biased;
                 outcome = &mut run => break outcome,
-                Some(chunk) = chunks.recv() => {
-                    output.accept(self, chunk);
-                    if output.pending_bytes >= OUTPUT_FLUSH_BYTES {
-                        self.flush_output(&mut output).await;
-                    }
-                }
-                _ = flush.tick() => self.flush_output(&mut output).await,
-                _ = heartbeat.tick() => {
-                    self.flush_output(&mut output).await;
-                    match inner.store.heartbeat(lease, cfg.lease, inner.clock.now()).await {
-                        Ok(status) if status.cancel_requested && stop.is_none() => {
-                            stop = Some(Stop::Cancel);
-                            session.abort(AbortMode::Graceful).await;
-                            escalate_at = Some(Instant::now() + cfg.kill_grace);
-                        }
-                        Ok(_) => {}
-                        Err(StoreError::LeaseLost(_)) => {
-                            tracing::warn!(task = %task.id, "lease lost; aborting the run");
-                            stop = Some(Stop::LeaseLost);
-                            session.abort(AbortMode::Force).await;
-                        }
-                        Err(e) => tracing::warn!(task = %task.id, error = %e, "heartbeat failed; will retry"),
-                    }
-                }
-                () = sleep_until(deadline), if stop.is_none() && deadline.is_some() => {
-                    tracing::info!(task = %task.id, ?timeout, "deadline passed; killing the run");
-                    stop = Some(Stop::Timeout(timeout.unwrap_or_default()));
-                    session.abort(AbortMode::Force).await;
-                }
-                () = sleep_until(escalate_at), if escalate_at.is_some() => {
-                    escalate_at = None;
-                    session.abort(AbortMode::Force).await;
-                }
+                () = &mut keeper => {}
+                () = &mut writer => {}
                 changed = control.changed(), if control_open => {
                     if changed.is_err() {
                         control_open = false;
@@ -249,26 +238,79 @@ impl Execution {
                         }
                     }
                 }
+                () = sleep_until(deadline), if stop.is_none() && deadline.is_some() => {
+                    tracing::info!(task = %task.id, ?timeout, "deadline passed; killing the run");
+                    stop = Some(Stop::Timeout(timeout.unwrap_or_default()));
+                    session.abort(AbortMode::Force).await;
+                }
+                () = sleep_until(escalate_at), if escalate_at.is_some() => {
+                    escalate_at = None;
+                    session.abort(AbortMode::Force).await;
+                }
+                Some(beat) = beats.recv() => match beat {
+                    Ok(status) if status.cancel_requested && stop.is_none() => {
+                        stop = Some(Stop::Cancel);
+                        session.abort(AbortMode::Graceful).await;
+                        escalate_at = Some(Instant::now() + cfg.kill_grace);
+                    }
+                    Ok(_) => {}
+                    Err(StoreError::LeaseLost(_)) => {
+                        tracing::warn!(task = %task.id, "lease lost; aborting the run");
+                        stop = Some(Stop::LeaseLost);
+                        session.abort(AbortMode::Force).await;
+                    }
+                    Err(e) => tracing::warn!(task = %task.id, error = %e, "heartbeat failed; will retry"),
+                },
+                _ = flush.tick() => output.hand_over(&to_writer),
+                Some(chunk) = chunks.recv() => {
+                    output.accept(self, chunk);
+                    if output.pending_bytes >= OUTPUT_FLUSH_BYTES {
+                        output.hand_over(&to_writer);
+                    }
+                }
             }
         };
-        // The run is over and has dropped its sink: drain what it sent last.
+        // The run is over and has dropped its sink: drain what it sent last,
+        // then let the writer finish what it was given (a lost lease would
+        // refuse it anyway).
         while let Some(chunk) = chunks.recv().await {
             output.accept(self, chunk);
         }
         if stop != Some(Stop::LeaseLost) {
-            self.flush_output(&mut output).await;
+            output.hand_over(&to_writer);
         }
+        drop(to_writer);
+        writer.await;
         (stop, outcome)
     }
 
-    async fn flush_output(&self, output: &mut OutputBuffer) {
-        if output.pending.is_empty() {
-            return;
+    /// Renews the lease every heartbeat interval and reports each answer,
+    /// until nobody listens.
+    async fn keep_lease(&self, beats: mpsc::Sender<Result<LeaseStatus, StoreError>>) {
+        let inner = &self.inner;
+        let every = inner.config.heartbeat_interval;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            heartbeat.tick().await;
+            let status = inner.store.heartbeat(&self.claim.lease, inner.config.lease, inner.clock.now()).await;
+            if beats.send(status).await.is_err() {
+                // Kept pending: the loop that polls this future must not see it end.
+                std::future::pending::<()>().await;
+            }
         }
-        let chunks = std::mem::take(&mut output.pending);
-        output.pending_bytes = 0;
-        if let Err(e) = self.inner.store.append_output(&self.claim.lease, &chunks, self.inner.clock.now()).await {
-            tracing::warn!(task = %self.claim.task.id, error = %e, chunks = chunks.len(), "cannot record output");
+    }
+
+    /// Writes output batches to the store in order, merging those that
+    /// queued meanwhile, until the channel closes.
+    async fn write_output(&self, mut batches: mpsc::UnboundedReceiver<Vec<OutputChunk>>) {
+        while let Some(mut chunks) = batches.recv().await {
+            while let Ok(more) = batches.try_recv() {
+                chunks.extend(more);
+            }
+            if let Err(e) = self.inner.store.append_output(&self.claim.lease, &chunks, self.inner.clock.now()).await {
+                tracing::warn!(task = %self.claim.task.id, error = %e, chunks = chunks.len(), "cannot record output");
+            }
         }
     }
 
@@ -398,6 +440,16 @@ impl OutputBuffer {
             let note = format!("output truncated: this attempt passed the {} byte limit", self.limit);
             self.push(execution, OutputChunk { stream: OutputStream::System, data: note });
         }
+    }
+
+    /// Gives what is pending to the output writer.
+    fn hand_over(&mut self, writer: &mpsc::UnboundedSender<Vec<OutputChunk>>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending_bytes = 0;
+        // The writer lives as long as the execution's supervisor, which holds this sender.
+        let _ = writer.send(std::mem::take(&mut self.pending));
     }
 
     fn push(&mut self, execution: &Execution, chunk: OutputChunk) {

@@ -27,9 +27,10 @@
 //!   lease's tenant.
 //!
 //! The run loop's parts live beside this file: `dispatch.rs` (claims and
-//! starts executions), `reclaim.rs` (the lapsed-lease sweep), `health.rs`
-//! (agent health checks), `execute.rs` (one attempt), `batch.rs` (group
-//! commit) and `cluster.rs` (nodes sharing a store).
+//! starts executions), `reap.rs` (what a crash left running), `reclaim.rs`
+//! (the lapsed-lease sweep), `health.rs` (agent health checks),
+//! `execute.rs` (one attempt), `batch.rs` (group commit) and `cluster.rs`
+//! (nodes sharing a store).
 
 mod agents;
 mod batch;
@@ -40,6 +41,7 @@ mod dispatch;
 mod error;
 mod execute;
 mod health;
+mod reap;
 mod reclaim;
 mod scheduler;
 mod tasks;
@@ -235,6 +237,8 @@ impl Orchestrator {
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StoreError> {
         let inner = &self.inner;
         let cfg = &inner.config;
+        // Processes and directories of runs that a crash left behind.
+        self.reap_orphans().await;
         // Sessions this engine's agents had open when it last stopped died with it.
         let ids: Vec<AgentId> = inner.lock_scheduler().agents.iter().map(|a| a.config.id.clone()).collect();
         let abandoned = inner.sweep_all(&ids).await?;

@@ -12,6 +12,7 @@
 mod cluster;
 mod cursor;
 mod error;
+pub mod faulty;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use godel_core::adapter::{AbortMode, Adapter, AdapterError, AgentSession, Outcome, OutputSink, WorkDir};
 use godel_core::adapter::{Cleanup, ProcessAdapter, ProcessConfig};
 use godel_core::event::{EventKind, OutputStream};
+use godel_core::store::faulty::{Calls, FaultPlan, FaultyStore, Method};
 use godel_core::store::{SessionQuery, SqliteStore, Store, TaskFilter};
 use godel_core::{
     AgentConfig, AgentId, AgentKind, AgentStatus, CancellationToken, EngineConfig, EngineError, ManualClock, NewTask,
@@ -44,6 +45,18 @@ impl Harness {
         Self::build(agents, config, |b| b).await
     }
 
+    /// Over a store that injects the faults of `plan`.
+    pub(crate) async fn faulty(
+        agents: Vec<AgentConfig>,
+        config: EngineConfig,
+        plan: FaultPlan,
+    ) -> (Self, Arc<FaultyStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("godel.db")).await.unwrap());
+        let store = Arc::new(FaultyStore::new(sqlite, plan));
+        (Self::over(dir, store.clone(), agents, config, |b| b), store)
+    }
+
     async fn build(
         agents: Vec<AgentConfig>,
         config: EngineConfig,
@@ -51,6 +64,16 @@ impl Harness {
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("godel.db")).await.unwrap());
+        Self::over(dir, store, agents, config, customise)
+    }
+
+    fn over(
+        dir: TempDir,
+        store: Arc<dyn Store>,
+        agents: Vec<AgentConfig>,
+        config: EngineConfig,
+        customise: impl FnOnce(godel_core::engine::OrchestratorBuilder) -> godel_core::engine::OrchestratorBuilder,
+    ) -> Self {
         let mut builder = Orchestrator::builder(store).config(config);
         for agent in agents {
             builder = builder.agent(agent);
@@ -551,6 +574,8 @@ async fn git_worktrees_isolate_tasks() {
 #[derive(Debug, Default)]
 struct Switchable {
     down: AtomicBool,
+    /// Health checks begun.
+    checks: AtomicU64,
 }
 
 #[async_trait]
@@ -560,6 +585,7 @@ impl Adapter for Switchable {
     }
 
     async fn health(&self) -> Result<(), AdapterError> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) { Err(AdapterError::transient("unreachable")) } else { Ok(()) }
     }
 }
@@ -602,7 +628,11 @@ async fn an_agent_that_stops_heartbeating_goes_offline_and_gets_no_work() {
     .await;
     flaky.down.store(true, Ordering::SeqCst);
     clock.advance(Duration::from_secs(29));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The next check of "flaky" starts after the advance, and once the one
+    // after it has started, the engine has acted on it.
+    let seen = flaky.checks.load(Ordering::SeqCst);
+    wait_for(Duration::from_secs(5), || async { (flaky.checks.load(Ordering::SeqCst) >= seen + 2).then_some(()) })
+        .await;
     assert_eq!(status_of(&h, "flaky"), AgentStatus::Idle, "offline too early");
     clock.advance(Duration::from_secs(2));
     wait_for(Duration::from_secs(5), || async { (status_of(&h, "flaky") == AgentStatus::Offline).then_some(()) }).await;
@@ -698,4 +728,176 @@ async fn agent_commands_report_by_meaning() {
     let removed = h.orchestrator.remove_agent(&AgentId::new("a").unwrap()).unwrap();
     assert_eq!(removed.id.as_str(), "a");
     assert!(h.orchestrator.agents().is_empty());
+}
+
+/// Waits for a session to reach `state`.
+async fn session_reaches(events: &mut godel_core::Subscription, state: SessionState) {
+    loop {
+        if let EventKind::SessionStateChanged { to, .. } = events.recv().await.unwrap().event.kind
+            && to == state
+        {
+            return;
+        }
+    }
+}
+
+fn per_task_dirs(base: &Path) -> ProcessConfig {
+    let workdir = WorkDir::PerTask { base: base.to_owned(), cleanup: Cleanup::Always };
+    ProcessConfig { workdir, ..ProcessConfig::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_cannot_start_removes_its_directory() {
+    let work = tempfile::tempdir().unwrap();
+    // The first write is the task's start.
+    let plan = FaultPlan::new(1).fail(Method::WriteBatch, Calls::nth(1));
+    let (mut h, store) =
+        Harness::faulty(vec![process_agent("a", per_task_dirs(work.path()))], fast_engine(), plan).await;
+    let mut events = h.orchestrator.subscribe(vec!["session.state_changed".parse().unwrap()]);
+    h.start();
+    let task = h.orchestrator.submit(shell("true")).await.unwrap();
+    session_reaches(&mut events, SessionState::Error).await;
+    assert_eq!(store.injected(), 1);
+    assert!(!work.path().join(task.id.to_string()).exists(), "the unstarted session's directory is left");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_before_it_starts_removes_its_directory() {
+    let work = tempfile::tempdir().unwrap();
+    // The start reaches the store late enough for a cancel to come first.
+    let plan = FaultPlan::new(1).delay(Method::WriteBatch, Calls::nth(1), Duration::from_secs(1));
+    let (mut h, _store) =
+        Harness::faulty(vec![process_agent("a", per_task_dirs(work.path()))], fast_engine(), plan).await;
+    let mut events = h.orchestrator.subscribe(vec!["session.state_changed".parse().unwrap()]);
+    h.start();
+    let task = h.orchestrator.submit(shell("echo ran")).await.unwrap();
+    session_reaches(&mut events, SessionState::Ready).await;
+    assert!(work.path().join(task.id.to_string()).is_dir(), "the session prepared its directory");
+    h.orchestrator.cancel(task.id).await.unwrap();
+    session_reaches(&mut events, SessionState::Cancelled).await;
+    assert!(!work.path().join(task.id.to_string()).exists(), "the cancelled session's directory is left");
+    let done = h.wait_terminal(&[task.id]).await.remove(0);
+    assert_eq!(done.status, TaskStatus::Cancelled);
+    assert_eq!(h.stdout(task.id).await, "", "a task cancelled before its start never runs");
+    h.stop().await;
+    assert_agents_idle(&h.orchestrator);
+}
+
+/// Runs until it is aborted and then reports success: a run that finished in
+/// the same instant as the abort that was meant to stop it.
+#[derive(Debug, Default)]
+struct FinishesAsKilled {
+    aborted: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl Adapter for FinishesAsKilled {
+    async fn open_session(&self, _task: &Task) -> Result<Box<dyn AgentSession>, AdapterError> {
+        Ok(Box::new(FinishesAsKilled { aborted: self.aborted.clone() }))
+    }
+
+    async fn health(&self) -> Result<(), AdapterError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AgentSession for FinishesAsKilled {
+    async fn run(&self, _task: &Task, _output: OutputSink) -> Outcome {
+        self.aborted.notified().await;
+        Outcome::Completed { result: serde_json::json!("finished") }
+    }
+
+    async fn abort(&self, _mode: AbortMode) {
+        self.aborted.notify_one();
+    }
+
+    async fn close(&self, _outcome: &Outcome) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_completes_at_shutdown_keeps_its_result() {
+    let agent = AgentConfig::new(AgentId::new("a").unwrap(), AgentKind::Http, Arc::new(FinishesAsKilled::default()));
+    let config = EngineConfig { shutdown_grace: Duration::from_millis(50), ..fast_engine() };
+    let mut h = Harness::new(vec![agent], config).await;
+    let mut events = h.orchestrator.subscribe(vec!["task.started".parse().unwrap()]);
+    h.start();
+    let task = h.orchestrator.submit(NewTask::prompt("work")).await.unwrap();
+    events.recv().await.unwrap();
+    h.stop().await;
+    let done = h.orchestrator.get(task.id).await.unwrap();
+    assert_eq!((done.status, done.result), (TaskStatus::Completed, Some(serde_json::json!("finished"))));
+    assert_agents_idle(&h.orchestrator);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_holds_up_neither_output_nor_the_deadline() {
+    // Every heartbeat takes ten seconds to reach the store.
+    let plan = FaultPlan::new(1).delay(Method::Heartbeat, Calls::always(), Duration::from_secs(10));
+    let config = EngineConfig { heartbeat_interval: Duration::from_millis(50), ..fast_engine() };
+    let (mut h, store) = Harness::faulty(vec![process_agent("a", ProcessConfig::default())], config, plan).await;
+    let mut events = h.orchestrator.subscribe(vec!["task.output".parse().unwrap()]);
+    h.start();
+    let marker = "60.3331";
+    let task = shell(&format!("echo first; sleep 0.3; echo second; sleep {marker}"))
+        .timeout(Duration::from_millis(800))
+        .max_attempts(1);
+    let task = h.orchestrator.submit(task).await.unwrap();
+    let mut first = None;
+    loop {
+        if let EventKind::TaskOutput { data, .. } = &events.recv().await.unwrap().event.kind {
+            if data.contains("first") {
+                first = Some(tokio::time::Instant::now());
+            }
+            if data.contains("second") {
+                break;
+            }
+        }
+    }
+    let waited = first.expect("first came first").elapsed();
+    assert!(waited < Duration::from_secs(3), "output waited {waited:?} for a heartbeat");
+    let t0 = tokio::time::Instant::now();
+    let done = h.wait_terminal(&[task.id]).await.remove(0);
+    assert!(t0.elapsed() < Duration::from_secs(3), "the deadline waited {:?} for a heartbeat", t0.elapsed());
+    assert_eq!(done.error.as_ref().map(|e| e.kind), Some(TaskErrorKind::Timeout));
+    assert!(store.calls(Method::Heartbeat) > 0, "no heartbeat was sent");
+    assert_no_process_with(marker).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_reaps_runs_a_dead_process_left_and_says_so() {
+    let state = tempfile::tempdir().unwrap();
+    let (runs, work) = (state.path().join("runs"), state.path().join("work"));
+    let left = work.join("left-behind");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::create_dir_all(&runs).unwrap();
+    // A run whose owner is gone (no process has pid 0) and whose process ended with it.
+    let record = serde_json::json!({
+        "run": "left-1",
+        "owner": { "pid": 0, "start": 1 },
+        "process": null,
+        "dir": left,
+        "repo": null,
+        "remove": true,
+    });
+    std::fs::write(runs.join("left-1.json"), record.to_string()).unwrap();
+    let config = ProcessConfig { runs: Some(runs.clone()), ..per_task_dirs(&work) };
+    let mut h = Harness::new(vec![process_agent("a", config.clone()), process_agent("b", config)], fast_engine()).await;
+    let mut events = h.orchestrator.subscribe(vec!["system.reaped".parse().unwrap()]);
+    h.start();
+    let reaped = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    let EventKind::System { message, .. } = &reaped.event.kind else { panic!("{reaped:?}") };
+    assert!(message.contains("left-1") && message.contains("left-behind"), "{message}");
+    assert!(!left.exists(), "the run's directory is left");
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0, "the record is left");
+
+    // Its own runs are recorded while they run and forgotten once closed.
+    let task = h.orchestrator.submit(shell("ls ../../runs")).await.unwrap();
+    let done = h.wait_terminal(&[task.id]).await.remove(0);
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(h.stdout(task.id).await.trim(), format!("{}-1.json", task.id));
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0, "a closed run is still recorded");
+    h.stop().await;
 }

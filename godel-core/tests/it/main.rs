@@ -5,6 +5,8 @@
 mod conformance;
 #[cfg(feature = "sqlite")]
 mod engine;
+#[cfg(feature = "sqlite")]
+mod engine_faults;
 #[cfg(all(feature = "sqlite", feature = "postgres", feature = "redis"))]
 mod engine_tenants;
 #[cfg(all(feature = "http", feature = "sqlite"))]

@@ -47,7 +47,7 @@ async fn clients_trusting_the_ca_file_reach_a_tls_server_and_others_are_refused(
         capabilities: vec!["remote".to_owned()],
         concurrency: 1,
         region: None,
-        process: ProcessConfig { command: None, workdir: WorkDir::Inherit, env: Vec::new() },
+        process: ProcessConfig { command: None, workdir: WorkDir::Inherit, env: Vec::new(), runs: None },
     })?;
     let drain = CancellationToken::new();
     let working = tokio::spawn({

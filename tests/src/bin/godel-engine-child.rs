@@ -1,11 +1,14 @@
-//! `godel-engine-child <sqlite-path> [--submit <n>]`: an orchestrator for the
-//! engine crash test to kill in the middle of its work, and then to restart
-//! on the same file.
+//! `godel-engine-child <sqlite-path> [--submit <n> | --sleepers <n>]`: an
+//! orchestrator for the engine crash test to kill in the middle of its work,
+//! and then to restart on the same file.
 //!
 //! It opens the SQLite store, builds an orchestrator with a few local process
 //! agents and a short lease, and (with `--submit`) submits `n` short shell
 //! commands in one batch, reporting `submitted <id>` for each once the batch
-//! is stored. It then runs the engine, reporting task events as lines on
+//! is stored; `--sleepers` submits `n` tasks that sleep until killed, with
+//! one attempt each. Its agents run each task in a directory of its own and
+//! record their live runs, both beside the store file, so that a restart
+//! reaps what a killed run left. It then runs the engine, reporting task events as lines on
 //! stdout (`started`, `completed`, `retrying`, ...), until no task of its
 //! tenant in the store is left pending, assigned or running; then it shuts
 //! the engine down gracefully, reports the last events and exits 0. A
@@ -17,12 +20,12 @@
 //! product, so it keeps its logic here rather than in a library `run`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use godel_core::adapter::{ProcessAdapter, ProcessConfig};
+use godel_core::adapter::{Cleanup, ProcessAdapter, ProcessConfig, WorkDir};
 use godel_core::bus::RecvError;
 use godel_core::store::{SqliteStore, Store};
 use godel_core::{
@@ -46,15 +49,22 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let sqlite = SqliteStore::open(&args.path).await.context("open the store")?;
     let store: Arc<dyn Store> = Arc::new(sqlite.clone());
-    let orchestrator = build(store.clone())?;
+    let orchestrator = build(store.clone(), &args.path)?;
     let mut events = orchestrator.subscribe(vec![EventPattern::new("task.*")?]);
 
     // Submitted before the engine runs, so every `submitted` line comes
     // before any line about the work; the wake-up it leaves starts the
     // dispatcher as soon as `run` begins.
-    if let Some(n) = args.submit {
-        let tasks =
-            (0..n).map(|i| NewTask::command(engine_child::command(i)).max_attempts(MAX_ATTEMPTS)).collect::<Vec<_>>();
+    let tasks = match args.submit {
+        Some(Submit::Tasks(n)) => {
+            (0..n).map(|i| NewTask::command(engine_child::command(i)).max_attempts(MAX_ATTEMPTS)).collect()
+        }
+        Some(Submit::Sleepers(n)) => {
+            (0..n).map(|_| NewTask::command(engine_child::sleeper()).max_attempts(1)).collect()
+        }
+        None => Vec::new(),
+    };
+    if !tasks.is_empty() {
         let submitted = orchestrator.submit_batch(tasks).await.context("submit the batch")?;
         for task in &submitted {
             report(Report::Submitted(task.id))?;
@@ -92,18 +102,24 @@ async fn main() -> Result<()> {
 
 struct Args {
     path: PathBuf,
-    submit: Option<usize>,
+    submit: Option<Submit>,
+}
+
+enum Submit {
+    Tasks(usize),
+    Sleepers(usize),
 }
 
 fn parse_args() -> Result<Args> {
-    const USAGE: &str = "usage: godel-engine-child <sqlite-path> [--submit <n>]";
+    const USAGE: &str = "usage: godel-engine-child <sqlite-path> [--submit <n> | --sleepers <n>]";
     let mut args = std::env::args_os().skip(1);
     let path = PathBuf::from(args.next().context(USAGE)?);
     let submit = match (args.next(), args.next(), args.next()) {
         (None, _, _) => None,
-        (Some(flag), Some(n), None) if flag == "--submit" => {
+        (Some(flag), Some(n), None) if flag == "--submit" || flag == "--sleepers" => {
             let n = n.to_str().and_then(|s| s.parse().ok());
-            Some(n.with_context(|| format!("invalid --submit: expected a number of tasks; {USAGE}"))?)
+            let n = n.with_context(|| format!("invalid {}: expected a number of tasks; {USAGE}", flag.display()))?;
+            Some(if flag == "--submit" { Submit::Tasks(n) } else { Submit::Sleepers(n) })
         }
         _ => bail!(USAGE),
     };
@@ -113,8 +129,13 @@ fn parse_args() -> Result<Args> {
 /// The orchestrator under test: [`AGENTS`] local process agents with
 /// [`CAPACITY`] slots each, a [`LEASE`]-long lease and quick timers, so a
 /// restart recovers a dead run's tasks in seconds.
-fn build(store: Arc<dyn Store>) -> Result<Orchestrator> {
-    let adapter = Arc::new(ProcessAdapter::new(ProcessConfig::default())?);
+fn build(store: Arc<dyn Store>, path: &Path) -> Result<Orchestrator> {
+    let process = ProcessConfig {
+        workdir: WorkDir::PerTask { base: engine_child::work_dir(path), cleanup: Cleanup::Always },
+        runs: Some(engine_child::runs_dir(path)),
+        ..ProcessConfig::default()
+    };
+    let adapter = Arc::new(ProcessAdapter::new(process)?);
     let config = EngineConfig {
         tenant: engine_child::tenant(),
         lease: LEASE,
