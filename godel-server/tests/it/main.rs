@@ -8,6 +8,7 @@ mod edges;
 mod instances;
 mod keys;
 mod openapi;
+mod quarantine;
 mod shutdown;
 mod support;
 mod writes;
