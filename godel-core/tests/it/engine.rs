@@ -703,15 +703,15 @@ async fn agent_commands_report_by_meaning() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_that_does_not_decode_is_quarantined_and_the_others_run() {
     let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default()).capacity(3)], fast_engine()).await;
-    let mut events = h.orchestrator.subscribe(vec!["task.quarantined".parse().unwrap(), "task.completed".parse().unwrap()]);
+    let mut events =
+        h.orchestrator.subscribe(vec!["task.quarantined".parse().unwrap(), "task.completed".parse().unwrap()]);
     let mut ids = Vec::new();
     for i in 0..3 {
         ids.push(h.orchestrator.submit(shell(&format!("echo {i}")).priority(Priority::High)).await.unwrap().id);
     }
     // The middle task's payload is overwritten behind the store's back.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", h._dir.path().join("godel.db").display()))
-        .await
-        .unwrap();
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", h._dir.path().join("godel.db").display())).await.unwrap();
     sqlx::query("UPDATE tasks SET payload = '{not json' WHERE id = ?")
         .bind(ids[1].to_string())
         .execute(&pool)
