@@ -722,9 +722,9 @@ async fn a_row_that_does_not_decode_is_quarantined_and_the_others_run() {
     let mut completed = Vec::new();
     let mut quarantined = Vec::new();
     while completed.len() < 2 || quarantined.is_empty() {
-        match events.recv().await.unwrap().event.kind {
-            EventKind::TaskCompleted { task, .. } => completed.push(task),
-            EventKind::TaskQuarantined { task, .. } => quarantined.push(task),
+        match &events.recv().await.unwrap().event.kind {
+            EventKind::TaskCompleted { task, .. } => completed.push(*task),
+            EventKind::TaskQuarantined { task, .. } => quarantined.push(task.clone()),
             _ => {}
         }
     }

@@ -456,8 +456,7 @@ impl TaskStore for PostgresStore {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        let mut counts = QueueCounts::default();
-        counts.quarantined = u64::try_from(quarantined).unwrap_or(0);
+        let mut counts = QueueCounts { quarantined: u64::try_from(quarantined).unwrap_or(0), ..QueueCounts::default() };
         for (status, n) in by_status {
             counts.add_status(ROWS.parse(&status, "status")?, u64::try_from(n).unwrap_or(0));
         }
