@@ -40,6 +40,9 @@ pub enum EventKind {
     /// `task.replayed`: a finished task (dead-lettered, failed or cancelled)
     /// was put back in the queue with fresh attempts.
     TaskReplayed { task: TaskId, priority: Priority },
+    /// `task.quarantined`: a claim or listing met a task row that does not
+    /// decode and moved it to the quarantine. `task` is the id as stored.
+    TaskQuarantined { task: String, error: String },
     /// `agent.connected`
     AgentConnected { agent: AgentId },
     /// `agent.disconnected`
@@ -75,6 +78,7 @@ impl EventKind {
             EventKind::TaskDeadLettered { .. } => "task.dead_lettered",
             EventKind::TaskCancelled { .. } => "task.cancelled",
             EventKind::TaskReplayed { .. } => "task.replayed",
+            EventKind::TaskQuarantined { .. } => "task.quarantined",
             EventKind::AgentConnected { .. } => "agent.connected",
             EventKind::AgentDisconnected { .. } => "agent.disconnected",
             EventKind::AgentStatus { .. } => "agent.status",

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use godel_wire::{
     Agent, AuditEntry, AuditOutcome, Cancelled, CreateKey, CreatedKey, ErrorEnvelope, Health, Instance, InstanceHealth,
-    KeyId, KeyView, Page, Priority, QueueDepth, QueueHealth, RegisterAgent, RegisterInstance, ReplayDeadLetters,
-    Replayed, RotateKey, RotatedKey, Session, SessionId, SessionState, SubmitBatch, SubmitTask, Task, TaskEvent,
-    TaskId, TaskStatus, Timestamp,
+    KeyId, KeyView, Page, Priority, QuarantinePurged, Quarantined, QueueDepth, QueueHealth, RegisterAgent,
+    RegisterInstance, ReplayDeadLetters, Replayed, RotateKey, RotatedKey, Session, SessionId, SessionState,
+    SubmitBatch, SubmitTask, Task, TaskEvent, TaskId, TaskStatus, Timestamp,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -487,6 +487,35 @@ impl Client {
     pub async fn rotate_key(&self, id: KeyId, grace: Duration) -> Result<RotatedKey> {
         let body = RotateKey { grace: Some(format!("{}ms", grace.as_millis())) };
         self.send(Method::POST, &format!("/api/v1/keys/{id}/rotate"), Some(&body)).await
+    }
+
+    /// A page of quarantined task rows (rows that did not decode), oldest
+    /// task first; `limit` 1 to 100 (server default 20), `cursor` from the previous page.
+    pub async fn quarantine(&self, limit: Option<usize>, cursor: Option<&str>) -> Result<Page<Quarantined>> {
+        let mut query = Vec::new();
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor.to_owned()));
+        }
+        self.get("/api/v1/quarantine", &query).await
+    }
+
+    /// One quarantined row: the row as stored and why it did not decode.
+    pub async fn quarantined(&self, id: TaskId) -> Result<Quarantined> {
+        self.get(&format!("/api/v1/quarantine/{id}"), &[]).await
+    }
+
+    /// Deletes one quarantined row.
+    pub async fn drop_quarantined(&self, id: TaskId) -> Result<()> {
+        self.send_empty(Method::DELETE, &format!("/api/v1/quarantine/{id}")).await
+    }
+
+    /// Deletes every quarantined row; returns how many went.
+    pub async fn purge_quarantine(&self) -> Result<u64> {
+        let reply: QuarantinePurged = self.send(Method::POST, "/api/v1/quarantine/purge", None::<&()>).await?;
+        Ok(reply.purged)
     }
 
     /// A page of the audit log, newest first (admin only).

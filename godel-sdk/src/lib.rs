@@ -90,9 +90,9 @@ pub use crate::tls::TlsOptions;
 /// The API's shapes, shared with the server through `godel-wire`.
 pub use godel_wire::{
     Agent, AgentKind, AgentStatus, AgentSummary, AuditEntry, AuditOutcome, CancelOutcome, Cancelled, CreateKey,
-    CreatedKey, Event, Health, Instance, InstanceHealth, KeyId, KeyView, Page, Priority, QueueDepth, QueueHealth,
-    RegisterAgent, RegisterInstance, Role, RotatedKey, Session, SessionId, SessionState, StoreHealth, SubmitTask, Task,
-    TaskError, TaskErrorKind, TaskEvent, TaskId, TaskStatus, Timestamp,
+    CreatedKey, Event, Health, Instance, InstanceHealth, KeyId, KeyView, Page, Priority, QuarantinePurged, Quarantined,
+    QuarantinedTask, QueueDepth, QueueHealth, RegisterAgent, RegisterInstance, Role, RotatedKey, Session, SessionId,
+    SessionState, StoreHealth, SubmitTask, Task, TaskError, TaskErrorKind, TaskEvent, TaskId, TaskStatus, Timestamp,
 };
 
 /// Everything a program needs to run Godel in-process (feature `embed`).

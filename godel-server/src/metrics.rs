@@ -72,6 +72,7 @@ pub(crate) struct Metrics {
     request_duration: HistogramFamily<RouteLabel>,
     errors: Family<StatusLabel, Counter>,
     events_missed: Counter,
+    tasks_quarantined: Counter,
     /// Audit entries dropped because the audit queue was full.
     pub(crate) audit_dropped: Counter,
     /// When tasks started running here, to time them.
@@ -106,6 +107,7 @@ impl Metrics {
             request_duration: Family::new_with_constructor(request_buckets),
             errors: Family::default(),
             events_missed: Counter::default(),
+            tasks_quarantined: Counter::default(),
             audit_dropped: Counter::default(),
             started: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
@@ -129,6 +131,11 @@ impl Metrics {
         registry.register("http_requests", "API requests, by method, route and status", metrics.requests.clone());
         registry.register("http_request_duration_seconds", "API latency, by route", metrics.request_duration.clone());
         registry.register("http_errors", "API error responses, by status", metrics.errors.clone());
+        registry.register(
+            "tasks_quarantined",
+            "Task rows that did not decode, moved to the quarantine",
+            metrics.tasks_quarantined.clone(),
+        );
         registry.register(
             "events_missed",
             "Events the metrics follower missed by lagging",
@@ -195,6 +202,9 @@ impl Metrics {
                 self.time(*task, "cancelled");
             }
             EventKind::TaskRetrying { task, .. } => self.time(*task, "failed"),
+            EventKind::TaskQuarantined { .. } => {
+                self.tasks_quarantined.inc();
+            }
             EventKind::SessionOpened { .. } => {
                 self.sessions.get_or_create(&StateLabel { state: "created" }).inc();
             }

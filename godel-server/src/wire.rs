@@ -153,6 +153,11 @@ impl CreateTask {
 /// The body of `POST /tasks/batch`.
 pub(crate) type CreateBatch = godel_wire::SubmitBatch<CreateTask>;
 
+/// The rows a listing moved to the quarantine, as its page names them.
+pub(crate) fn quarantined(rows: &[godel_core::store::Quarantined]) -> Vec<godel_wire::QuarantinedTask> {
+    rows.iter().map(|q| godel_wire::QuarantinedTask { id: q.id.clone(), error: q.error.clone() }).collect()
+}
+
 pub(crate) fn depth_json(depth: &QueueDepth) -> godel_wire::QueueDepth {
     godel_wire::QueueDepth {
         critical: depth.get(Priority::Critical),
@@ -324,6 +329,7 @@ pub(crate) fn event_json(published: &Published) -> Value {
         }),
         EventKind::TaskCancelled { task, priority } => json!({"task_id": task.to_string(), "priority": priority}),
         EventKind::TaskReplayed { task, priority } => json!({"task_id": task.to_string(), "priority": priority}),
+        EventKind::TaskQuarantined { task, error } => json!({"task_id": task, "error": error}),
         EventKind::AgentConnected { agent } => json!({"agent_id": agent.to_string()}),
         EventKind::AgentDisconnected { agent, reason } => json!({"agent_id": agent.to_string(), "reason": reason}),
         EventKind::AgentStatus { agent, status } => json!({"agent_id": agent.to_string(), "status": status}),

@@ -56,6 +56,9 @@ pub struct QueueHealth {
     pub dead_letters: u64,
     /// Leases that lapsed and await the reclaim sweep.
     pub stale_leases: u64,
+    /// Task rows that did not decode, held in the quarantine.
+    #[serde(default)]
+    pub quarantined: u64,
     /// How long the head of the queue has waited.
     pub oldest_pending_age_ms: Option<u64>,
     /// Completions on this server in the last minute.

@@ -3,7 +3,7 @@
 //! OpenAPI test.
 //!
 //! - [`tasks`], [`dead_letters`], [`agents`], [`sessions`], [`instances`],
-//!   [`keys`], [`audit`], [`health`] and [`error`]: the REST API's request
+//!   [`keys`], [`audit`], [`quarantine`], [`health`] and [`error`]: the REST API's request
 //!   and response bodies;
 //! - [`events`]: what goes over `/events` (the event envelope, the
 //!   subscribe frames a client sends and the control frames it receives);
@@ -26,6 +26,7 @@ pub mod events;
 pub mod health;
 pub mod instances;
 pub mod keys;
+pub mod quarantine;
 pub mod sessions;
 pub mod tasks;
 pub mod worker;
@@ -40,6 +41,7 @@ pub use crate::events::{ClientFrame, Control, Event, ServerMessage};
 pub use crate::health::{AgentSummary, Health, QueueDepth, QueueHealth, StoreHealth};
 pub use crate::instances::{Instance, InstanceHealth, RegisterInstance};
 pub use crate::keys::{CreateKey, CreatedKey, KeyView, RotateKey, RotatedKey};
+pub use crate::quarantine::{QuarantinePurged, Quarantined, QuarantinedTask};
 pub use crate::sessions::Session;
 pub use crate::tasks::{CancelOutcome, Cancelled, Page, SubmitBatch, SubmitTask, Task, TaskEvent};
 pub use godel_core::{

@@ -257,6 +257,10 @@ pub struct Page<T> {
     /// Pass it as `cursor` to get the next page; `None` on the last.
     #[serde(default)]
     pub next_cursor: Option<String>,
+    /// Task listings only: rows in this page's range that did not decode and
+    /// were moved to the quarantine instead of being listed. Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<crate::quarantine::QuarantinedTask>,
 }
 
 /// What a cancel or kill did.

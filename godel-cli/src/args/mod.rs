@@ -6,6 +6,7 @@ mod dlq;
 mod doctor;
 mod instances;
 mod keys;
+mod quarantine;
 mod queue;
 mod serve;
 mod sessions;
@@ -21,6 +22,9 @@ pub(crate) use crate::args::dlq::{Dlq, DlqCommand, DlqExport, DlqList, DlqReplay
 pub(crate) use crate::args::doctor::Doctor;
 pub(crate) use crate::args::instances::{Instances, InstancesCommand, InstancesHealth, InstancesRegister};
 pub(crate) use crate::args::keys::{Audit, Keys, KeysCommand, KeysCreate, KeysRotate, Login, Logout};
+pub(crate) use crate::args::quarantine::{
+    Quarantine, QuarantineCommand, QuarantineList, QuarantinePurge, QuarantineShow,
+};
 pub(crate) use crate::args::queue::{Queue, QueueCommand};
 pub(crate) use crate::args::serve::Serve;
 pub(crate) use crate::args::sessions::Sessions;
@@ -69,6 +73,7 @@ pub(crate) enum Command {
     Purge(Purge),
     Queue(Queue),
     Dlq(Dlq),
+    Quarantine(Quarantine),
     Agents(Agents),
     Sessions(Sessions),
     Watch(Watch),

@@ -4,7 +4,7 @@ use godel_sdk::embed::Priority;
 use godel_sdk::{Client, ListTasks};
 
 use crate::args::{self, DlqCommand};
-use crate::commands::{age, list_of, task_id};
+use crate::commands::{age, list_of, note_quarantined, task_id};
 use crate::exit::{CliResult, Failure};
 use crate::output::{self, clip, table};
 
@@ -28,6 +28,7 @@ async fn list(client: &Client, a: args::DlqList) -> CliResult {
         output::json(&page);
         return Ok(());
     }
+    note_quarantined(&page.quarantined);
     if page.items.is_empty() {
         output::err("the dead-letter queue is empty");
         return Ok(());

@@ -74,6 +74,16 @@ pub(crate) async fn run(client: &Client, source: &str) -> CliResult {
         for reason in &queue.reasons {
             output::out(&format!("    - {reason}"));
         }
+        // Rows that do not decode mean something else wrote to the database: a problem, not a backlog.
+        if queue.quarantined > 0 {
+            check(
+                false,
+                format!(
+                    "{} task rows do not decode and are quarantined; see `godel quarantine list`",
+                    queue.quarantined
+                ),
+            );
+        }
     }
     if problems > 0 {
         return Err(Failure::failed(format!("{problems} problem(s) found")));

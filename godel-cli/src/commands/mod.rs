@@ -11,6 +11,7 @@ mod dlq;
 mod doctor;
 mod instances;
 mod keys;
+mod quarantine;
 mod queue;
 mod serve;
 mod sessions;
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use godel_sdk::embed::{InvalidInput, TaskId, Timestamp};
-use godel_sdk::{Client, ClientOptions, DEFAULT_SERVER, TlsOptions};
+use godel_sdk::{Client, ClientOptions, DEFAULT_SERVER, QuarantinedTask, TlsOptions};
 
 use crate::args::Command;
 use crate::exit::{CliResult, Exit, Failure};
@@ -60,6 +61,7 @@ pub(crate) fn run(global: Global, command: Command, command_tail: Vec<String>) -
         Command::Purge(a) => remote(global, async |c| tasks::purge(c, a).await),
         Command::Queue(a) => remote(global, async |c| queue::run(c, a).await),
         Command::Dlq(a) => remote(global, async |c| dlq::run(c, a).await),
+        Command::Quarantine(a) => remote(global, async |c| quarantine::run(c, a).await),
         Command::Agents(a) => remote(global, async |c| agents::run(c, a).await),
         Command::Sessions(a) => remote(global, async |c| sessions::run(c, a).await),
         Command::Watch(a) => remote(global, async |c| watch::run(c, a).await),
@@ -170,5 +172,16 @@ fn age(t: Timestamp) -> String {
         s if s < 3_600 => format!("{}m ago", s / 60),
         s if s < 86_400 => format!("{}h ago", s / 3_600),
         s => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// Names, on stderr, the rows a listing met that did not decode (the server
+/// moved them to the quarantine and listed the rest).
+pub(crate) fn note_quarantined(rows: &[QuarantinedTask]) {
+    for q in rows {
+        output::err(&format!(
+            "task {} does not decode and was quarantined ({}); see `godel quarantine show {}`",
+            q.id, q.error, q.id
+        ));
     }
 }

@@ -48,12 +48,13 @@ async fn health(client: &Client, json: bool) -> CliResult {
         output::out(&format!("         - {reason}"));
     }
     output::out(&format!(
-        "tasks    {} ready, {} scheduled, {} running, {} dead-lettered, {} stale leases",
+        "tasks    {} ready, {} scheduled, {} running, {} dead-lettered, {} stale leases, {} quarantined",
         h.ready,
         h.scheduled,
         h.running + h.assigned,
         h.dead_letters,
-        h.stale_leases
+        h.stale_leases,
+        h.quarantined
     ));
     if let Some(ms) = h.oldest_pending_age_ms {
         output::out(&format!(

@@ -7,7 +7,7 @@ use godel_sdk::embed::Timestamp;
 use godel_sdk::{CancelOutcome, Client, ListTasks, Task};
 
 use crate::args;
-use crate::commands::{age, list_of, task_id};
+use crate::commands::{age, list_of, note_quarantined, task_id};
 use crate::exit::CliResult;
 use crate::output::{self, clip, paint, table};
 
@@ -33,6 +33,7 @@ pub(crate) async fn list(client: &Client, a: args::List) -> CliResult {
     } else {
         output::out(&table(&TASK_HEADERS, &task_rows(&page.items)));
     }
+    note_quarantined(&page.quarantined);
     if let Some(cursor) = page.next_cursor {
         output::err(&format!("more: godel list --cursor {cursor}"));
     }

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use crate::engine::execute::Execution;
 use crate::engine::scheduler::AgentState;
 use crate::engine::{Control, Orchestrator, Running};
+use crate::event::EventKind;
 use crate::store::ClaimRequest;
 
 impl Orchestrator {
@@ -55,8 +56,16 @@ impl Orchestrator {
                         request.tenant = tenants[i].clone();
                     }
                     request.limit = free as usize;
-                    let claims = match inner.store.claim(&request, inner.clock.now()).await {
-                        Ok(claims) => claims,
+                    let claims = match inner.store.claim_or_quarantine(&request, inner.clock.now()).await {
+                        Ok(claimed) => {
+                            for q in claimed.quarantined {
+                                inner.publish_for(
+                                    &request.tenant,
+                                    EventKind::TaskQuarantined { task: q.id, error: q.error },
+                                );
+                            }
+                            claimed.claims
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, tenant = %request.tenant, "claim failed; retrying on the next poll");
                             return;

@@ -10,7 +10,7 @@ use crate::engine::{Control, EngineError, Orchestrator, TenantScope};
 use crate::event::EventKind;
 use crate::ids::{SessionId, TaskId};
 use crate::session::Session;
-use crate::store::{CancelOutcome, Enqueued, StoreError, TaskFilter};
+use crate::store::{CancelOutcome, Enqueued, Page, StoreError, TaskFilter, TaskQuery};
 use crate::task::{NewTask, Task, TaskStatus};
 use crate::time::Timestamp;
 
@@ -157,6 +157,27 @@ impl TenantScope {
     /// Returns how many were deleted.
     pub async fn purge_finished(&self, filter: &TaskFilter, finished_before: Timestamp) -> Result<u64, EngineError> {
         Ok(self.inner.store.purge_finished(&self.tenant, filter, finished_before).await?)
+    }
+
+    /// Lists tasks as [`TaskStore::list`](crate::store::TaskStore::list)
+    /// does, publishing `task.quarantined` for each row the listing met that
+    /// did not decode (and moved to the quarantine).
+    pub async fn list(&self, query: &TaskQuery) -> Result<Page<Task>, EngineError> {
+        let page = self.inner.store.list(&self.tenant, query).await?;
+        for q in &page.quarantined {
+            self.publish(EventKind::TaskQuarantined { task: q.id.clone(), error: q.error.clone() });
+        }
+        Ok(page)
+    }
+
+    /// Deletes one quarantined row; [`EngineError::TaskNotFound`] if there is none.
+    pub async fn drop_quarantined(&self, id: TaskId) -> Result<(), EngineError> {
+        Ok(self.inner.store.drop_quarantined(&self.tenant, id).await?)
+    }
+
+    /// Deletes every quarantined row of the tenant and returns how many went.
+    pub async fn purge_quarantined(&self) -> Result<u64, EngineError> {
+        Ok(self.inner.store.purge_quarantined(&self.tenant).await?)
     }
 
     /// Ends a session by killing the task it runs (see [`TenantScope::kill`]).

@@ -39,10 +39,10 @@ use crate::money::Micros;
 use crate::output::OutputChunk;
 use crate::session::Session;
 use crate::store::{
-    BatchCompletion, CancelOutcome, Claim, ClaimRequest, ClusterChannel, ClusterMessage, Completion, Credentials,
+    BatchCompletion, CancelOutcome, ClaimRequest, Claimed, ClusterChannel, ClusterMessage, Completion, Credentials,
     Enqueued, FailOutcome, Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite, Ledger, Member, MemberKind,
-    OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Registry, Result, SessionQuery, SessionStore, Store,
-    StoreError, TaskFilter, TaskQuery, TaskStore, WriteOutcome,
+    OutputRecord, Page, QuarantineQuery, Quarantined, QueueCounts, QueueDepth, Reclaimed, Registry, Result,
+    SessionQuery, SessionStore, Store, StoreError, TaskFilter, TaskQuery, TaskStore, WriteOutcome,
 };
 use crate::task::{NewTask, Task, TaskStatus};
 use crate::time::Timestamp;
@@ -74,6 +74,10 @@ pub enum Method {
     PurgeFinished,
     Get,
     List,
+    Quarantined,
+    GetQuarantined,
+    DropQuarantined,
+    PurgeQuarantined,
     Output,
     History,
     Depth,
@@ -326,8 +330,8 @@ impl TaskStore for FaultyStore {
         self.around(Method::EnqueueBatch, self.inner.enqueue_batch(tenant, tasks, now)).await
     }
 
-    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>> {
-        self.around(Method::Claim, self.inner.claim(request, now)).await
+    async fn claim_or_quarantine(&self, request: &ClaimRequest, now: Timestamp) -> Result<Claimed> {
+        self.around(Method::Claim, self.inner.claim_or_quarantine(request, now)).await
     }
 
     async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus> {
@@ -400,6 +404,22 @@ impl TaskStore for FaultyStore {
 
     async fn list(&self, tenant: &TenantId, query: &TaskQuery) -> Result<Page<Task>> {
         self.around(Method::List, self.inner.list(tenant, query)).await
+    }
+
+    async fn quarantined(&self, tenant: &TenantId, query: &QuarantineQuery) -> Result<Page<Quarantined>> {
+        self.around(Method::Quarantined, self.inner.quarantined(tenant, query)).await
+    }
+
+    async fn get_quarantined(&self, tenant: &TenantId, id: TaskId) -> Result<Quarantined> {
+        self.around(Method::GetQuarantined, self.inner.get_quarantined(tenant, id)).await
+    }
+
+    async fn drop_quarantined(&self, tenant: &TenantId, id: TaskId) -> Result<()> {
+        self.around(Method::DropQuarantined, self.inner.drop_quarantined(tenant, id)).await
+    }
+
+    async fn purge_quarantined(&self, tenant: &TenantId) -> Result<u64> {
+        self.around(Method::PurgeQuarantined, self.inner.purge_quarantined(tenant)).await
     }
 
     async fn output(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<OutputRecord>> {

@@ -17,10 +17,10 @@ use crate::money::Micros;
 use crate::output::OutputChunk;
 use crate::session::Session;
 use crate::store::{
-    BatchCompletion, CancelOutcome, Claim, ClaimRequest, ClusterChannel, Completion, Credentials, Cursor, Enqueued,
-    FailOutcome, Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite, Ledger, Member, MemberKind, OutputRecord, Page,
-    QueueCounts, QueueDepth, Reclaimed, Registry, Result, Retry, SessionQuery, SessionStore, SortOrder, Store,
-    StoreError, TaskFilter, TaskQuery, TaskStore, WriteOutcome,
+    BatchCompletion, CancelOutcome, Claim, ClaimRequest, Claimed, ClusterChannel, Completion, Credentials, Cursor,
+    Enqueued, FailOutcome, Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite, Ledger, Member, MemberKind,
+    OutputRecord, Page, QuarantineQuery, Quarantined, QueueCounts, QueueDepth, Reclaimed, Registry, Result, Retry,
+    SessionQuery, SessionStore, SortOrder, Store, StoreError, TaskFilter, TaskQuery, TaskStore, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -262,8 +262,8 @@ impl TaskStore for MemoryStore {
         tasks.into_iter().map(|t| state.insert_task(tenant, t, now)).collect()
     }
 
-    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>> {
-        Ok(self.lock().claim(request, now))
+    async fn claim_or_quarantine(&self, request: &ClaimRequest, now: Timestamp) -> Result<Claimed> {
+        Ok(Claimed { claims: self.lock().claim(request, now), quarantined: Vec::new() })
     }
 
     async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus> {
@@ -508,7 +508,9 @@ impl TaskStore for MemoryStore {
     async fn list(&self, tenant: &TenantId, query: &TaskQuery) -> Result<Page<Task>> {
         let after = query.validate()?;
         let state = self.lock();
-        let Some(queue) = state.tenants.get(tenant) else { return Ok(Page { items: Vec::new(), next_cursor: None }) };
+        let Some(queue) = state.tenants.get(tenant) else {
+            return Ok(Page { items: Vec::new(), next_cursor: None, quarantined: Vec::new() });
+        };
         let matching = |(_, e): &(&i64, &Entry)| query.filter.matches(&e.task);
         let mut rows: Vec<(i64, Task)> = match query.order {
             SortOrder::Ascending => queue
@@ -531,7 +533,7 @@ impl TaskStore for MemoryStore {
             rows.truncate(query.limit);
             Cursor::after(query.order, rows.last().expect("non-empty").0)
         });
-        Ok(Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_cursor })
+        Ok(Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_cursor, quarantined: Vec::new() })
     }
 
     async fn output(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<OutputRecord>> {
@@ -580,6 +582,25 @@ impl TaskStore for MemoryStore {
             }
         }
         Ok(counts)
+    }
+
+    // Tasks in memory are values, never decoded from stored text, so the
+    // quarantine is always empty.
+    async fn quarantined(&self, _tenant: &TenantId, query: &QuarantineQuery) -> Result<Page<Quarantined>> {
+        query.validate()?;
+        Ok(Page { items: Vec::new(), next_cursor: None, quarantined: Vec::new() })
+    }
+
+    async fn get_quarantined(&self, _tenant: &TenantId, id: TaskId) -> Result<Quarantined> {
+        Err(StoreError::NotFound(id))
+    }
+
+    async fn drop_quarantined(&self, _tenant: &TenantId, id: TaskId) -> Result<()> {
+        Err(StoreError::NotFound(id))
+    }
+
+    async fn purge_quarantined(&self, _tenant: &TenantId) -> Result<u64> {
+        Ok(0)
     }
 }
 

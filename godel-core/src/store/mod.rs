@@ -129,8 +129,17 @@ pub trait TaskStore: Send + Sync {
     async fn enqueue_batch(&self, tenant: &TenantId, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<Enqueued>>;
 
     /// Claims up to `request.limit` ready tasks the claimer is capable of, in
-    /// contract order, moving them to `assigned` under fresh leases.
-    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>>;
+    /// contract order, moving them to `assigned` under fresh leases. By
+    /// default, the claims of a [`claim_or_quarantine`](TaskStore::claim_or_quarantine).
+    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>> {
+        Ok(self.claim_or_quarantine(request, now).await?.claims)
+    }
+
+    /// Claims as [`claim`](TaskStore::claim) does, decoding each claimed row
+    /// on its own: a row that does not decode is moved to the quarantine
+    /// (out of the queue, so it is never claimed again) and reported, and the
+    /// other rows are claimed as usual.
+    async fn claim_or_quarantine(&self, request: &ClaimRequest, now: Timestamp) -> Result<Claimed>;
 
     /// Marks an assigned task as running on `agent` (which may differ from the
     /// claimer, e.g. when a dispatcher hands a task to the agent its affinity
@@ -238,6 +247,18 @@ pub trait TaskStore: Send + Sync {
 
     /// Counts for health reports.
     async fn counts(&self, tenant: &TenantId, now: Timestamp) -> Result<QueueCounts>;
+
+    /// A page of the tenant's quarantined rows, in the order their tasks were submitted.
+    async fn quarantined(&self, tenant: &TenantId, query: &QuarantineQuery) -> Result<Page<Quarantined>>;
+
+    /// One quarantined row; [`StoreError::NotFound`] if there is none.
+    async fn get_quarantined(&self, tenant: &TenantId, id: TaskId) -> Result<Quarantined>;
+
+    /// Deletes one quarantined row; [`StoreError::NotFound`] if there is none.
+    async fn drop_quarantined(&self, tenant: &TenantId, id: TaskId) -> Result<()>;
+
+    /// Deletes every quarantined row of the tenant and returns how many went.
+    async fn purge_quarantined(&self, tenant: &TenantId) -> Result<u64>;
 }
 
 /// Where sessions are recorded.
@@ -480,6 +501,61 @@ pub struct Lease {
     pub attempt: u32,
     /// The secret.
     pub token: LeaseToken,
+}
+
+/// What [`TaskStore::claim_or_quarantine`] did.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct Claimed {
+    /// The tasks claimed, in contract order.
+    pub claims: Vec<Claim>,
+    /// Rows the claim picked that did not decode, now quarantined.
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A task row that did not decode (something other than Godel wrote to the
+/// database), moved out of the queue with the reason. It is never claimed,
+/// listed as a task or counted as one again; an operator reads it and drops it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Quarantined {
+    /// The task's id as stored.
+    pub id: String,
+    /// Why the row did not decode.
+    pub error: String,
+    /// The row as stored, a JSON object of its columns (SQL) or hash fields
+    /// (Redis), each as the backend held it.
+    pub raw: String,
+}
+
+/// A listing of quarantined rows.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct QuarantineQuery {
+    /// Page size, 1 to [`MAX_PAGE_SIZE`].
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub cursor: Option<Cursor>,
+}
+
+impl Default for QuarantineQuery {
+    fn default() -> Self {
+        Self { limit: 20, cursor: None }
+    }
+}
+
+impl QuarantineQuery {
+    /// Checks the limit and the cursor, and returns the sequence number the page starts after.
+    pub(crate) fn validate(&self) -> Result<Option<i64>, InvalidInput> {
+        TaskQuery { limit: self.limit, cursor: self.cursor.clone(), ..TaskQuery::default() }.validate()
+    }
+}
+
+/// The page quarantined rows make, from up to `limit + 1` rows with their
+/// sequence numbers, the extra one telling that another page follows.
+pub(crate) fn quarantine_page(mut rows: Vec<(i64, Quarantined)>, limit: usize) -> Page<Quarantined> {
+    let next_cursor = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        Cursor::after(SortOrder::Ascending, rows.last().expect("non-empty").0)
+    });
+    Page { items: rows.into_iter().map(|(_, q)| q).collect(), next_cursor, quarantined: Vec::new() }
 }
 
 /// A claimed task and the lease that goes with it.
@@ -745,6 +821,9 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass this to get the next page; `None` on the last one.
     pub next_cursor: Option<Cursor>,
+    /// Rows of this page's range that did not decode: moved to the
+    /// quarantine instead of being listed (task listings only).
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// The statuses a task can be replayed from: the finished ones but `completed`.
@@ -780,7 +859,7 @@ pub(crate) fn audit_page(mut rows: Vec<AuditEntry>, limit: usize) -> Page<AuditE
         let last = rows.last().expect("non-empty").seq;
         Cursor::after(SortOrder::Descending, i64::try_from(last).unwrap_or(i64::MAX))
     });
-    Page { items: rows, next_cursor }
+    Page { items: rows, next_cursor, quarantined: Vec::new() }
 }
 
 /// Ready tasks per priority.
@@ -823,6 +902,8 @@ pub struct QueueCounts {
     pub expired_leases: u64,
     /// The earliest `run_at` among ready tasks: how long the queue's head has waited.
     pub oldest_ready: Option<Timestamp>,
+    /// Rows moved to the quarantine because they did not decode (not counted in any status).
+    pub quarantined: u64,
 }
 
 impl QueueCounts {

@@ -901,3 +901,41 @@ async fn the_start_reaps_runs_a_dead_process_left_and_says_so() {
     assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0, "a closed run is still recorded");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_does_not_decode_is_quarantined_and_the_others_run() {
+    let mut h = Harness::new(vec![process_agent("a", ProcessConfig::default()).capacity(3)], fast_engine()).await;
+    let mut events =
+        h.orchestrator.subscribe(vec!["task.quarantined".parse().unwrap(), "task.completed".parse().unwrap()]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(h.orchestrator.submit(shell(&format!("echo {i}")).priority(Priority::High)).await.unwrap().id);
+    }
+    // The middle task's payload is overwritten behind the store's back.
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", h._dir.path().join("godel.db").display())).await.unwrap();
+    sqlx::query("UPDATE tasks SET payload = '{not json' WHERE id = ?")
+        .bind(ids[1].to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    h.start();
+    let mut completed = Vec::new();
+    let mut quarantined = Vec::new();
+    while completed.len() < 2 || quarantined.is_empty() {
+        match &events.recv().await.unwrap().event.kind {
+            EventKind::TaskCompleted { task, .. } => completed.push(*task),
+            EventKind::TaskQuarantined { task, .. } => quarantined.push(task.clone()),
+            _ => {}
+        }
+    }
+    completed.sort();
+    assert_eq!(completed, [ids[0], ids[2]]);
+    assert_eq!(quarantined, [ids[1].to_string()]);
+    let tenant = h.orchestrator.config().tenant.clone();
+    let row = h.orchestrator.store().get_quarantined(&tenant, ids[1]).await.unwrap();
+    assert!(row.raw.contains("{not json"), "{}", row.raw);
+    h.stop().await;
+    assert_agents_idle(&h.orchestrator);
+}

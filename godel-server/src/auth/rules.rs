@@ -91,6 +91,11 @@ rules! {
     POST "/api/v1/dead-letters/replay" => Access::Roles(OPERATE), "dead_letters.replay_many";
     POST "/api/v1/dead-letters/{id}/replay" => Access::Roles(OPERATE), "dead_letters.replay";
 
+    GET "/api/v1/quarantine" => Access::Roles(OPERATE), "quarantine.list";
+    POST "/api/v1/quarantine/purge" => Access::Roles(OPERATE), "quarantine.purge";
+    GET "/api/v1/quarantine/{id}" => Access::Roles(OPERATE), "quarantine.get";
+    DELETE "/api/v1/quarantine/{id}" => Access::Roles(OPERATE), "quarantine.drop";
+
     GET "/api/v1/agents" => Access::Roles(READ), "agents.list";
     POST "/api/v1/agents" => Access::Roles(OPERATE), "agents.register";
     GET "/api/v1/agents/{id}" => Access::Roles(READ), "agents.get";

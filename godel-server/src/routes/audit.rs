@@ -38,7 +38,11 @@ async fn list(state: Arc<AppState>, query: String) -> ApiResult {
         cursor: params.get("cursor").map(str::to_owned),
     };
     let page = state.store().list_audit(&query).await?;
-    ok(&Page { items: page.items.iter().map(entry).collect(), next_cursor: page.next_cursor.map(|c| c.to_string()) })
+    ok(&Page {
+        items: page.items.iter().map(entry).collect(),
+        next_cursor: page.next_cursor.map(|c| c.to_string()),
+        quarantined: Vec::new(),
+    })
 }
 
 fn entry(e: &AuditEntry) -> godel_wire::AuditEntry {

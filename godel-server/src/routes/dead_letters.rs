@@ -17,9 +17,9 @@ use crate::AppState;
 use crate::auth::RequestContext;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::routes::{
-    LIST_PARAMS, Params, body, ctx, ok, parse_agent_id, raw_query, respond, scope, task_id, task_query, tenant, with,
+    LIST_PARAMS, Params, body, ctx, ok, parse_agent_id, raw_query, respond, scope, task_id, task_query, with,
 };
-use crate::wire::{Page, TaskDto, parse_body};
+use crate::wire::{self, Page, TaskDto, parse_body};
 
 pub(super) fn routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
     let s = || with(state.clone()).and(ctx());
@@ -53,10 +53,11 @@ async fn list_dead(state: Arc<AppState>, ctx: RequestContext, query: String) -> 
         return Err(ApiError::invalid("dead-letter listings take no status filter"));
     }
     query.filter.statuses = vec![TaskStatus::DeadLetter];
-    let page = state.store().list(&tenant(&state, &ctx), &query).await?;
+    let page = scope(&state, &ctx).list(&query).await?;
     ok(&Page {
         items: page.items.iter().map(TaskDto::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
+        quarantined: wire::quarantined(&page.quarantined),
     })
 }
 
@@ -92,7 +93,7 @@ async fn replay_dead_bulk(state: Arc<AppState>, ctx: RequestContext, body: Bytes
 }
 
 async fn export_dead(state: Arc<AppState>, ctx: RequestContext, query: String) -> ApiResult {
-    let tenant = tenant(&state, &ctx);
+    let scope = scope(&state, &ctx);
     let params = Params::parse(&query, &["priority", "created_after", "created_before"])?;
     let filter = TaskFilter {
         statuses: vec![TaskStatus::DeadLetter],
@@ -105,7 +106,7 @@ async fn export_dead(state: Arc<AppState>, ctx: RequestContext, query: String) -
     let mut cursor = None;
     loop {
         let query = TaskQuery { filter: filter.clone(), order: SortOrder::Ascending, limit: 1_000, cursor };
-        let page = state.store().list(&tenant, &query).await?;
+        let page = scope.list(&query).await?;
         for task in &page.items {
             out.push_str(
                 &serde_json::to_string(&TaskDto::from(task))

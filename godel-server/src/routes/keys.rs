@@ -63,7 +63,7 @@ async fn list(state: Arc<AppState>, query: String) -> ApiResult {
     let params = Params::parse(&query, &["tenant"])?;
     let tenant = params.get("tenant").map(TenantId::new).transpose()?;
     let keys = state.store().list_keys(tenant.as_ref()).await?;
-    ok(&Page { items: keys.iter().map(view).collect(), next_cursor: None })
+    ok(&Page { items: keys.iter().map(view).collect(), next_cursor: None, quarantined: Vec::new() })
 }
 
 async fn create(state: Arc<AppState>, ctx: RequestContext, body: Bytes) -> ApiResult {

@@ -20,6 +20,7 @@ mod health;
 mod instances;
 pub(crate) mod keys;
 mod metrics;
+mod quarantine;
 mod queue;
 mod sessions;
 mod tasks;
@@ -100,7 +101,8 @@ fn api_routes(state: &Arc<AppState>) -> BoxedFilter<(Response,)> {
     let routes = tasks::routes(state).or(queue::routes(state)).unify().or(dead_letters::routes(state)).unify();
     let routes = routes.or(agents::routes(state)).unify().or(sessions::routes(state)).unify();
     let routes = routes.or(instances::routes(state)).unify();
-    routes.or(keys::routes(state)).unify().or(audit::routes(state)).unify().boxed()
+    let routes = routes.or(keys::routes(state)).unify().or(audit::routes(state)).unify();
+    routes.or(quarantine::routes(state)).unify().boxed()
 }
 
 /// Who is calling: the context the guard put in the request's extensions.

@@ -63,6 +63,12 @@ pub(super) async fn queue_report(state: &AppState, ctx: &RequestContext) -> ApiR
             counts.expired_leases
         ));
     }
+    if counts.quarantined > 0 {
+        reasons.push(format!(
+            "{} task rows do not decode and are quarantined; inspect them with `godel quarantine list`",
+            counts.quarantined
+        ));
+    }
     let dead = counts.status(TaskStatus::DeadLetter);
     if dead > 0 {
         reasons.push(format!("{dead} tasks are dead-lettered"));
@@ -92,6 +98,7 @@ pub(super) async fn queue_report(state: &AppState, ctx: &RequestContext) -> ApiR
         "cancelled": counts.status(TaskStatus::Cancelled),
         "dead_letters": dead,
         "stale_leases": counts.expired_leases,
+        "quarantined": counts.quarantined,
         "oldest_pending_age_ms": oldest_age.map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
         "completed_last_minute": state.metrics.completed_last_minute(),
         "depth": wire::depth_json(&depth),

@@ -98,10 +98,11 @@ async fn create_batch(state: Arc<AppState>, ctx: RequestContext, body: Bytes) ->
 async fn list_tasks(state: Arc<AppState>, ctx: RequestContext, query: String) -> ApiResult {
     let params = Params::parse(&query, &LIST_PARAMS)?;
     let query = task_query(&params)?;
-    let page = state.store().list(&tenant(&state, &ctx), &query).await?;
+    let page = scope(&state, &ctx).list(&query).await?;
     ok(&Page {
         items: page.items.iter().map(TaskDto::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
+        quarantined: wire::quarantined(&page.quarantined),
     })
 }
 

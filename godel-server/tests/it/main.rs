@@ -9,6 +9,7 @@ mod input;
 mod instances;
 mod keys;
 mod openapi;
+mod quarantine;
 mod shutdown;
 mod support;
 mod writes;

@@ -26,7 +26,7 @@ use crate::support::TestServer;
 const DOCUMENT: &str = include_str!("../../openapi.json");
 /// The route files serving resources under `/api/v1`, scanned for the paths
 /// and methods they declare.
-const API_SOURCES: [&str; 8] = [
+const API_SOURCES: [&str; 9] = [
     include_str!("../../src/routes/tasks.rs"),
     include_str!("../../src/routes/queue.rs"),
     include_str!("../../src/routes/dead_letters.rs"),
@@ -35,6 +35,7 @@ const API_SOURCES: [&str; 8] = [
     include_str!("../../src/routes/instances.rs"),
     include_str!("../../src/routes/keys.rs"),
     include_str!("../../src/routes/audit.rs"),
+    include_str!("../../src/routes/quarantine.rs"),
 ];
 /// The route files serving paths at the root (and the workers' socket).
 const ROOT_SOURCES: [&str; 4] = [
@@ -341,6 +342,24 @@ async fn scenario(api: &mut Api<'_>) {
     let pending =
         id_of(&api.call(POST, "/api/v1/tasks", Some(json!({"command": ["true"], "delay_ms": 3_600_000})), 201).await);
     api.call(POST, &format!("/api/v1/tasks/{pending}/retry"), None, 409).await;
+
+    // The quarantine: a task whose payload is damaged behind the server's back,
+    // moved there by the listing that meets it.
+    let damaged =
+        id_of(&api.call(POST, "/api/v1/tasks", Some(json!({"command": ["true"], "delay_ms": 3_600_000})), 201).await);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", api.server.sqlite_file().display())).await.unwrap();
+    sqlx::query("UPDATE tasks SET payload = '{not json' WHERE id = ?").bind(&damaged).execute(&pool).await.unwrap();
+    pool.close().await;
+    let page = api.call(GET, "/api/v1/tasks?status=pending&sort=-created_at&limit=5", None, 200).await;
+    assert_eq!(page["quarantined"][0]["id"], damaged.as_str(), "{page}");
+    api.call(GET, "/api/v1/quarantine", None, 200).await;
+    api.call(GET, "/api/v1/quarantine?limit=0", None, 400).await;
+    api.call(GET, &format!("/api/v1/quarantine/{damaged}"), None, 200).await;
+    api.call(GET, &format!("/api/v1/quarantine/{SAMPLE_ID}"), None, 404).await;
+    api.call(GET, "/api/v1/quarantine/nope", None, 400).await;
+    api.call(DELETE, &format!("/api/v1/quarantine/{damaged}"), None, 204).await;
+    api.call(DELETE, &format!("/api/v1/quarantine/{damaged}"), None, 404).await;
+    api.call(POST, "/api/v1/quarantine/purge", None, 200).await;
 
     // Purge.
     api.call(DELETE, &format!("/api/v1/tasks/{pending}?purge=true"), None, 409).await;
@@ -924,7 +943,7 @@ fn the_document_matches_godel_wire() {
     let summary = json!({"total": 1, "online": 1, "free_slots": 2});
     let queue = json!({
         "status": "healthy", "reasons": [], "pending": 1, "ready": 1, "scheduled": 0, "assigned": 0,
-        "running": 0, "completed": 0, "failed": 0, "cancelled": 0, "dead_letters": 0, "stale_leases": 0,
+        "running": 0, "completed": 0, "failed": 0, "cancelled": 0, "dead_letters": 0, "stale_leases": 0, "quarantined": 0,
         "oldest_pending_age_ms": 3, "completed_last_minute": 0, "depth": depth, "agents": summary,
     });
     let store = json!({"backend": "memory", "ok": true, "latency_ms": 0.1, "error": "e"});
@@ -969,7 +988,18 @@ fn the_document_matches_godel_wire() {
     // Responses: the client needs no field the document does not promise.
     response::<godel_wire::Task>(schema("/Task"), &task);
     response::<godel_wire::TaskError>(schema("/TaskError"), &task_error);
-    response::<godel_wire::Page<godel_wire::Task>>(schema("/TaskPage"), &json!({"items": [task], "next_cursor": "c"}));
+    let quarantined = json!({"id": id, "error": "e", "raw": "{}"});
+    response::<godel_wire::Page<godel_wire::Task>>(
+        schema("/TaskPage"),
+        &json!({"items": [task], "next_cursor": "c", "quarantined": [{"id": id, "error": "e"}]}),
+    );
+    response::<godel_wire::Page<godel_wire::Quarantined>>(
+        schema("/QuarantinePage"),
+        &json!({"items": [quarantined], "next_cursor": "c"}),
+    );
+    response::<godel_wire::Quarantined>(schema("/Quarantined"), &quarantined);
+    response::<godel_wire::QuarantinedTask>(schema("/QuarantinedTask"), &json!({"id": id, "error": "e"}));
+    response::<godel_wire::QuarantinePurged>(schema("/QuarantinePurged"), &json!({"purged": 1}));
     response::<godel_wire::Cancelled>(schema("/StopResult"), &json!({"outcome": "cancelled", "task": task}));
     response::<godel_wire::SubmitBatch<godel_wire::Task>>(schema("/TaskList"), &json!({"tasks": [task]}));
     response::<godel_wire::QueueDepth>(schema("/QueueDepth"), &depth);

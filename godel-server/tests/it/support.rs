@@ -70,6 +70,11 @@ impl TestServer {
         Self { addr, shutdown, handle: Some(handle), store, admin, _dir: dir }
     }
 
+    /// The SQLite file of a server started without a store URL.
+    pub(crate) fn sqlite_file(&self) -> std::path::PathBuf {
+        self._dir.path().join("godel.db")
+    }
+
     /// The server's store, for tests that make keys or read the audit log.
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store

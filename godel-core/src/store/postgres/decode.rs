@@ -6,7 +6,7 @@ use sqlx::postgres::PgRow;
 use crate::ids::AgentId;
 use crate::store::Result;
 use crate::store::postgres::{ROWS, db_err, unsigned};
-use crate::store::sql::{TaskRow, timeout_from_ms};
+use crate::store::sql::{Corrupt, Decoded, TaskRow, timeout_from_ms};
 use crate::task::Task;
 use crate::time::Timestamp;
 
@@ -15,6 +15,18 @@ pub(super) const COLUMNS: &str = "t.seq, t.id::text, t.tenant, t.priority, t.sta
      t.affinity_key, t.idempotency_key, t.parent_id::text, t.attempt, t.max_attempts, t.timeout_ms, t.run_at, \
      t.agent_id, t.lease_token::text, t.lease_expires_at, t.cancel_requested, t.result, t.error, t.created_at, \
      t.updated_at, t.started_at, t.completed_at, t.dead_lettered_at";
+
+/// Decodes a row selected with [`COLUMNS`], or says why it does not decode.
+pub(super) fn decoded(row: &PgRow) -> Result<Decoded> {
+    match decode_task(row) {
+        Ok(task) => Ok(Ok(task)),
+        Err(e) => {
+            let seq = row.try_get(0).map_err(db_err)?;
+            let id = row.try_get::<Option<String>, _>(1).ok().flatten().unwrap_or_default();
+            Ok(Err(Corrupt::new(seq, id, e)))
+        }
+    }
+}
 
 /// Decodes a row selected with [`COLUMNS`] into (seq, task, lease token).
 pub(super) fn decode_task(row: &PgRow) -> Result<TaskRow> {

@@ -49,6 +49,7 @@ mod decode;
 mod ledger;
 mod notify;
 mod options;
+mod quarantine;
 mod registry;
 mod sessions;
 mod tasks;

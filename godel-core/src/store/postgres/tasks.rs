@@ -10,15 +10,16 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use crate::ids::{AgentId, TaskId, TenantId};
 use crate::output::OutputChunk;
 use crate::store::postgres::batch::{NewRow, insert_tasks, write_entries};
-use crate::store::postgres::decode::{COLUMNS, decode_task};
+use crate::store::postgres::decode::{COLUMNS, decode_task, decoded};
+use crate::store::postgres::quarantine::quarantine;
 use crate::store::postgres::{
     FENCE, PostgresStore, ROWS, backend_err, db_err, fenced, lease_status, seq_of, status_of, unsigned,
 };
 use crate::store::sql::{self, Writes};
 use crate::store::{
-    CancelOutcome, Claim, ClaimRequest, Enqueued, FailOutcome, Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite,
-    OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result, StoreError, TaskFilter, TaskQuery, TaskStore,
-    WriteOutcome,
+    CancelOutcome, ClaimRequest, Claimed, Enqueued, FailOutcome, Failure, HistoryEntry, Lease, LeaseStatus, LeaseWrite,
+    OutputRecord, Page, QuarantineQuery, Quarantined, QueueCounts, QueueDepth, Reclaimed, Result, StoreError,
+    TaskFilter, TaskQuery, TaskStore, WriteOutcome,
 };
 use crate::task::{NewTask, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -34,9 +35,9 @@ impl TaskStore for PostgresStore {
         scoped!(@insert self, tenant, |conn| insert_tasks(conn, tenant, tasks, rows, now))
     }
 
-    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>> {
+    async fn claim_or_quarantine(&self, request: &ClaimRequest, now: Timestamp) -> Result<Claimed> {
         if request.limit == 0 {
-            return Ok(Vec::new());
+            return Ok(Claimed::default());
         }
         let sql = format!(
             "WITH picked AS ( \
@@ -51,19 +52,23 @@ impl TaskStore for PostgresStore {
              RETURNING {COLUMNS}"
         );
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let rows = scoped!(self, &request.tenant, |conn| async move {
-            sqlx::query(&sql)
+        let (tasks, quarantined) = scoped!(self, &request.tenant, |conn| async move {
+            let rows = sqlx::query(&sql)
                 .bind(request.tenant.as_str())
                 .bind(now.as_millis())
                 .bind(&request.capabilities)
                 .bind(limit)
                 .bind(request.agent.as_str())
                 .bind((now + request.lease_for).as_millis())
-                .fetch_all(conn)
+                .fetch_all(&mut *conn)
                 .await
-                .map_err(db_err)
+                .map_err(db_err)?;
+            // Each row decodes on its own: one that does not is quarantined
+            // in the claim's transaction, and never holds back the others.
+            let (tasks, corrupt) = sql::split(rows.iter().map(decoded).collect::<Result<_>>()?);
+            Ok((tasks, quarantine(conn, &request.tenant, corrupt).await?))
         })?;
-        sql::claims_in_order(ROWS, rows.iter().map(decode_task).collect::<Result<Vec<_>>>()?)
+        Ok(Claimed { claims: sql::claims_in_order(ROWS, tasks)?, quarantined })
     }
 
     async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus> {
@@ -329,19 +334,27 @@ impl TaskStore for PostgresStore {
             sqlx::query(&sql).bind(tenant.as_str()).bind(id.to_string()).fetch_optional(conn).await.map_err(db_err)
         })?
         .ok_or(StoreError::NotFound(id))?;
-        Ok(decode_task(&row)?.1)
+        match decoded(&row)? {
+            Ok((_, task, _)) => Ok(task),
+            Err(corrupt) => {
+                scoped!(self, tenant, |conn| quarantine(conn, tenant, vec![corrupt]))?;
+                Err(StoreError::NotFound(id))
+            }
+        }
     }
 
     async fn list(&self, tenant: &TenantId, query: &TaskQuery) -> Result<Page<Task>> {
         let after = query.validate()?;
-        let rows = scoped!(self, tenant, |conn| async move {
+        scoped!(self, tenant, |conn| async move {
             let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM tasks t WHERE tenant = "));
             qb.push_bind(tenant.as_str());
             sql::push_filter(&mut qb, &query.filter);
             sql::push_page(&mut qb, query, after);
-            qb.build().fetch_all(conn).await.map_err(db_err)
-        })?;
-        Ok(sql::page(rows.iter().map(decode_task).collect::<Result<Vec<_>>>()?, query))
+            let rows = qb.build().fetch_all(&mut *conn).await.map_err(db_err)?;
+            let (mut page, corrupt) = sql::page(rows.iter().map(decoded).collect::<Result<_>>()?, query);
+            page.quarantined = quarantine(conn, tenant, corrupt).await?;
+            Ok(page)
+        })
     }
 
     async fn output(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<OutputRecord>> {
@@ -437,8 +450,13 @@ impl TaskStore for PostgresStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
+        let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine WHERE tenant = $1")
+            .bind(tenant.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        let mut counts = QueueCounts::default();
+        let mut counts = QueueCounts { quarantined: u64::try_from(quarantined).unwrap_or(0), ..QueueCounts::default() };
         for (status, n) in by_status {
             counts.add_status(ROWS.parse(&status, "status")?, u64::try_from(n).unwrap_or(0));
         }
@@ -447,6 +465,22 @@ impl TaskStore for PostgresStore {
         counts.oldest_ready = oldest.map(Timestamp::from_millis);
         counts.expired_leases = u64::try_from(expired).unwrap_or(0);
         Ok(counts)
+    }
+
+    async fn quarantined(&self, tenant: &TenantId, query: &QuarantineQuery) -> Result<Page<Quarantined>> {
+        self.quarantine_list(tenant, query).await
+    }
+
+    async fn get_quarantined(&self, tenant: &TenantId, id: TaskId) -> Result<Quarantined> {
+        self.quarantine_get(tenant, id).await
+    }
+
+    async fn drop_quarantined(&self, tenant: &TenantId, id: TaskId) -> Result<()> {
+        self.quarantine_drop(tenant, id).await
+    }
+
+    async fn purge_quarantined(&self, tenant: &TenantId) -> Result<u64> {
+        self.quarantine_purge(tenant).await
     }
 }
 

@@ -49,6 +49,8 @@ for rank = 0, 3 do
         lease_entries[#lease_entries + 1] = expires
         lease_entries[#lease_entries + 1] = tenant .. ':' .. id
         history(T, id, now, attempt, 'assigned', '0', agent, row[17])
+        -- The member names the task even if its id field does not decode.
+        row[1] = id
         out[#out + 1] = row
         if #out >= limit then break end
       else

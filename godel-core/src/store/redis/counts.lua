@@ -1,7 +1,8 @@
 -- counts: a consistent snapshot of one tenant's counts for health reports.
 -- ARGV: T, tenant, lease index, now.
 -- Returns {per-status counts as a flat field/value list, ready per priority
--- (4 values), scheduled, expired leases, oldest ready run_at or ''}.
+-- (4 values), scheduled, expired leases, oldest ready run_at or '',
+-- quarantined rows}.
 local T, tenant, leases, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ready = {}
 local scheduled = 0
@@ -22,4 +23,4 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now)) do
     expired = expired + 1
   end
 end
-return { redis.call('HGETALL', T .. ':cnt'), ready, scheduled, expired, oldest or '' }
+return { redis.call('HGETALL', T .. ':cnt'), ready, scheduled, expired, oldest or '', redis.call('ZCARD', T .. ':qr') }

@@ -28,7 +28,10 @@ while found < wanted and looked < budget do
     position = seq
     if matches(f, k) then
       out[#out + 1] = seq
-      out[#out + 1] = read_task(k)
+      -- The index names the task even if its id field does not decode.
+      local row = read_task(k)
+      row[1] = id
+      out[#out + 1] = row
       found = found + 1
       if found >= wanted then break end
     end

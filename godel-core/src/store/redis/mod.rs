@@ -13,8 +13,9 @@
 //! so that a range by score up to `now` is exactly the ready tasks in
 //! (run_at, seq) order: rules 2 and 8), every task by sequence (`:all`, for
 //! listings and cursors), finished tasks by time (`:fin`), dead letters
-//! (`:dead`), idempotency keys (`:idem`), per-status counts (`:cnt`), and
-//! lists of history and output per task. The lease-expiry index
+//! (`:dead`), idempotency keys (`:idem`), per-status counts (`:cnt`),
+//! lists of history and output per task, and quarantined rows (`:qr`, and a
+//! hash `:qr:<id>` each). The lease-expiry index
 //! (`<prefix>:leases`) and the cluster channel (`<prefix>:cluster`) span
 //! tenants. Scripts compute their keys, so Redis Cluster is not supported;
 //! one server (with replicas) is.
@@ -29,6 +30,7 @@ mod decode;
 mod ledger;
 mod listener;
 mod options;
+mod quarantine;
 mod registry;
 mod scripts;
 mod sessions;

@@ -57,6 +57,7 @@ scripts!(
     replay,
     purge,
     list,
+    quarantine,
     counts,
     sessions,
     keys,

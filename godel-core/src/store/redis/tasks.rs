@@ -13,12 +13,13 @@ use crate::output::{OutputChunk, OutputStream};
 use crate::store::redis::decode::{
     Fields, array, fields, filter_args, int, row_fields, status_of, task_answer, task_of, text,
 };
+use crate::store::redis::quarantine::{Corrupt, decoded};
 use crate::store::redis::scripts::call;
 use crate::store::redis::{LIST_BUDGET, PURGE_CHUNK, RedisStore, backend_err, corrupt};
 use crate::store::{
-    BatchCompletion, CancelOutcome, Claim, ClaimRequest, Completion, Cursor, Enqueued, FailOutcome, Failure,
-    HistoryEntry, Lease, LeaseStatus, LeaseWrite, OutputRecord, Page, QueueCounts, QueueDepth, Reclaimed, Result,
-    Retry, SortOrder, StoreError, TaskFilter, TaskQuery, TaskStore, WriteOutcome,
+    BatchCompletion, CancelOutcome, Claim, ClaimRequest, Claimed, Completion, Cursor, Enqueued, FailOutcome, Failure,
+    HistoryEntry, Lease, LeaseStatus, LeaseWrite, OutputRecord, Page, QuarantineQuery, Quarantined, QueueCounts,
+    QueueDepth, Reclaimed, Result, Retry, SortOrder, StoreError, TaskFilter, TaskQuery, TaskStore, WriteOutcome,
 };
 use crate::task::{NewTask, Priority, Task, TaskStatus};
 use crate::time::Timestamp;
@@ -29,9 +30,9 @@ impl TaskStore for RedisStore {
         self.insert(tenant, tasks, now).await
     }
 
-    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>> {
+    async fn claim_or_quarantine(&self, request: &ClaimRequest, now: Timestamp) -> Result<Claimed> {
         if request.limit == 0 {
-            return Ok(Vec::new());
+            return Ok(Claimed::default());
         }
         // Each lease's token is this random UUID with its last 8 hex digits
         // replaced by the claim's index in the batch: 96 random bits, unique per call.
@@ -49,16 +50,25 @@ impl TaskStore for RedisStore {
             args.arg(cap);
         }
         let reply = array(self.eval(&self.scripts.claim, args).await?)?;
-        reply
-            .into_iter()
-            .map(|entry| {
-                let map = row_fields(entry)?;
-                let task = task_of(&request.tenant, &map)?;
-                let token = Fields(&map).parse::<LeaseToken>("tok")?;
-                let lease = Lease { tenant: request.tenant.clone(), task: task.id, attempt: task.attempt, token };
-                Ok(Claim { lease, task })
-            })
-            .collect()
+        // Each row decodes on its own. One that does not is quarantined by a
+        // second script right after the claim (Lua cannot tell what decodes);
+        // if that script never runs, the lease lapses and a later claim
+        // quarantines the row.
+        let mut claimed = Claimed::default();
+        let mut bad = Vec::new();
+        for entry in reply {
+            let map = row_fields(entry)?;
+            match decoded(&request.tenant, &map) {
+                Ok(task) => {
+                    let token = Fields(&map).parse::<LeaseToken>("tok")?;
+                    let lease = Lease { tenant: request.tenant.clone(), task: task.id, attempt: task.attempt, token };
+                    claimed.claims.push(Claim { lease, task });
+                }
+                Err(c) => bad.push(c),
+            }
+        }
+        claimed.quarantined = self.quarantine(&request.tenant, bad).await?;
+        Ok(claimed)
     }
 
     async fn start(&self, lease: &Lease, agent: &AgentId, now: Timestamp) -> Result<LeaseStatus> {
@@ -270,7 +280,13 @@ impl TaskStore for RedisStore {
         if map.is_empty() {
             return Err(StoreError::NotFound(id));
         }
-        task_of(tenant, &map)
+        match decoded(tenant, &map) {
+            Ok(task) => Ok(task),
+            Err(c) => {
+                self.quarantine(tenant, vec![Corrupt { id: id.to_string(), error: c.error }]).await?;
+                Err(StoreError::NotFound(id))
+            }
+        }
     }
 
     async fn list(&self, tenant: &TenantId, query: &TaskQuery) -> Result<Page<Task>> {
@@ -280,7 +296,7 @@ impl TaskStore for RedisStore {
             SortOrder::Descending => "d",
         };
         let mut position = after.map(|s| s.to_string()).unwrap_or_default();
-        let mut rows: Vec<(i64, Task)> = Vec::new();
+        let mut rows: Vec<(i64, std::result::Result<Task, Corrupt>)> = Vec::new();
         let wanted = query.limit + 1;
         loop {
             let mut args = call(&self.scripts.list);
@@ -291,7 +307,7 @@ impl TaskStore for RedisStore {
             let last = text(&items.next().unwrap_or(Value::Nil)).unwrap_or_default();
             let done = items.next().map(|v| int(&v)).transpose()?.unwrap_or(1) == 1;
             while let (Some(seq), Some(task)) = (items.next(), items.next()) {
-                rows.push((int(&seq)?, task_of(tenant, &row_fields(task)?)?));
+                rows.push((int(&seq)?, decoded(tenant, &row_fields(task)?)));
             }
             if done || rows.len() >= wanted || last.is_empty() {
                 break;
@@ -302,7 +318,16 @@ impl TaskStore for RedisStore {
             rows.truncate(query.limit);
             Cursor::after(query.order, rows.last().expect("non-empty").0)
         });
-        Ok(Page { items: rows.into_iter().map(|(_, t)| t).collect(), next_cursor })
+        let mut page = Page { items: Vec::with_capacity(rows.len()), next_cursor, quarantined: Vec::new() };
+        let mut bad = Vec::new();
+        for (_, row) in rows {
+            match row {
+                Ok(task) => page.items.push(task),
+                Err(c) => bad.push(c),
+            }
+        }
+        page.quarantined = self.quarantine(tenant, bad).await?;
+        Ok(page)
     }
 
     async fn output(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<OutputRecord>> {
@@ -378,8 +403,8 @@ impl TaskStore for RedisStore {
         let mut args = call(&self.scripts.counts);
         args.arg(self.tenant_key(tenant)).arg(tenant.as_str()).arg(&self.leases).arg(now.as_millis());
         let reply = array(self.eval(&self.scripts.counts, args).await?)?;
-        let [by_status, ready, scheduled, expired, oldest] =
-            <[Value; 5]>::try_from(reply).map_err(|r| corrupt("counts reply", format!("{r:?}")))?;
+        let [by_status, ready, scheduled, expired, oldest, quarantined] =
+            <[Value; 6]>::try_from(reply).map_err(|r| corrupt("counts reply", format!("{r:?}")))?;
         let mut counts = QueueCounts::default();
         for (status, n) in fields(by_status)? {
             let n: i64 = n.parse().map_err(|e| corrupt("count", e))?;
@@ -390,10 +415,27 @@ impl TaskStore for RedisStore {
         }
         counts.scheduled = u64::try_from(int(&scheduled)?).map_err(|e| corrupt("count", e))?;
         counts.expired_leases = u64::try_from(int(&expired)?).map_err(|e| corrupt("count", e))?;
+        counts.quarantined = u64::try_from(int(&quarantined)?).map_err(|e| corrupt("count", e))?;
         let oldest = text(&oldest)?;
         if !oldest.is_empty() {
             counts.oldest_ready = Some(Timestamp::from_millis(oldest.parse().map_err(|e| corrupt("run_at", e))?));
         }
         Ok(counts)
+    }
+
+    async fn quarantined(&self, tenant: &TenantId, query: &QuarantineQuery) -> Result<Page<Quarantined>> {
+        self.quarantine_list(tenant, query).await
+    }
+
+    async fn get_quarantined(&self, tenant: &TenantId, id: TaskId) -> Result<Quarantined> {
+        self.quarantine_get(tenant, id).await
+    }
+
+    async fn drop_quarantined(&self, tenant: &TenantId, id: TaskId) -> Result<()> {
+        self.quarantine_drop(tenant, id).await
+    }
+
+    async fn purge_quarantined(&self, tenant: &TenantId) -> Result<u64> {
+        self.quarantine_purge(tenant).await
     }
 }

@@ -34,6 +34,42 @@ pub(crate) use crate::store::sql::rows::Rows;
 /// its lease token if it holds one.
 pub(crate) type TaskRow = (i64, Task, Option<LeaseToken>);
 
+/// A row that did not decode: its sequence number, its id as stored, and why.
+#[derive(Debug)]
+pub(crate) struct Corrupt {
+    pub(crate) seq: i64,
+    pub(crate) id: String,
+    pub(crate) error: String,
+}
+
+/// A task row as claims and listings decode it, one row at a time: the task,
+/// or why it did not decode.
+pub(crate) type Decoded = std::result::Result<TaskRow, Corrupt>;
+
+impl Corrupt {
+    /// The row `seq` (whose id reads as `id`) failed to decode with `error`.
+    pub(crate) fn new(seq: i64, id: String, error: StoreError) -> Self {
+        let error = match error {
+            StoreError::Backend { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
+        Self { seq, id, error }
+    }
+}
+
+/// Splits decoded rows into the tasks and the rows that did not decode.
+pub(crate) fn split(rows: Vec<Decoded>) -> (Vec<TaskRow>, Vec<Corrupt>) {
+    let mut tasks = Vec::with_capacity(rows.len());
+    let mut corrupt = Vec::new();
+    for row in rows {
+        match row {
+            Ok(task) => tasks.push(task),
+            Err(c) => corrupt.push(c),
+        }
+    }
+    (tasks, corrupt)
+}
+
 /// A timeout as the `timeout_ms` column holds it.
 pub(crate) fn timeout_ms(timeout: Duration) -> i64 {
     i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)

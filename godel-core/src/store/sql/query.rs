@@ -5,7 +5,7 @@
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use crate::store::sql::TaskRow;
+use crate::store::sql::{Corrupt, Decoded, split};
 use crate::store::{Cursor, Page, SessionQuery, SortOrder, TaskFilter, TaskQuery};
 use crate::task::Task;
 
@@ -102,13 +102,20 @@ where
     qb.push(" ORDER BY seq").push(dir).push(" LIMIT ").push_bind(i64::try_from(query.limit + 1).unwrap_or(i64::MAX));
 }
 
-/// The page a listing's rows make (see [`push_page`]).
-pub(crate) fn page(mut rows: Vec<TaskRow>, query: &TaskQuery) -> Page<Task> {
+/// The page a listing's rows make (see [`push_page`]), and the rows in its
+/// range that did not decode, for the backend to quarantine.
+pub(crate) fn page(mut rows: Vec<Decoded>, query: &TaskQuery) -> (Page<Task>, Vec<Corrupt>) {
     let next_cursor = (rows.len() > query.limit).then(|| {
         rows.truncate(query.limit);
-        Cursor::after(query.order, rows.last().expect("non-empty").0)
+        let last = match rows.last().expect("non-empty") {
+            Ok((seq, ..)) => *seq,
+            Err(corrupt) => corrupt.seq,
+        };
+        Cursor::after(query.order, last)
     });
-    Page { items: rows.into_iter().map(|(_, t, _)| t).collect(), next_cursor }
+    let (tasks, corrupt) = split(rows);
+    let page = Page { items: tasks.into_iter().map(|(_, t, _)| t).collect(), next_cursor, quarantined: Vec::new() };
+    (page, corrupt)
 }
 
 /// Appends ` AND …` for each constraint of a session query, then its order and limit.

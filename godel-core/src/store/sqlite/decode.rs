@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use crate::ids::{AgentId, TenantId};
-use crate::store::sql::{TaskRow, timeout_from_ms};
+use crate::store::sql::{Corrupt, Decoded, TaskRow, timeout_from_ms};
 use crate::store::sqlite::{ROWS, db_err};
 use crate::store::{ClaimRequest, HistoryEntry, OutputRecord, Result};
 use crate::task::{Task, TaskStatus};
@@ -31,6 +31,19 @@ pub(super) fn decode_task(row: &SqliteRow) -> Result<TaskRow> {
         started_at: timestamp(row, 22)?,
     };
     decode_with(row, known, &ALL)
+}
+
+/// Decodes a row with `decode`, or says why it does not decode. Both column
+/// lists start with `seq` (an integer primary key, always readable) and `id`.
+pub(super) fn decoded(row: &SqliteRow, decode: impl FnOnce(&SqliteRow) -> Result<TaskRow>) -> Result<Decoded> {
+    match decode(row) {
+        Ok(task) => Ok(Ok(task)),
+        Err(e) => {
+            let seq = row.try_get(0).map_err(db_err)?;
+            let id = row.try_get::<Option<String>, _>(1).ok().flatten().unwrap_or_default();
+            Ok(Err(Corrupt::new(seq, id, e)))
+        }
+    }
 }
 
 /// The columns a claim returns: all but the seven it has just set itself

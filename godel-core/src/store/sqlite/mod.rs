@@ -21,6 +21,7 @@ mod batch;
 mod credentials;
 mod decode;
 mod ledger;
+mod quarantine;
 mod registry;
 mod sessions;
 mod tasks;

@@ -13,12 +13,14 @@ use crate::output::OutputChunk;
 use crate::store::sql::{self, Writes};
 use crate::store::sqlite::batch::{enqueued_in_order, insert_tasks, write_entries};
 use crate::store::sqlite::decode::{
-    CLAIMED_COLUMNS, COLUMNS, decode_claimed, decode_history, decode_output, decode_task,
+    CLAIMED_COLUMNS, COLUMNS, decode_claimed, decode_history, decode_output, decode_task, decoded,
 };
+use crate::store::sqlite::quarantine::quarantine;
 use crate::store::sqlite::{BATCH_CHUNK, FENCE, ROWS, SqliteStore, backend_err, db_err, fenced, lease_status};
 use crate::store::{
-    CancelOutcome, Claim, ClaimRequest, Enqueued, FailOutcome, Failure, Lease, LeaseStatus, LeaseWrite, Page,
-    QueueCounts, QueueDepth, Reclaimed, Result, StoreError, TaskFilter, TaskQuery, TaskStore, WriteOutcome,
+    CancelOutcome, ClaimRequest, Claimed, Enqueued, FailOutcome, Failure, Lease, LeaseStatus, LeaseWrite, Page,
+    QuarantineQuery, Quarantined, QueueCounts, QueueDepth, Reclaimed, Result, StoreError, TaskFilter, TaskQuery,
+    TaskStore, WriteOutcome,
 };
 use crate::task::{NewTask, Task, TaskError, TaskErrorKind, TaskStatus};
 use crate::time::Timestamp;
@@ -50,9 +52,9 @@ impl TaskStore for SqliteStore {
         Ok(out)
     }
 
-    async fn claim(&self, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>> {
+    async fn claim_or_quarantine(&self, request: &ClaimRequest, now: Timestamp) -> Result<Claimed> {
         if request.limit == 0 {
-            return Ok(Vec::new());
+            return Ok(Claimed::default());
         }
         claim_on(&mut *self.writer().await?, request, now).await
     }
@@ -288,7 +290,13 @@ impl TaskStore for SqliteStore {
             .await
             .map_err(db_err)?
             .ok_or(StoreError::NotFound(id))?;
-        Ok(decode_task(&row)?.1)
+        match decoded(&row, decode_task)? {
+            Ok((_, task, _)) => Ok(task),
+            Err(corrupt) => {
+                quarantine(&mut *self.writer().await?, tenant, vec![corrupt]).await?;
+                Err(StoreError::NotFound(id))
+            }
+        }
     }
 
     async fn list(&self, tenant: &TenantId, query: &TaskQuery) -> Result<Page<Task>> {
@@ -298,7 +306,12 @@ impl TaskStore for SqliteStore {
         sql::push_filter(&mut qb, &query.filter);
         sql::push_page(&mut qb, query, after);
         let rows = qb.build().fetch_all(&self.reader).await.map_err(db_err)?;
-        Ok(sql::page(rows.iter().map(decode_task).collect::<Result<Vec<_>>>()?, query))
+        let (mut page, corrupt) =
+            sql::page(rows.iter().map(|r| decoded(r, decode_task)).collect::<Result<_>>()?, query);
+        if !corrupt.is_empty() {
+            page.quarantined = quarantine(&mut *self.writer().await?, tenant, corrupt).await?;
+        }
+        Ok(page)
     }
 
     async fn output(&self, tenant: &TenantId, id: TaskId) -> Result<Vec<crate::store::OutputRecord>> {
@@ -374,8 +387,30 @@ impl TaskStore for SqliteStore {
         .await
         .map_err(db_err)?;
         counts.expired_leases = u64::try_from(expired).unwrap_or(0);
+        let quarantined: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine WHERE tenant = ?")
+            .bind(tenant.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        counts.quarantined = u64::try_from(quarantined).unwrap_or(0);
         tx.commit().await.map_err(db_err)?;
         Ok(counts)
+    }
+
+    async fn quarantined(&self, tenant: &TenantId, query: &QuarantineQuery) -> Result<Page<Quarantined>> {
+        self.quarantine_list(tenant, query).await
+    }
+
+    async fn get_quarantined(&self, tenant: &TenantId, id: TaskId) -> Result<Quarantined> {
+        self.quarantine_get(tenant, id).await
+    }
+
+    async fn drop_quarantined(&self, tenant: &TenantId, id: TaskId) -> Result<()> {
+        self.quarantine_drop(tenant, id).await
+    }
+
+    async fn purge_quarantined(&self, tenant: &TenantId) -> Result<u64> {
+        self.quarantine_purge(tenant).await
     }
 }
 
@@ -384,9 +419,9 @@ const REPLAY_SET: &str = "status = 'pending', attempt = 0, run_at = ?1, cancel_r
      completed_at = NULL, dead_lettered_at = NULL, updated_at = ?1";
 
 /// Claims on `conn` (see [`TaskStore::claim`]).
-async fn claim_on(conn: &mut SqliteConnection, request: &ClaimRequest, now: Timestamp) -> Result<Vec<Claim>> {
+async fn claim_on(conn: &mut SqliteConnection, request: &ClaimRequest, now: Timestamp) -> Result<Claimed> {
     if request.limit == 0 {
-        return Ok(Vec::new());
+        return Ok(Claimed::default());
     }
     let sql = format!(
         "UPDATE tasks SET status = 'assigned', attempt = attempt + 1, agent_id = ?1, \
@@ -412,7 +447,12 @@ async fn claim_on(conn: &mut SqliteConnection, request: &ClaimRequest, now: Time
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
-    sql::claims_in_order(ROWS, rows.iter().map(|row| decode_claimed(row, request, now)).collect::<Result<Vec<_>>>()?)
+    // Each row decodes on its own: one that does not is quarantined on the
+    // same connection right away, and never holds back the others.
+    let decoded = rows.iter().map(|row| decoded(row, |r| decode_claimed(r, request, now))).collect::<Result<_>>()?;
+    let (tasks, corrupt) = sql::split(decoded);
+    let quarantined = quarantine(conn, &request.tenant, corrupt).await?;
+    Ok(Claimed { claims: sql::claims_in_order(ROWS, tasks)?, quarantined })
 }
 
 /// Completes one task; false if the lease was stale.

@@ -182,7 +182,7 @@ impl Case {
             Err(e) => panic!("opening the PostgreSQL store failed: {e}"),
         };
         let peer = PostgresStore::open(&url).await.expect("open a second PostgreSQL handle");
-        let fixture = Fixture { store: Arc::new(store), peer: Some(Arc::new(peer)), _dir: None };
+        let fixture = Fixture { store: Arc::new(store), peer: Some(Arc::new(peer)), raw: None, _dir: None };
         Some(Self { fixture, schema: Some(schema) })
     }
 
