@@ -10,4 +10,5 @@ mod keys;
 mod openapi;
 mod shutdown;
 mod support;
+mod tls;
 mod writes;
