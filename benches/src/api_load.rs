@@ -1,5 +1,6 @@
 //! The API load generator: task creation and listing throughput over
-//! HTTP/1.1 keep-alive, and event delivery latency to a WebSocket subscriber.
+//! HTTP/1.1 keep-alive, what checking the API key costs, and event delivery
+//! latency to a WebSocket subscriber.
 //!
 //! By default it starts a server in this process (SQLite store in a temporary
 //! directory) and loads it; `--url` points it at a running server instead.
@@ -7,7 +8,17 @@
 //! claimable and the figures measure the API and the store, not execution.
 //! Each client authenticates with its own admin key, as separate callers
 //! would (put in the store before the in-process server starts); against a
-//! running server they share `--api-key` (or `GODEL_API_KEY`).
+//! running server they share `--api-key` (or `GODEL_API_KEY`), and its
+//! `auth.rate_limit.per_credential` must allow the whole load.
+//!
+//! The key check is measured by difference, in interleaved rounds of three
+//! phases: task creation (keyed), `GET /api/v1/agents` (keyed; its handler
+//! reads a few agents from memory) and `GET /health/live` (public: the guard
+//! lets it through before looking at any credential). With the machine
+//! saturated, a request's share of it is the inverse of the throughput, so
+//! `1/agents - 1/live` bounds what authenticating, rate limiting and
+//! authorizing a request costs (it includes the agents handler), and dividing
+//! it by `1/create` gives that bound's share of a task's creation.
 //!
 //! `cargo run --release -p godel-benches --bin api-load`
 
@@ -20,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use argh::FromArgs;
 use futures::{SinkExt, StreamExt};
-use godel_benches::{percentile, short};
+use godel_benches::{percentile, short, thousands};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -36,6 +47,9 @@ struct Args {
     /// seconds per phase (default 10)
     #[argh(option, default = "10")]
     seconds: u64,
+    /// interleaved rounds of the create / keyed / public phases (default 3)
+    #[argh(option, default = "3")]
+    rounds: usize,
     /// event-latency samples (default 1000)
     #[argh(option, default = "1000")]
     samples: usize,
@@ -50,6 +64,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Args = argh::from_env();
+    if args.rounds == 0 || args.clients == 0 {
+        bail!("--rounds and --clients must be at least 1");
+    }
     let dir = tempfile::tempdir()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (url, server, keys) = match &args.url {
@@ -74,37 +91,65 @@ async fn main() -> anyhow::Result<()> {
             (format!("http://{addr}"), Some(server), keys)
         }
     };
-    println!("api load: {url}, {} clients, {} s per phase", args.clients, args.seconds);
+    println!("api load: {url}, {} clients, {} s per phase, {} rounds", args.clients, args.seconds, args.rounds);
+    println!("load average at start: {}", load_average());
     let clients = keys.iter().map(|key| client(key)).collect::<anyhow::Result<Vec<_>>>()?;
     let http = &clients[..];
+    // One connection each, as the keyed clients have.
+    let anonymous = (0..args.clients)
+        .map(|_| reqwest::Client::builder().pool_max_idle_per_host(1).build())
+        .collect::<Result<Vec<_>, _>>()?;
 
     let body = json!({"command": ["true"], "delay_ms": 86_400_000, "priority": "low"});
     let create_url = format!("{url}/api/v1/tasks");
-    let create = phase(http, &args, move |http| {
+    let create = move |http: reqwest::Client| {
         let (url, body) = (create_url.clone(), body.clone());
         async move {
             let r = http.post(&url).json(&body).send().await?;
-            if r.status() != reqwest::StatusCode::CREATED {
-                bail!("create answered {}", r.status());
-            }
-            r.bytes().await?;
-            Ok(())
+            expect(r, reqwest::StatusCode::CREATED, "create").await
         }
-    })
-    .await?;
-    report("create task (POST /api/v1/tasks)", &create, args.seconds);
+    };
+    let agents_url = format!("{url}/api/v1/agents");
+    let keyed = move |http: reqwest::Client| {
+        let url = agents_url.clone();
+        async move { expect(http.get(&url).send().await?, reqwest::StatusCode::OK, "agents").await }
+    };
+    let live_url = format!("{url}/health/live");
+    let unkeyed = move |http: reqwest::Client| {
+        let url = live_url.clone();
+        async move { expect(http.get(&url).send().await?, reqwest::StatusCode::OK, "health/live").await }
+    };
+    let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 1..=args.rounds {
+        println!("round {round}:");
+        let latencies = phase(http, &args, create.clone()).await?;
+        rates[0].push(report("  create task (POST /api/v1/tasks, keyed)", &latencies, args.seconds));
+        let latencies = phase(http, &args, keyed.clone()).await?;
+        rates[1].push(report("  list agents (GET /api/v1/agents, keyed)", &latencies, args.seconds));
+        let latencies = phase(&anonymous, &args, unkeyed.clone()).await?;
+        rates[2].push(report("  liveness (GET /health/live, public)", &latencies, args.seconds));
+    }
+    let [create_rate, keyed_rate, public_rate] = rates.map(|mut r| median(&mut r));
+    let per = |rate: f64| 1e6 / rate;
+    let check = per(keyed_rate) - per(public_rate);
+    println!(
+        "medians: create {} req/s ({:.1} µs of the machine each), keyed {} req/s ({:.1} µs), public {} req/s ({:.1} µs)",
+        thousands(create_rate),
+        per(create_rate),
+        thousands(keyed_rate),
+        per(keyed_rate),
+        thousands(public_rate),
+        per(public_rate)
+    );
+    println!(
+        "key check and the agents handler: at most {check:.1} µs a request, {:.1}% of a task's creation",
+        100.0 * check / per(create_rate)
+    );
 
     let list_url = format!("{url}/api/v1/tasks?limit=20&sort=-created_at");
     let list = phase(http, &args, move |http| {
         let url = list_url.clone();
-        async move {
-            let r = http.get(&url).send().await?;
-            if !r.status().is_success() {
-                bail!("list answered {}", r.status());
-            }
-            r.bytes().await?;
-            Ok(())
-        }
+        async move { expect(http.get(&url).send().await?, reqwest::StatusCode::OK, "list").await }
     })
     .await?;
     report("list tasks (GET /api/v1/tasks?limit=20)", &list, args.seconds);
@@ -118,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         short(*latencies.last().expect("samples"))
     );
 
+    println!("load average at the end: {}", load_average());
     shutdown.cancel();
     if let Some(server) = server {
         server.await??;
@@ -194,14 +240,42 @@ async fn event_latency(http: &reqwest::Client, key: &str, url: &str, samples: us
     Ok(latencies)
 }
 
-fn report(name: &str, latencies: &[Duration], seconds: u64) {
+/// Prints a phase's throughput and latency; returns the throughput.
+fn report(name: &str, latencies: &[Duration], seconds: u64) -> f64 {
+    let rate = latencies.len() as f64 / seconds as f64;
     println!(
-        "{name}: {:.0} req/s, p50 {} p99 {} ({} requests)",
-        latencies.len() as f64 / seconds as f64,
+        "{name}: {} req/s, p50 {} p99 {} ({} requests)",
+        thousands(rate),
         short(percentile(latencies, 0.50)),
         short(percentile(latencies, 0.99)),
         latencies.len()
     );
+    rate
+}
+
+/// Reads a response through, failing unless it has `status`. A 429 says
+/// which setting to raise.
+async fn expect(response: reqwest::Response, status: reqwest::StatusCode, what: &str) -> anyhow::Result<()> {
+    if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        bail!("{what} answered 429: raise the server's auth.rate_limit.per_credential for this load");
+    }
+    if response.status() != status {
+        bail!("{what} answered {}", response.status());
+    }
+    response.bytes().await?;
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The 1, 5 and 15 minute load averages, as `uptime` shows them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// `n` admin keys of the default tenant, put straight into the store.

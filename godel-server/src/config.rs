@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub workers: WorkersConfig,
     /// What gateways registered through the API may use (`[gateways_api]`).
     pub gateways_api: GatewaysApi,
+    /// How long the audit log keeps entries (`[audit]`).
+    pub audit: AuditConfig,
 }
 
 /// The file's shape. All keys are optional.
@@ -109,6 +111,8 @@ struct File {
     workers: WorkersFile,
     #[serde(default)]
     gateways_api: GatewaysApiFile,
+    #[serde(default)]
+    audit: AuditFile,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -278,6 +282,7 @@ impl ServerConfig {
         let limits = limits(file.limits, env)?;
         let workers = workers(file.workers, env)?;
         let gateways_api = gateways_api(file.gateways_api, env);
+        let audit = audit(file.audit, env)?;
         Ok(Self {
             bind,
             store_url,
@@ -292,6 +297,7 @@ impl ServerConfig {
             limits,
             workers,
             gateways_api,
+            audit,
         })
     }
 }
@@ -652,6 +658,7 @@ impl fmt::Debug for ServerConfig {
             .field("limits", &self.limits)
             .field("workers", &self.workers)
             .field("gateways_api", &self.gateways_api)
+            .field("audit", &self.audit)
             .finish_non_exhaustive()
     }
 }
@@ -794,6 +801,20 @@ impl Default for GatewaysApi {
             allowed_token_env: Vec::new(),
             allowed_hosts: ["127.0.0.1", "localhost", "::1"].map(str::to_owned).to_vec(),
         }
+    }
+}
+
+/// `[audit]`: how long the audit log keeps entries.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AuditConfig {
+    /// Entries older than this are deleted (`audit.retention`, 90 days);
+    /// `None` (`"off"`) keeps them all.
+    pub retention: Option<Duration>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { retention: Some(Duration::from_secs(90 * 24 * 3600)) }
     }
 }
 
@@ -952,6 +973,12 @@ struct WorkersFile {
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
+struct AuditFile {
+    retention: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
 struct GatewaysApiFile {
     allowed_token_env: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
@@ -1017,6 +1044,23 @@ fn workers(file: WorkersFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
         Some(max_capacity) => Ok(WorkersConfig { max_capacity }),
         None => Ok(WorkersConfig::default()),
     }
+}
+
+/// `[audit]`, or `GODEL_AUDIT_RETENTION`: a duration like `"90days"`, or `"off"`.
+fn audit(file: AuditFile, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<AuditConfig> {
+    let Some(value) = env("GODEL_AUDIT_RETENTION").or(file.retention) else {
+        return Ok(AuditConfig::default());
+    };
+    if value == "off" {
+        return Ok(AuditConfig { retention: None });
+    }
+    let retention = humantime::parse_duration(&value).map_err(|e| {
+        anyhow!("invalid audit.retention: expected a duration like \"90days\", or \"off\", got {value:?} ({e})")
+    })?;
+    if retention < Duration::from_secs(3600) {
+        bail!("invalid audit.retention: expected at least 1 hour, or \"off\", got {value:?}");
+    }
+    Ok(AuditConfig { retention: Some(retention) })
 }
 
 /// `[gateways_api]`; the variables `GODEL_GATEWAYS_API_ALLOWED_TOKEN_ENV` and
@@ -1210,6 +1254,19 @@ mod tests {
         let budgeted = format!("{HTTP_AGENT}[budgets]\ndefault = {{ hard = 1 }}\n");
         assert!(err(&budgeted).contains("agents[0].models") && err(&budgeted).contains("gpt-a"));
         assert!(ServerConfig::from_toml(&format!("{budgeted}{prices}"), &no_env).is_ok());
+    }
+
+    #[test]
+    fn audit_retention_defaults_to_ninety_days_and_can_be_off() {
+        let days = |n: u64| Some(Duration::from_secs(n * 24 * 3600));
+        assert_eq!(ServerConfig::from_toml("", &no_env).unwrap().audit.retention, days(90));
+        let config = ServerConfig::from_toml("[audit]\nretention = \"30days\"\n", &no_env).unwrap();
+        assert_eq!(config.audit.retention, days(30));
+        let off = |k: &str| (k == "GODEL_AUDIT_RETENTION").then(|| "off".to_owned());
+        assert_eq!(ServerConfig::from_toml("[audit]\nretention = \"30days\"\n", &off).unwrap().audit.retention, None);
+        let err = |text: &str| ServerConfig::from_toml(text, &no_env).unwrap_err().to_string();
+        assert!(err("[audit]\nretention = \"forever\"").contains("audit.retention"));
+        assert!(err("[audit]\nretention = \"10s\"").contains("audit.retention"));
     }
 
     #[test]

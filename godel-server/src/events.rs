@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use godel_core::bus::RecvError;
 use godel_core::{EventPattern, Subscription, TenantId};
+use godel_wire::events::Control;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use warp::ws::{Message, WebSocket};
 
 use crate::AppState;
@@ -58,8 +59,11 @@ pub(crate) async fn serve(
     let bus = state.orchestrator.bus();
     let mut connection = Connection { tenant, since: None, subscription: None, last_sent: 0 };
     let welcome_seq = bus.last_seq();
-    let welcome =
-        json!({"type": "welcome", "seq": welcome_seq, "epoch": state.epoch, "replay_window": state.replay_window});
+    let welcome = control(Control::Welcome {
+        seq: welcome_seq,
+        epoch: state.epoch.clone(),
+        replay_window: u64::try_from(state.replay_window).unwrap_or(u64::MAX),
+    });
     if send(&mut tx, &welcome).await.is_err() {
         return;
     }
@@ -68,10 +72,12 @@ pub(crate) async fn serve(
         // start over. What the old run published is gone; this run's events
         // are replayed from its start.
         Some(epoch) if epoch != state.epoch && resume.since.is_some() => {
-            let gone = json!({
-                "type": "replay_unavailable",
-                "since": resume.since,
-                "message": "the server restarted since that sequence number; events of its previous run are gone. Events of this run follow from its start",
+            let gone = control(Control::ReplayUnavailable {
+                since: resume.since,
+                oldest: None,
+                message: "the server restarted since that sequence number; events of its previous run are gone. \
+                          Events of this run follow from its start"
+                    .to_owned(),
             });
             if send(&mut tx, &gone).await.is_err() {
                 return;
@@ -119,10 +125,9 @@ pub(crate) async fn serve(
                     if p.event.tenant == connection.tenant { vec![event_json(&p)] } else { Vec::new() }
                 }
                 Ok(_) => Vec::new(),
-                Err(RecvError::Lagged(n)) => vec![json!({
-                    "type": "lagged",
-                    "missed": n,
-                    "message": format!("this connection fell behind and missed {n} events; reconnect with since={} to resume", connection.last_sent),
+                Err(RecvError::Lagged(n)) => vec![control(Control::Lagged {
+                    missed: n,
+                    message: format!("this connection fell behind and missed {n} events; reconnect with since={} to resume", connection.last_sent),
                 })],
                 Err(RecvError::Closed) => break,
             },
@@ -180,7 +185,7 @@ impl Connection {
             patterns.iter().map(|p| EventPattern::new(p).map_err(|e| e.to_string())).collect()
         };
         match message {
-            ClientMessage::Ping => vec![json!({"type": "pong", "seq": state.orchestrator.bus().last_seq()})],
+            ClientMessage::Ping => vec![control(Control::Pong { seq: state.orchestrator.bus().last_seq() })],
             ClientMessage::Subscribe { patterns } => match parse(patterns) {
                 Ok(patterns) if patterns.is_empty() => vec![error("invalid_request", "patterns must not be empty")],
                 Ok(patterns) => self.subscribe(state, patterns),
@@ -231,11 +236,12 @@ impl Connection {
                             return out;
                         }
                         Err(gone) => {
-                            out.push(json!({
-                                "type": "replay_unavailable",
-                                "since": gone.since,
-                                "oldest": gone.oldest,
-                                "message": format!("{gone}; fetch current state from the REST API, then follow the live stream"),
+                            out.push(control(Control::ReplayUnavailable {
+                                since: Some(gone.since),
+                                oldest: Some(gone.oldest),
+                                message: format!(
+                                    "{gone}; fetch current state from the REST API, then follow the live stream"
+                                ),
                             }));
                             bus.subscribe(patterns)
                         }
@@ -250,12 +256,12 @@ impl Connection {
     }
 
     fn subscribed(&self) -> Value {
-        let patterns: Vec<&str> = self
+        let patterns: Vec<String> = self
             .subscription
             .as_ref()
-            .map(|s| s.patterns().iter().map(EventPattern::as_str).collect())
+            .map(|s| s.patterns().iter().map(|p| p.as_str().to_owned()).collect())
             .unwrap_or_default();
-        json!({"type": "subscribed", "patterns": patterns})
+        control(Control::Subscribed { patterns })
     }
 }
 
@@ -268,7 +274,12 @@ async fn recv(subscription: &mut Option<Subscription>) -> Result<Arc<godel_core:
 }
 
 fn error(code: &str, message: &str) -> Value {
-    json!({"type": "error", "code": code, "message": message})
+    control(Control::Error { code: code.to_owned(), message: message.to_owned() })
+}
+
+/// A control frame as JSON, beside the events' JSON in one outgoing queue.
+fn control(frame: Control) -> Value {
+    serde_json::to_value(frame).expect("control frames serialize")
 }
 
 async fn send<S>(tx: &mut S, value: &Value) -> Result<(), ()>

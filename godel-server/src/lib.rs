@@ -15,6 +15,7 @@ mod instances;
 mod listener;
 mod metrics;
 mod routes;
+mod tls;
 mod wire;
 mod workers;
 
@@ -156,7 +157,9 @@ pub async fn run(
     let routes = routes::routes(state.clone()).recover(error::recover).unify().with(warp::log::custom(move |info| {
         log_state.metrics.request(info.method().as_str(), info.path(), info.status().as_u16(), info.elapsed());
     }));
-    let listener = listener::Listener::bind(config.bind, config.tls.as_ref(), config.limits).await?;
+    // Loaded before anything listens, so that a bad certificate fails the start.
+    let certificate = config.tls.as_ref().map(tls::Certificate::load).transpose()?;
+    let listener = listener::Listener::bind(config.bind, certificate.as_ref(), config.limits).await?;
     let addr = listener.local_addr().context("cannot read the address the server listens on")?;
     let scheme = listener.scheme();
     let stop_http = CancellationToken::new();
@@ -194,6 +197,20 @@ pub async fn run(
             Ok(())
         }
     });
+    if let Some(certificate) = certificate {
+        let watch = certificate.watch(engine_stop.clone());
+        tasks.spawn(async move {
+            watch.await;
+            Ok(())
+        });
+    }
+    if let Some(retention) = config.audit.retention {
+        let (store, stop) = (state.store().clone(), engine_stop.clone());
+        tasks.spawn(async move {
+            auth::audit::retain(store, retention, stop).await;
+            Ok(())
+        });
+    }
     state.phase.store(READY, Ordering::SeqCst);
     if let Some(callback) = on_listening {
         callback(addr);

@@ -12,6 +12,9 @@
 //!   this watch and keep their own pings.
 //! - The soft limit on open files is raised to the hard one at start.
 //!
+//! With TLS, handshakes present whatever certificate `tls::Certificate`
+//! holds at the time, so that it can be replaced without a restart.
+//!
 //! It serves any hyper service made per connection from the peer's address,
 //! and puts that address into each request's extensions as [`Peer`].
 //! Stopping it stops the accepts and asks every connection to finish its
@@ -26,13 +29,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use hyper::body::HttpBody;
 use hyper::server::conn::Http;
 use hyper::service::Service;
 use hyper::{Body, Request, Response};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -41,7 +41,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Limits, TlsConfig};
+use crate::config::Limits;
+use crate::tls::Certificate;
 
 /// The address a request came from, in every request's extensions.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,11 +68,10 @@ impl std::fmt::Debug for Listener {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Listener {
-    /// Binds `addr`, after loading the certificate and key if `tls` is set,
-    /// so that a bad certificate fails the start rather than every handshake.
-    pub(crate) async fn bind(addr: SocketAddr, tls: Option<&TlsConfig>, limits: Limits) -> anyhow::Result<Self> {
+    /// Binds `addr`; with `tls`, serves HTTPS presenting its certificate.
+    pub(crate) async fn bind(addr: SocketAddr, tls: Option<&Arc<Certificate>>, limits: Limits) -> anyhow::Result<Self> {
         raise_open_file_limit();
-        let tls = tls.map(acceptor).transpose()?;
+        let tls = tls.map(Certificate::acceptor).transpose()?;
         let tcp = TcpListener::bind(addr).await.map_err(|e| listen_error(addr, &e))?;
         Ok(Self { tcp, tls, limits })
     }
@@ -321,30 +321,6 @@ where
             response.await
         })
     }
-}
-
-/// The acceptor for `[tls]`: rustls with the ring provider, HTTP/1.1 (which
-/// WebSockets need) announced over ALPN.
-fn acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
-    let cert_path = tls.cert_file.display();
-    let certs = CertificateDer::pem_file_iter(&tls.cert_file)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .with_context(|| format!("invalid tls.cert_file: cannot read PEM certificates from {cert_path}"))?;
-    if certs.is_empty() {
-        anyhow::bail!("invalid tls.cert_file: {cert_path} holds no certificate");
-    }
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file).with_context(|| {
-        format!("invalid tls.key_file: cannot read a PEM private key from {}", tls.key_file.display())
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("cannot set up TLS")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("invalid tls.cert_file or tls.key_file: the key does not fit the certificate")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Raises the soft limit on open files to the hard one: each connection

@@ -19,6 +19,10 @@
 //! period ends and the old worker is deregistered. What a worker may declare
 //! is capped by `workers.max_capacity`, and its peer address is logged when
 //! it comes and goes.
+//!
+//! A worker serves one tenant: its credential's. The engine gives it that
+//! tenant's tasks only, and a name taken by a worker of one tenant cannot be
+//! reattached by another tenant's worker.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,7 +34,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::{SinkExt, StreamExt};
 use godel_core::adapter::{AbortMode, AdapterError, AgentSession, OutputSink};
-use godel_core::{Adapter, AgentConfig, AgentId, AgentKind, Outcome, Task, TaskError, TaskErrorKind};
+use godel_core::{Adapter, AgentConfig, AgentId, AgentKind, Outcome, Task, TaskError, TaskErrorKind, TenantId};
 use godel_wire::worker::{Assignment, RunRef, ServerFrame, WorkerFrame};
 use rand::RngCore;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -70,6 +74,8 @@ impl Workers {
 #[derive(Debug)]
 struct Link {
     agent: AgentId,
+    /// The tenant whose tasks the worker runs, from its credential.
+    tenant: TenantId,
     state: Mutex<LinkState>,
     /// Fired when the connection comes or goes.
     changed: Notify,
@@ -222,7 +228,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Serves one worker connection until it leaves or the server shuts down.
-pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, peer: Option<SocketAddr>) {
+pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, tenant: TenantId, peer: Option<SocketAddr>) {
     let (mut tx, mut rx) = socket.split();
     let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut rx)).await {
@@ -234,14 +240,14 @@ pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, peer: Option<
         Ok(None) => return,
         Err(_) => return refuse(&mut tx, "invalid_request", "no hello within 10 s").await,
     };
-    let (link, generation, outbox_rx) = match attach(&state, &hello) {
+    let (link, generation, outbox_rx) = match attach(&state, &tenant, &hello) {
         Ok(attached) => attached,
         Err((code, message)) => {
-            tracing::warn!(worker = %hello.name, %peer, code, reason = %message, "worker refused");
+            tracing::warn!(worker = %hello.name, %tenant, %peer, code, reason = %message, "worker refused");
             return refuse(&mut tx, code, &message).await;
         }
     };
-    tracing::info!(worker = %link.agent, %peer, version = hello.version, generation, "worker connected");
+    tracing::info!(worker = %link.agent, %tenant, %peer, version = hello.version, generation, "worker connected");
     let welcome = ServerFrame::Welcome {
         agent: link.agent.to_string(),
         heartbeat_ms: millis(PING_EVERY),
@@ -300,6 +306,7 @@ async fn refuse(tx: &mut futures::stream::SplitSink<WebSocket, Message>, code: &
 #[allow(clippy::type_complexity, reason = "a private helper's tuple of three named results")]
 fn attach(
     state: &Arc<AppState>,
+    tenant: &TenantId,
     hello: &Hello,
 ) -> Result<(Arc<Link>, u64, mpsc::UnboundedReceiver<ServerFrame>), (&'static str, String)> {
     let agent = AgentId::new(&hello.name).map_err(|e| ("invalid_request", format!("invalid name: {}", e.reason)))?;
@@ -313,6 +320,9 @@ fn attach(
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     let mut links = state.workers.lock();
     if let Some(link) = links.get(&agent).cloned() {
+        if link.tenant != *tenant {
+            return Err(("conflict", format!("the name {agent} is taken by a worker of another tenant")));
+        }
         let mut link_state = link.lock();
         if link_state.outbox.is_some() {
             return Err(("conflict", format!("a worker named {agent} is already connected")));
@@ -340,6 +350,7 @@ fn attach(
     }
     let link = Arc::new(Link {
         agent: agent.clone(),
+        tenant: tenant.clone(),
         state: Mutex::new(LinkState {
             outbox: Some(outbox),
             generation: 1,
@@ -350,7 +361,8 @@ fn attach(
         grace: state.orchestrator.config().lease,
     });
     let mut config = AgentConfig::new(agent.clone(), AgentKind::Worker, Arc::new(WorkerAdapter { link: link.clone() }))
-        .capacity(hello.concurrency);
+        .capacity(hello.concurrency)
+        .only_tenant(tenant.clone());
     config.capabilities = hello.capabilities.clone();
     config.region = hello.region.clone();
     state.orchestrator.add_agent(config).map_err(|e| ("conflict", e.to_string()))?;

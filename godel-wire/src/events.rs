@@ -83,10 +83,10 @@ pub enum Control {
     /// The events after `since` are no longer kept (or the server restarted).
     ReplayUnavailable {
         /// Where the client asked to resume.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
         /// The oldest sequence number still kept, when known.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         oldest: Option<u64>,
         /// What happened and what to do.
         message: String,

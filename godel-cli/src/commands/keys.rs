@@ -3,7 +3,10 @@
 use std::io::BufRead;
 
 use godel_sdk::embed::Timestamp;
-use godel_sdk::{AuditOutcome, Client, CreateKey, Error as SdkError, ErrorCode, KeyId, KeyView, ListAudit, Role};
+use godel_sdk::{
+    AuditOutcome, Client, ClientOptions, CreateKey, Error as SdkError, ErrorCode, KeyId, KeyView, ListAudit, Role,
+    TlsOptions,
+};
 
 use crate::args::{self, KeysCommand};
 use crate::commands::{age, credentials, duration, parsed};
@@ -108,8 +111,9 @@ pub(crate) async fn audit(client: &Client, a: args::Audit) -> CliResult {
     Ok(())
 }
 
-/// `godel login`: checks the key against `server`, then saves it.
-pub(crate) async fn login(server: &str, a: args::Login) -> CliResult {
+/// `godel login`: checks the key against `server` (trusting `tls`'s CA file
+/// if one is given), then saves it.
+pub(crate) async fn login(server: &str, tls: &TlsOptions, a: args::Login) -> CliResult {
     let key = match a.with_token {
         Some(key) => key,
         None => {
@@ -123,7 +127,7 @@ pub(crate) async fn login(server: &str, a: args::Login) -> CliResult {
     if key.is_empty() {
         return Err(Failure::usage("no API key given (pipe it to standard input or pass --with-token)"));
     }
-    let client = Client::new(server)?.with_api_key(key)?;
+    let client = Client::with_tls(server, ClientOptions::default(), tls)?.with_api_key(key)?;
     // Any answer but 401 proves the key: a key whose role may not read the
     // queue (a worker key) is refused with 403, after authenticating.
     match client.queue_depth().await {

@@ -46,9 +46,9 @@ pub(crate) fn run(global: Global, command: Command, command_tail: Vec<String>) -
             Exit::Usage.into()
         }
         Command::Worker(a) => on_runtime(worker::run(global, a, command_tail)),
-        Command::Login(a) => {
-            on_runtime(async move { keys::login(&server_address(a.server.clone().or(global.server)).0, a).await })
-        }
+        Command::Login(a) => on_runtime(async move {
+            keys::login(&server_address(a.server.clone().or(global.server)).0, &global.tls, a).await
+        }),
         Command::Logout(a) => on_runtime(async move { keys::logout(&server_address(a.server.or(global.server)).0) }),
         Command::Submit(a) => remote(global, async |c| submit::submit(c, a, command_tail).await),
         Command::Do(a) => remote(global, async |c| submit::run_do(c, a).await),

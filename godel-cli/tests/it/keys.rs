@@ -186,3 +186,32 @@ fn the_credential_comes_from_the_flag_the_environment_the_login_then_the_local_a
     ok(&godel(dir, url, &[("GODEL_STATE_DIR", elsewhere.to_str().unwrap())], &depth));
     assert_eq!(recorder.last().as_deref(), Some("Bearer gdl_from-elsewhere"));
 }
+
+#[test]
+fn login_checks_an_https_server_against_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, certified.cert.pem()).unwrap();
+    std::fs::write(&key_file, certified.key_pair.serialize_pem()).unwrap();
+    let tls = format!("\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n", cert_file.display(), key_file.display());
+    let server = Server::start_with(dir, &tls);
+    let dir = server.dir.path();
+    assert!(server.url.starts_with("https://localhost:"), "{}", server.url);
+    let admin = std::fs::read_to_string(dir.join(".godel").join("admin.key")).unwrap();
+    let ca_file = cert_file.to_str().unwrap();
+    let login = ["login", "--with-token", admin.trim()];
+
+    // The server's certificate is not one the web trusts: without the CA file the login fails and saves nothing.
+    let refused = godel(dir, &server.url, &[], &login);
+    assert!(!refused.status.success(), "{}", String::from_utf8_lossy(&refused.stdout));
+    let saved = dir.join("config").join("godel").join("credentials.toml");
+    assert!(!saved.exists());
+
+    let trusting: Vec<&str> = ["--ca-file", ca_file].into_iter().chain(login).collect();
+    ok(&godel(dir, &server.url, &[], &trusting));
+    assert!(std::fs::read_to_string(&saved).unwrap().contains(&server.url));
+    // GODEL_CA_FILE does the same for the other commands.
+    let depth = json(&godel(dir, &server.url, &[("GODEL_CA_FILE", ca_file)], &["queue", "depth", "--json"]));
+    assert!(depth.is_object(), "{depth}");
+}

@@ -36,8 +36,13 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("godel.toml"), CONFIG).unwrap();
+        Self::start_with(tempfile::tempdir().unwrap(), "")
+    }
+
+    /// Starts a server in `dir` whose configuration is the usual one plus
+    /// `extra`; its URL is `https://localhost:<port>` when `extra` sets up TLS.
+    pub(crate) fn start_with(dir: tempfile::TempDir, extra: &str) -> Self {
+        std::fs::write(dir.path().join("godel.toml"), format!("{CONFIG}{extra}")).unwrap();
         let log = std::fs::File::create(dir.path().join("server.err")).unwrap();
         let mut child = Command::new(GODEL)
             .args(["serve", "--config", "godel.toml", "--store"])
@@ -55,15 +60,20 @@ impl Server {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && let Some(addr) = v["addr"].as_str()
                 {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send((v["scheme"].as_str().unwrap_or("http").to_owned(), addr.to_owned()));
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+        let (scheme, addr) = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
             let err = std::fs::read_to_string(dir.path().join("server.err")).unwrap_or_default();
             panic!("godel serve did not start: {err}")
         });
-        Self { child, url: format!("http://{addr}"), dir }
+        let url = match scheme.as_str() {
+            // The test certificates name localhost.
+            "https" => format!("https://localhost:{}", addr.rsplit_once(':').expect("host:port").1),
+            _ => format!("http://{addr}"),
+        };
+        Self { child, url, dir }
     }
 
     /// Runs `godel <args>` against this server and returns what it printed.

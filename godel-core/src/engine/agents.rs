@@ -41,6 +41,7 @@ impl Orchestrator {
         let mut agent = agent;
         agent.validate()?;
         let id = agent.id.clone();
+        let bound = agent.tenant.clone();
         let snapshot = {
             let mut scheduler = self.inner.lock_scheduler();
             if !scheduler.add(agent) {
@@ -48,6 +49,9 @@ impl Orchestrator {
             }
             scheduler.agent(&id).expect("just added").snapshot(&self.inner.config.tenant)
         };
+        if let Some(tenant) = &bound {
+            self.inner.serve(tenant);
+        }
         self.inner.publish(EventKind::AgentConnected { agent: id });
         self.inner.wake.notify_one();
         self.inner.agents_changed.notify_one();

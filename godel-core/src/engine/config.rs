@@ -80,6 +80,10 @@ pub struct AgentConfig {
     pub default_timeout: Option<Duration>,
     /// Where it runs.
     pub region: Option<String>,
+    /// The only tenant whose tasks it runs (a remote worker's, from its
+    /// credential); `None` runs the tasks of every tenant the orchestrator
+    /// serves.
+    pub tenant: Option<TenantId>,
     /// The runtime behind it.
     pub adapter: Arc<dyn Adapter>,
 }
@@ -95,6 +99,7 @@ impl AgentConfig {
             max_capacity: 1,
             default_timeout: None,
             region: None,
+            tenant: None,
             adapter,
         }
     }
@@ -110,6 +115,13 @@ impl AgentConfig {
     #[must_use]
     pub fn capabilities<I: IntoIterator<Item = S>, S: Into<String>>(mut self, caps: I) -> Self {
         self.capabilities.extend(caps.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs only `tenant`'s tasks.
+    #[must_use]
+    pub fn only_tenant(mut self, tenant: TenantId) -> Self {
+        self.tenant = Some(tenant);
         self
     }
 

@@ -7,7 +7,8 @@
 //! tenants in turn, starting after the last one it claimed for, and moves to
 //! the next while it has free slots, so a tenant with a long backlog and one
 //! with a single ready task alternate. With one tenant that is one claim per
-//! agent, as it always was.
+//! agent, as it always was. An agent bound to one tenant (a remote worker,
+//! by its credential) claims for that tenant only; adding it serves it.
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -32,12 +33,18 @@ impl Orchestrator {
             let mut progress = false;
             for (claimer, _) in order {
                 // Recomputed per agent: an affinity hand-off may have used this agent's slot.
-                let Some((mut free, capabilities, first)) = inner
-                    .lock_scheduler()
-                    .agent(&claimer)
-                    .map(|a| (claimable_slots(a), a.config.capabilities.clone(), a.next_tenant))
-                else {
+                let Some((mut free, capabilities, first, only)) = inner.lock_scheduler().agent(&claimer).map(|a| {
+                    (claimable_slots(a), a.config.capabilities.clone(), a.next_tenant, a.config.tenant.clone())
+                }) else {
                     continue;
+                };
+                // A bound tenant is claimed for once it is served (its stale sessions closed).
+                let tenants = match &only {
+                    Some(tenant) => match tenants.iter().find(|t| *t == tenant) {
+                        Some(tenant) => std::slice::from_ref(tenant),
+                        None => continue,
+                    },
+                    None => &tenants[..],
                 };
                 let mut request = ClaimRequest {
                     tenant: tenants[first % tenants.len()].clone(),

@@ -173,7 +173,8 @@ impl OrchestratorBuilder {
                 return Err(InvalidInput::new("agent id", format!("{} is configured twice", agent.id)));
             }
         }
-        Ok(Orchestrator {
+        let bound: Vec<TenantId> = agents.iter().filter_map(|a| a.tenant.clone()).collect();
+        let orchestrator = Orchestrator {
             inner: Arc::new(Inner {
                 store: self.store,
                 clock: self.clock,
@@ -189,7 +190,11 @@ impl OrchestratorBuilder {
                 sessions: Mutex::new(Vec::new()),
                 writes: Batcher::new(),
             }),
-        })
+        };
+        for tenant in &bound {
+            orchestrator.inner.serve(tenant);
+        }
+        Ok(orchestrator)
     }
 }
 

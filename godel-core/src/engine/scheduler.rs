@@ -49,13 +49,15 @@ impl AgentState {
     }
 
     fn can_run(&self, task: &Task) -> bool {
-        self.free() > 0 && task.capabilities.iter().all(|c| self.config.capabilities.contains(c))
+        self.free() > 0
+            && self.config.tenant.as_ref().is_none_or(|t| *t == task.tenant)
+            && task.capabilities.iter().all(|c| self.config.capabilities.contains(c))
     }
 
     pub(crate) fn snapshot(&self, tenant: &TenantId) -> Agent {
         Agent {
             id: self.config.id.clone(),
-            tenant: tenant.clone(),
+            tenant: self.config.tenant.as_ref().unwrap_or(tenant).clone(),
             name: self.config.name.clone(),
             kind: self.config.kind,
             capabilities: self.config.capabilities.clone(),
@@ -362,5 +364,18 @@ mod tests {
         let mut rust = task(None, &["rust"]);
         rust.payload.extra.insert("region".into(), serde_json::json!("us"));
         assert_eq!(s.pick(&rust, &plain), plain, "no agent in the region: the claimer runs it");
+    }
+
+    #[test]
+    fn a_task_is_never_handed_to_an_agent_bound_to_another_tenant() {
+        let acme = TenantId::new("acme").unwrap();
+        let agents = vec![agent("plain", 4, &[]), in_region(agent("eu", 4, &[]), "eu").only_tenant(acme.clone())];
+        let s = Scheduler::new(SchedulingPolicy::LeastLoaded, agents);
+        let plain = AgentId::new("plain").unwrap();
+        let mut t = task(None, &[]);
+        t.payload.extra.insert("region".into(), serde_json::json!("eu"));
+        assert_eq!(s.pick(&t, &plain), plain, "the default tenant's task stays with the claimer");
+        t.tenant = acme;
+        assert_eq!(s.pick(&t, &plain).as_str(), "eu", "acme's task may go to acme's agent");
     }
 }

@@ -3,10 +3,16 @@
 //! is full the entry is dropped, counted and logged, rather than slowing
 //! every request down to the store's pace. At shutdown the task writes what
 //! is left before it stops.
+//!
+//! Retention ([`retain`]) deletes entries older than `audit.retention`, at
+//! start and then hourly, a small batch per store call so that no sweep
+//! holds a long transaction. Servers sharing a store each sweep; deleting
+//! what another already deleted deletes nothing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use godel_core::{AuditEntry, Store};
+use godel_core::{AuditEntry, Store, Timestamp};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -16,6 +22,12 @@ use tokio_util::sync::CancellationToken;
 const QUEUE: usize = 8_192;
 /// Most entries in one append.
 const BATCH: usize = 256;
+/// Most entries one retention delete removes.
+const PRUNE_BATCH: usize = 500;
+/// How often retention runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The pause between two retention deletes, leaving the store to others.
+const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 
 /// The sending side, shared by every request.
 #[derive(Debug)]
@@ -44,6 +56,43 @@ impl Audit {
             if dropped == 1 || dropped.is_multiple_of(1_000) {
                 tracing::warn!(dropped, "audit queue full: entries dropped");
             }
+        }
+    }
+}
+
+/// Until `stop`: deletes the entries older than `retention`, at once and
+/// then every [`PRUNE_EVERY`].
+pub(crate) async fn retain(store: Arc<dyn Store>, retention: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let before = Timestamp::from_millis(
+            Timestamp::now().as_millis().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX)),
+        );
+        let mut deleted = 0;
+        loop {
+            let n = match store.prune_audit(before, PRUNE_BATCH).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot delete audit entries past their retention; trying again later");
+                    break;
+                }
+            };
+            deleted += n;
+            if n < PRUNE_BATCH as u64 {
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(PRUNE_PAUSE) => {}
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, before = %before, "deleted audit entries past their retention (audit.retention)");
         }
     }
 }

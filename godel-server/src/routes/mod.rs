@@ -83,7 +83,8 @@ pub(crate) fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
                 tracing::info!(peer = %ctx.source, request_id = ctx.request_id, credential, "worker connecting");
                 let tracker = state.connections.clone();
                 let peer = peer.map(|p| p.0);
-                ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state, peer)))
+                let tenant = tenant(&state, &ctx);
+                ws.on_upgrade(move |socket| tracker.track_future(crate::workers::serve(socket, state, tenant, peer)))
                     .into_response()
             },
         )

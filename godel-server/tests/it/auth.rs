@@ -573,3 +573,40 @@ async fn every_documented_route_answers_each_role_as_the_matrix_says() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn audit_entries_past_their_retention_are_deleted_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("godel.db").display());
+    let store = godel_core::store::open(&url).await.unwrap();
+    let now = Timestamp::now().as_millis();
+    let day = 24 * 3600 * 1000;
+    let entry = |days_ago: i64, action: &str| AuditEntry {
+        seq: 0,
+        at: Timestamp::from_millis(now - days_ago * day),
+        credential: None,
+        tenant: godel_core::TenantId::default_tenant(),
+        role: None,
+        action: action.to_owned(),
+        target: None,
+        outcome: AuditOutcome::Allowed,
+        status: 200,
+        request_id: String::new(),
+        source: "127.0.0.1".to_owned(),
+    };
+    // More than one batch past the 30 days, and one entry within them.
+    let mut entries: Vec<AuditEntry> = (0..1_200).map(|_| entry(45, "tasks.old")).collect();
+    entries.push(entry(10, "tasks.recent"));
+    store.append_audit(&entries).await.unwrap();
+
+    let server = TestServer::start_on(Some(&url), "[audit]\nretention = \"30days\"\n").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let old = AuditQuery { action: Some("tasks.old".into()), limit: 1, ..AuditQuery::default() };
+    while !store.list_audit(&old).await.unwrap().items.is_empty() {
+        assert!(Instant::now() < deadline, "entries past the retention are still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recent = AuditQuery { action: Some("tasks.recent".into()), ..AuditQuery::default() };
+    assert_eq!(store.list_audit(&recent).await.unwrap().items.len(), 1, "an entry within the retention stays");
+    server.stop().await;
+}

@@ -15,7 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::TestServer;
+use godel_core::Role;
+
+use crate::support::{self, TestServer};
 
 /// Generous: each wait ends as soon as what it waits for happens.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -169,7 +171,7 @@ async fn connections_past_the_cap_are_closed_at_once() {
 
     // Once one closes, a new connection is served again.
     drop(held);
-    let http = reqwest::Client::builder().timeout(DEADLINE).build().unwrap();
+    let http = server.http();
     let deadline = Instant::now() + DEADLINE;
     loop {
         match http.get(server.url("/health/live")).send().await {
@@ -190,8 +192,9 @@ async fn next_frame(socket: &mut Socket) -> Value {
     }
 }
 
-/// Connects as a worker named `name`, still running `running`, and returns
-/// the socket with the server's first reply (`welcome` or `error`).
+/// Connects as a worker named `name`, with the admin key, still running
+/// `running`, and returns the socket with the server's first reply
+/// (`welcome` or `error`).
 async fn hello(
     server: &TestServer,
     name: &str,
@@ -199,7 +202,20 @@ async fn hello(
     session: Option<&str>,
     running: Value,
 ) -> (Socket, Value) {
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws("/api/v1/workers/connect")).await.unwrap();
+    hello_as(server, server.admin_key(), name, concurrency, session, running).await
+}
+
+/// [`hello`] with `key`.
+async fn hello_as(
+    server: &TestServer,
+    key: &str,
+    name: &str,
+    concurrency: u32,
+    session: Option<&str>,
+    running: Value,
+) -> (Socket, Value) {
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(server.ws_with("/api/v1/workers/connect", key)).await.unwrap();
     let mut frame = json!({"type": "hello", "name": name, "concurrency": concurrency, "version": "test",
                            "capabilities": ["remote"], "running": running});
     if let Some(session) = session {
@@ -255,6 +271,45 @@ async fn a_worker_reattaches_to_its_runs_only_with_its_session_secret() {
     let task = wait_for_status(&http, &server, &id, "completed").await;
     assert_eq!(task["result"], json!({"by": "worker"}));
     drop(worker);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_runs_only_the_tasks_of_its_keys_tenant() {
+    let server = TestServer::start("[engine]\npoll_interval = \"50ms\"\n").await;
+    let acme = support::client(&server.key("acme", Role::Submitter).await);
+    let umbrella = support::client(&server.key("umbrella", Role::Submitter).await);
+    let (acme_worker, umbrella_worker) =
+        (server.key("acme", Role::Worker).await, server.key("umbrella", Role::Worker).await);
+
+    // acme's worker has free slots the whole time; umbrella's task is ready before acme's.
+    let (mut worker_a, welcome) = hello_as(&server, &acme_worker, "wa", 2, None, json!([])).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let secret = welcome["session"].as_str().expect("a session secret").to_owned();
+    let remote = json!({"command": ["true"], "capabilities": ["remote"]});
+    let theirs = submit(&umbrella, &server, &remote).await;
+    let ours = submit(&acme, &server, &remote).await;
+    let assign = next_frame(&mut worker_a).await;
+    assert_eq!((assign["type"].as_str(), assign["task"]["id"].as_str()), (Some("assign"), Some(ours.as_str())));
+    let done = |id: &str, attempt: &Value| json!({"type": "finished", "task": id, "attempt": attempt, "outcome": {"status": "completed", "result": null}});
+    worker_a.send(Message::text(done(&ours, &assign["task"]["attempt"]).to_string())).await.unwrap();
+    let task = wait_for_status(&acme, &server, &ours, "completed").await;
+    assert_eq!(task["agent_id"], "wa");
+
+    // umbrella's task waited for umbrella's worker, which gets it.
+    let (mut worker_u, welcome) = hello_as(&server, &umbrella_worker, "wu", 1, None, json!([])).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let assign = next_frame(&mut worker_u).await;
+    assert_eq!((assign["type"].as_str(), assign["task"]["id"].as_str()), (Some("assign"), Some(theirs.as_str())));
+    worker_u.send(Message::text(done(&theirs, &assign["task"]["attempt"]).to_string())).await.unwrap();
+    let task = wait_for_status(&umbrella, &server, &theirs, "completed").await;
+    assert_eq!(task["agent_id"], "wu");
+
+    // A worker of another tenant cannot take over acme's worker's name, even with its secret.
+    drop(worker_a);
+    let (_socket, reply) = hello_as(&server, &umbrella_worker, "wa", 1, Some(&secret), json!([])).await;
+    assert_eq!((reply["type"].as_str(), reply["code"].as_str()), (Some("error"), Some("conflict")), "{reply}");
+    drop(worker_u);
     server.stop().await;
 }
 

@@ -12,4 +12,5 @@ mod openapi;
 mod quarantine;
 mod shutdown;
 mod support;
+mod tls;
 mod writes;
