@@ -43,7 +43,7 @@ use godel_core::adapter::{AbortMode, AdapterError, OutputSink};
 use godel_core::store::{MemoryStore, PostgresStore, RedisStore, SqliteStore, TaskFilter};
 use godel_core::{
     Adapter, AgentConfig, AgentId, AgentKind, AgentSession, CancellationToken, EngineConfig, NewTask, Orchestrator,
-    Outcome, Store, Task, TaskStatus, TenantId, Timestamp,
+    Outcome, Store, Task, TaskStatus, Timestamp,
 };
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -84,11 +84,11 @@ struct Args {
     /// add the per-task cost profile (commits, WAL, commands, CPU) to the line
     #[argh(switch)]
     profile: bool,
-    /// PostgreSQL server (default GODEL_TEST_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/test);
+    /// the PostgreSQL server (default GODEL_TEST_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/test);
     /// each run uses a fresh schema, dropped afterwards. Store URL parameters such as listen=false pass through.
     #[argh(option)]
     postgres_url: Option<String>,
-    /// Redis server (default GODEL_TEST_REDIS_URL or redis://127.0.0.1:6379); each run uses a fresh key prefix
+    /// the Redis server (default GODEL_TEST_REDIS_URL or redis://127.0.0.1:6379); each run uses a fresh key prefix
     #[argh(option)]
     redis_url: Option<String>,
 }
