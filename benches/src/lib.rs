@@ -1,5 +1,5 @@
 //! Report helpers shared by the benchmark binaries (`store-bench`,
-//! `engine-bench`, `api-load`): percentiles and number formatting.
+//! `engine-bench`, `api-load`): percentiles, number formatting and fresh names.
 
 use std::time::Duration;
 
@@ -32,4 +32,10 @@ pub fn thousands(x: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// A random number, for names (schemas, key prefixes) that no other run uses.
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now())
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use argh::FromArgs;
-use godel_benches::{percentile, short, thousands};
+use godel_benches::{percentile, rand_u64, short, thousands};
 use godel_core::store::TaskStore;
 use godel_core::store::{
     ClaimRequest, ClusterMessage, Completion, MemoryStore, PostgresStore, RedisStore, SqliteStore, TaskFilter,
@@ -403,11 +403,6 @@ async fn wake_latency(backend: Backend, samples: usize) -> anyhow::Result<Latenc
 }
 
 /// A random number for fresh key prefixes (the benches do not depend on `rand`).
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
-}
-
 /// One `enqueue` call per task.
 async fn enqueue_single(backend: Backend, tasks: usize) -> anyhow::Result<Throughput> {
     let fixture = backend.open().await?;

@@ -7,7 +7,10 @@
 //!   claims at once instead of at its next poll.
 //! - **Events.** Events raised here are relayed in small batches to the other
 //!   nodes, whose buses publish those of the tenants they serve to their own
-//!   subscribers as `relayed` (and never relay them on).
+//!   subscribers as `relayed` (and never relay them on). Only while another
+//!   node is there: every node says [`ClusterMessage::Present`] when it starts
+//!   and every few seconds after, and any message from another node (a
+//!   wake-up included) shows one listens. A node alone sends no events.
 //! - **The registry** (agents, and entries such as the server's gateways)
 //!   belongs to the configured tenant: agents serve every tenant, and the
 //!   node's registry is the node's, not a caller's.
@@ -19,11 +22,12 @@
 //! remote subscriber's stream; it never costs a task.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use crate::agent::Agent;
 use crate::bus::{RecvError, Subscription};
@@ -36,10 +40,29 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 const ANNOUNCE_TTL: Duration = Duration::from_secs(10);
 /// Most events in one relayed message.
 const RELAY_BATCH: usize = 256;
+/// How long another node counts as listening after its last message.
+const PEER_TTL: Duration = ANNOUNCE_TTL;
 
 /// The registry id of `agent` on `node`: agents on different nodes may share an id.
 fn member_id(node: &str, agent: &str) -> String {
     format!("{node}/{agent}")
+}
+
+/// When another node was last heard from.
+#[derive(Default, Debug)]
+struct Peers {
+    last: Mutex<Option<Instant>>,
+}
+
+impl Peers {
+    fn seen(&self) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// Whether another node was heard from lately enough to be listening still.
+    fn listening(&self) -> bool {
+        self.last.lock().unwrap_or_else(PoisonError::into_inner).is_some_and(|at| at.elapsed() < PEER_TTL)
+    }
 }
 
 /// An agent some node announced.
@@ -59,9 +82,32 @@ impl Inner {
         let outbound = self.bus.subscribe(Vec::new());
         match self.store.cluster_messages() {
             Some(inbound) => {
-                tokio::join!(self.announce(&stop), self.relay_in(inbound, &stop), self.relay_out(outbound, &stop));
+                let peers = Peers::default();
+                tokio::join!(
+                    self.announce(&stop),
+                    self.say_present(&stop),
+                    self.relay_in(inbound, &peers, &stop),
+                    self.relay_out(outbound, &peers, &stop)
+                );
             }
             None => self.announce(&stop).await,
+        }
+    }
+
+    /// Tells the other nodes this one listens: at once, then every few seconds.
+    async fn say_present(&self, stop: &CancellationToken) {
+        let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut new = true;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.store.broadcast(&ClusterMessage::Present { new }).await {
+                tracing::debug!(error = %e, "could not tell the other nodes this one listens");
+            }
+            new = false;
         }
     }
 
@@ -113,13 +159,27 @@ impl Inner {
         }
     }
 
-    async fn relay_in(&self, mut inbound: broadcast::Receiver<ClusterMessage>, stop: &CancellationToken) {
+    async fn relay_in(
+        &self,
+        mut inbound: broadcast::Receiver<ClusterMessage>,
+        peers: &Peers,
+        stop: &CancellationToken,
+    ) {
         loop {
             let message = tokio::select! {
                 () = stop.cancelled() => return,
                 message = inbound.recv() => message,
             };
+            // The channel drops this node's own messages: whatever comes is another node's.
+            if message.is_ok() {
+                peers.seen();
+            }
             match message {
+                Ok(ClusterMessage::Present { new }) => {
+                    if new && let Err(e) = self.store.broadcast(&ClusterMessage::Present { new: false }).await {
+                        tracing::debug!(error = %e, "could not answer a new node");
+                    }
+                }
                 Ok(ClusterMessage::Wake { tenant }) => {
                     if self.serves(&tenant) {
                         self.wake.notify_one();
@@ -139,7 +199,7 @@ impl Inner {
         }
     }
 
-    async fn relay_out(&self, mut outbound: Subscription, stop: &CancellationToken) {
+    async fn relay_out(&self, mut outbound: Subscription, peers: &Peers, stop: &CancellationToken) {
         let mut batch = Vec::new();
         loop {
             let first = tokio::select! {
@@ -162,6 +222,10 @@ impl Inner {
                 }
             }
             if batch.is_empty() {
+                continue;
+            }
+            if !peers.listening() {
+                batch.clear();
                 continue;
             }
             let message = ClusterMessage::Events { events: std::mem::take(&mut batch) };

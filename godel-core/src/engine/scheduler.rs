@@ -44,7 +44,8 @@ impl AgentState {
         }
     }
 
-    fn free(&self) -> u32 {
+    /// Slots it may claim for now: none while down or draining.
+    pub(crate) fn free(&self) -> u32 {
         if self.down.is_some() || self.removing { 0 } else { self.config.max_capacity.saturating_sub(self.load) }
     }
 

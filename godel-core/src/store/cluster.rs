@@ -40,6 +40,13 @@ pub enum ClusterMessage {
         /// The events, oldest first.
         events: Vec<Event>,
     },
+    /// A node is listening. Engines send it when they start and every few
+    /// seconds after, and relay events only while some other node does.
+    Present {
+        /// The sender just started: nodes already there answer at once, so
+        /// that it learns of them without waiting for their next notice.
+        new: bool,
+    },
 }
 
 /// A message as it travels: with the id of the store handle that sent it, so
