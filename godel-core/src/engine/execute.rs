@@ -272,15 +272,24 @@ impl Execution {
         };
         // The run is over and has dropped its sink: drain what it sent last,
         // then let the writer finish what it was given (a lost lease would
-        // refuse it anyway).
-        while let Some(chunk) = chunks.recv().await {
-            output.accept(self, chunk);
+        // refuse it anyway). The lease keeper is still polled meanwhile: a
+        // heartbeat it left half done may hold the store's writer, which the
+        // output writer then waits for.
+        let finish = async {
+            while let Some(chunk) = chunks.recv().await {
+                output.accept(self, chunk);
+            }
+            if stop != Some(Stop::LeaseLost) {
+                output.hand_over(&to_writer);
+            }
+            drop(to_writer);
+            writer.await;
+        };
+        tokio::select! {
+            biased;
+            () = finish => {}
+            () = &mut keeper => {}
         }
-        if stop != Some(Stop::LeaseLost) {
-            output.hand_over(&to_writer);
-        }
-        drop(to_writer);
-        writer.await;
         (stop, outcome)
     }
 
